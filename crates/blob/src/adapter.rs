@@ -1,0 +1,294 @@
+//! [`ObjectStoreBlobs`]: the [`BlobStore`] over any `object_store` backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chunkvault_types::ChunkId;
+use futures::stream::{BoxStream, StreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use time::OffsetDateTime;
+
+use crate::{BlobError, BlobMeta, BlobStore, CHUNK_PREFIX, Result, chunk_key, parse_chunk_key};
+
+/// Written at the root of every store chunkvault creates or opens. Its absence on a read that
+/// found no chunk tells a wiped or missing container from one missing chunk.
+const MARKER: &str = "chunkvault-store";
+const MARKER_CONTENT: &[u8] = b"chunkvault blob store, layout 1: chunks/ab/cd/<blake3 hex>\n";
+
+/// Timeouts and retries of the network backends (Azure, S3, GCS). Transient failures are
+/// retried with exponential backoff by object_store's client; what still fails after that
+/// surfaces as [`BlobError::Unavailable`].
+#[derive(Debug, Clone)]
+pub struct RetryOptions {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_retries: usize,
+    /// Upper bound on the time spent retrying one call.
+    pub retry_timeout: Duration,
+}
+
+impl Default for RetryOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+            max_retries: 4,
+            retry_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[cfg_attr(
+    not(any(feature = "azure", feature = "aws", feature = "gcp")),
+    allow(dead_code)
+)]
+impl RetryOptions {
+    pub(crate) fn client_options(&self) -> object_store::ClientOptions {
+        object_store::ClientOptions::new()
+            .with_connect_timeout(self.connect_timeout)
+            .with_timeout(self.request_timeout)
+            .with_pool_idle_timeout(Duration::from_secs(30))
+    }
+
+    pub(crate) fn retry_config(&self) -> object_store::RetryConfig {
+        object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_secs(5),
+                base: 2.0,
+            },
+            max_retries: self.max_retries,
+            retry_timeout: self.retry_timeout,
+        }
+    }
+}
+
+/// Which backend a store uses, parsed from `CHUNKVAULT_BLOB_URL`-style URLs plus settings
+/// that a URL does not carry (credentials come from the configuration, never the URL).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum BlobConfig {
+    /// A local directory (`file:///path`). `fsync` makes every put durable before it returns.
+    Local {
+        root: std::path::PathBuf,
+        fsync: bool,
+    },
+    /// In memory (`memory://`): for tests and throwaway runs; lost at exit.
+    Memory,
+    /// Azure Blob Storage (`az://container`).
+    #[cfg(feature = "azure")]
+    Azure(crate::AzureConfig),
+    /// Amazon S3 or compatible (`s3://bucket`), credentials and region from the standard AWS_*
+    /// environment variables.
+    #[cfg(feature = "aws")]
+    S3 { bucket: String },
+    /// Google Cloud Storage (`gs://bucket`), credentials from the standard GOOGLE_* variables.
+    #[cfg(feature = "gcp")]
+    Gcs { bucket: String },
+}
+
+/// The adapter: chunk operations mapped onto object_store calls under [`CHUNK_PREFIX`].
+#[derive(Debug, Clone)]
+pub struct ObjectStoreBlobs {
+    store: Arc<dyn ObjectStore>,
+    describe: String,
+}
+
+impl ObjectStoreBlobs {
+    /// Wraps an already-built object store, without touching it.
+    pub fn new(store: Arc<dyn ObjectStore>, describe: impl Into<String>) -> Self {
+        Self {
+            store,
+            describe: describe.into(),
+        }
+    }
+
+    /// An empty in-memory store.
+    pub fn memory() -> Self {
+        Self::new(Arc::new(object_store::memory::InMemory::new()), "memory")
+    }
+
+    /// A store in a local directory, which is created when missing.
+    pub fn local(root: &std::path::Path, fsync: bool) -> Result<Self> {
+        std::fs::create_dir_all(root).map_err(|e| BlobError::Config {
+            message: format!("cannot create blob directory {}: {e}", root.display()),
+        })?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(root)
+            .map_err(|e| BlobError::Config {
+                message: format!("cannot open blob directory {}: {e}", root.display()),
+            })?
+            .with_fsync(fsync)
+            .with_automatic_cleanup(false);
+        Ok(Self::new(
+            Arc::new(fs),
+            format!("local directory {}", root.display()),
+        ))
+    }
+
+    /// Builds the store `config` names and prepares it for use: creates the container when the
+    /// backend needs that, writes the layout marker, and checks that it answers. Fails with a
+    /// clear error on wrong credentials or an unreachable service.
+    pub async fn open(config: &BlobConfig, retry: &RetryOptions) -> Result<Self> {
+        let _ = retry;
+        let store = match config {
+            BlobConfig::Local { root, fsync } => Self::local(root, *fsync)?,
+            BlobConfig::Memory => Self::memory(),
+            #[cfg(feature = "azure")]
+            BlobConfig::Azure(az) => az.build(retry).await?,
+            #[cfg(feature = "aws")]
+            BlobConfig::S3 { bucket } => {
+                let s3 = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_client_options(retry.client_options())
+                    .with_retry(retry.retry_config())
+                    .build()
+                    .map_err(|e| BlobError::Config {
+                        message: e.to_string(),
+                    })?;
+                Self::new(Arc::new(s3), format!("s3 bucket {bucket}"))
+            }
+            #[cfg(feature = "gcp")]
+            BlobConfig::Gcs { bucket } => {
+                let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_client_options(retry.client_options())
+                    .with_retry(retry.retry_config())
+                    .build()
+                    .map_err(|e| BlobError::Config {
+                        message: e.to_string(),
+                    })?;
+                Self::new(Arc::new(gcs), format!("gcs bucket {bucket}"))
+            }
+        };
+        store.ensure_marker().await?;
+        Ok(store)
+    }
+
+    /// Writes the layout marker unless it is there. Called once when a store is opened.
+    pub async fn ensure_marker(&self) -> Result<()> {
+        let marker = Path::from(MARKER);
+        match self.store.head(&marker).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => self
+                .store
+                .put(&marker, PutPayload::from_static(MARKER_CONTENT))
+                .await
+                .map(|_| ())
+                .map_err(|e| self.classify(e, MARKER)),
+            Err(e) => Err(self.classify(e, MARKER)),
+        }
+    }
+
+    /// The underlying object store, for tools that need raw access (benchmarks, tests).
+    pub fn inner(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    fn classify(&self, e: object_store::Error, key: &str) -> BlobError {
+        BlobError::from_object_store(e, key)
+    }
+
+    /// A chunk read found nothing: tell a missing chunk from a missing container.
+    async fn not_found(&self, key: String) -> BlobError {
+        match self.store.head(&Path::from(MARKER)).await {
+            Ok(_) => BlobError::NotFound { key },
+            Err(object_store::Error::NotFound { .. }) => BlobError::ContainerMissing {
+                name: self.describe.clone(),
+            },
+            Err(e) => self.classify(e, MARKER),
+        }
+    }
+}
+
+fn to_time(t: impl Into<i64>) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(t.into() as i128)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn meta(id: ChunkId, m: &object_store::ObjectMeta) -> BlobMeta {
+    BlobMeta {
+        id,
+        size: m.size,
+        last_modified: to_time(m.last_modified.timestamp_nanos_opt().unwrap_or(0)),
+    }
+}
+
+#[async_trait]
+impl BlobStore for ObjectStoreBlobs {
+    async fn put(&self, id: &ChunkId, data: Bytes) -> Result<()> {
+        let key = chunk_key(id);
+        match self
+            .store
+            .put(&Path::from(key.as_str()), PutPayload::from_bytes(data))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Err(BlobError::ContainerMissing {
+                name: self.describe.clone(),
+            }),
+            Err(e) => Err(self.classify(e, &key)),
+        }
+    }
+
+    async fn get(&self, id: &ChunkId) -> Result<Bytes> {
+        let key = chunk_key(id);
+        let result = match self.store.get(&Path::from(key.as_str())).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Err(self.not_found(key).await),
+            Err(e) => return Err(self.classify(e, &key)),
+        };
+        result.bytes().await.map_err(|e| self.classify(e, &key))
+    }
+
+    async fn head(&self, id: &ChunkId) -> Result<Option<BlobMeta>> {
+        let key = chunk_key(id);
+        match self.store.head(&Path::from(key.as_str())).await {
+            Ok(m) => Ok(Some(meta(*id, &m))),
+            Err(object_store::Error::NotFound { .. }) => match self.not_found(key).await {
+                BlobError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+            Err(e) => Err(self.classify(e, &key)),
+        }
+    }
+
+    async fn delete(&self, id: &ChunkId) -> Result<()> {
+        let key = chunk_key(id);
+        match self.store.delete(&Path::from(key.as_str())).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.classify(e, &key)),
+        }
+    }
+
+    fn list(&self) -> BoxStream<'_, Result<BlobMeta>> {
+        let prefix = Path::from(CHUNK_PREFIX);
+        self.store
+            .list(Some(&prefix))
+            .filter_map(move |item| async move {
+                match item {
+                    Ok(m) => parse_chunk_key(m.location.as_ref()).map(|id| Ok(meta(id, &m))),
+                    // A local directory with no chunk yet has no `chunks/` folder at all.
+                    Err(object_store::Error::NotFound { .. }) => None,
+                    Err(e) => Some(Err(BlobError::from_object_store(e, CHUNK_PREFIX))),
+                }
+            })
+            .boxed()
+    }
+
+    async fn check(&self) -> Result<()> {
+        match self.store.head(&Path::from(MARKER)).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Err(BlobError::ContainerMissing {
+                name: self.describe.clone(),
+            }),
+            Err(e) => Err(self.classify(e, MARKER)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}

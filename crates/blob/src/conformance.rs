@@ -1,0 +1,161 @@
+//! The conformance suite every [`BlobStore`] must pass. Backend tests call [`run_all`] on a
+//! fresh, empty store (its own directory, container or bucket).
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use chunkvault_types::ChunkId;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::{BlobError, BlobStore};
+
+fn blob(seed: u8, len: usize) -> (ChunkId, Bytes) {
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    (ChunkId::of(&data), Bytes::from(data))
+}
+
+/// Runs every check in turn against an empty store.
+pub async fn run_all(store: &dyn BlobStore) {
+    empty_store(store).await;
+    put_then_get(store).await;
+    put_is_idempotent(store).await;
+    missing_blob_is_not_found(store).await;
+    delete_is_idempotent(store).await;
+    list_sees_every_chunk(store).await;
+    empty_and_large_blobs(store).await;
+    concurrent_puts_of_one_chunk(store).await;
+    check_passes(store).await;
+}
+
+/// A fresh store lists nothing and checks healthy.
+pub async fn empty_store(store: &dyn BlobStore) {
+    let listed: Vec<_> = store
+        .list()
+        .try_collect()
+        .await
+        .expect("list an empty store");
+    assert!(
+        listed.is_empty(),
+        "a fresh store lists nothing, got {listed:?}"
+    );
+    store.check().await.expect("a fresh store checks healthy");
+}
+
+pub async fn put_then_get(store: &dyn BlobStore) {
+    let (id, data) = blob(1, 1000);
+    store.put(&id, data.clone()).await.expect("put");
+    assert_eq!(store.get(&id).await.expect("get"), data);
+    let meta = store
+        .head(&id)
+        .await
+        .expect("head")
+        .expect("head finds the blob");
+    assert_eq!(meta.id, id);
+    assert_eq!(meta.size, 1000);
+    let age = time::OffsetDateTime::now_utc() - meta.last_modified;
+    assert!(
+        age.whole_seconds().abs() < 600,
+        "last_modified is about now, was {}",
+        meta.last_modified
+    );
+    store.delete(&id).await.expect("delete");
+}
+
+pub async fn put_is_idempotent(store: &dyn BlobStore) {
+    let (id, data) = blob(2, 777);
+    store.put(&id, data.clone()).await.expect("first put");
+    store
+        .put(&id, data.clone())
+        .await
+        .expect("second put of the same chunk");
+    assert_eq!(store.get(&id).await.expect("get"), data);
+    store.delete(&id).await.expect("delete");
+}
+
+pub async fn missing_blob_is_not_found(store: &dyn BlobStore) {
+    let (id, _) = blob(3, 10);
+    match store.get(&id).await {
+        Err(BlobError::NotFound { .. }) => {}
+        other => panic!("get of a missing blob must be NotFound, got {other:?}"),
+    }
+    assert!(
+        store
+            .head(&id)
+            .await
+            .expect("head of a missing blob")
+            .is_none()
+    );
+}
+
+pub async fn delete_is_idempotent(store: &dyn BlobStore) {
+    let (id, data) = blob(4, 10);
+    store
+        .delete(&id)
+        .await
+        .expect("delete of a blob never stored");
+    store.put(&id, data).await.expect("put");
+    store.delete(&id).await.expect("delete");
+    store.delete(&id).await.expect("second delete");
+    assert!(store.head(&id).await.expect("head").is_none());
+    assert!(matches!(
+        store.get(&id).await,
+        Err(BlobError::NotFound { .. })
+    ));
+}
+
+pub async fn list_sees_every_chunk(store: &dyn BlobStore) {
+    let blobs: Vec<_> = (0..20u8).map(|i| blob(100 + i, 50 + i as usize)).collect();
+    for (id, data) in &blobs {
+        store.put(id, data.clone()).await.expect("put");
+    }
+    let listed: HashSet<ChunkId> = store
+        .list()
+        .map_ok(|m| m.id)
+        .try_collect()
+        .await
+        .expect("list");
+    let expected: HashSet<ChunkId> = blobs.iter().map(|(id, _)| *id).collect();
+    assert_eq!(listed, expected);
+    let sizes: Vec<u64> = store
+        .list()
+        .map_ok(|m| m.size)
+        .try_collect()
+        .await
+        .expect("list");
+    assert!(sizes.iter().all(|s| (50..70).contains(s)));
+    for (id, _) in &blobs {
+        store.delete(id).await.expect("delete");
+    }
+    assert_eq!(store.list().count().await, 0);
+}
+
+pub async fn empty_and_large_blobs(store: &dyn BlobStore) {
+    for len in [0usize, 1, 4 << 20] {
+        let (id, data) = blob(7, len);
+        store.put(&id, data.clone()).await.expect("put");
+        let got = store.get(&id).await.expect("get");
+        assert_eq!(got.len(), len);
+        assert!(
+            id.matches(&got),
+            "content of a {len}-byte blob survives a round trip"
+        );
+        store.delete(&id).await.expect("delete");
+    }
+}
+
+pub async fn concurrent_puts_of_one_chunk(store: &dyn BlobStore) {
+    let (id, data) = blob(9, 256 << 10);
+    let puts = (0..8).map(|_| store.put(&id, data.clone()));
+    for r in futures::future::join_all(puts).await {
+        r.expect("concurrent put of the same chunk");
+    }
+    assert_eq!(store.get(&id).await.expect("get"), data);
+    store.delete(&id).await.expect("delete");
+}
+
+pub async fn check_passes(store: &dyn BlobStore) {
+    store.check().await.expect("check");
+    assert!(!store.describe().is_empty());
+}

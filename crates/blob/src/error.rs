@@ -1,0 +1,76 @@
+use std::error::Error as StdError;
+
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+pub type Result<T, E = BlobError> = std::result::Result<T, E>;
+
+/// Errors of a [`crate::BlobStore`]. Callers decide retry and HTTP status from the variant.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobError {
+    /// The blob is not stored.
+    #[error("blob {key} not found")]
+    NotFound { key: String },
+    /// The container, bucket or directory itself is missing (or was wiped).
+    #[error("the blob container {name} does not exist or was wiped")]
+    ContainerMissing { name: String },
+    /// The store refused the credentials.
+    #[error("the blob store refused the credentials")]
+    Denied { source: BoxError },
+    /// The store could not be reached or answered with a transient failure after retries.
+    #[error("the blob store is unavailable")]
+    Unavailable { source: BoxError },
+    /// The configuration of the store is invalid.
+    #[error("invalid blob store configuration: {message}")]
+    Config { message: String },
+    /// Anything else.
+    #[error("blob store error")]
+    Other { source: BoxError },
+}
+
+impl BlobError {
+    /// Whether the error means the backend is (perhaps briefly) out of reach, as opposed to a
+    /// missing blob or a bug: these map to 503 for clients.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable { .. } | Self::ContainerMissing { .. } | Self::Denied { .. }
+        )
+    }
+
+    pub(crate) fn from_object_store(e: object_store::Error, key: &str) -> Self {
+        use object_store::Error as E;
+        match e {
+            E::NotFound { .. } => Self::NotFound {
+                key: key.to_string(),
+            },
+            E::PermissionDenied { source, .. } | E::Unauthenticated { source, .. } => {
+                Self::Denied { source }
+            }
+            E::Generic { source, .. } => {
+                // object_store reports exhausted retries, timeouts and connection failures as
+                // Generic; its message is the only thing that tells them apart.
+                let text = format!("{source:?}").to_ascii_lowercase();
+                if [
+                    "retry",
+                    "timed out",
+                    "timeout",
+                    "connect",
+                    "connection",
+                    "dns",
+                    "error sending request",
+                    "io error",
+                ]
+                .iter()
+                .any(|w| text.contains(w))
+                {
+                    Self::Unavailable { source }
+                } else {
+                    Self::Other { source }
+                }
+            }
+            other => Self::Other {
+                source: Box::new(other),
+            },
+        }
+    }
+}

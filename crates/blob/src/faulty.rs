@@ -1,0 +1,139 @@
+//! A wrapper store that fails, stalls or corrupts on command, for fault-injection tests. It
+//! implements the same trait as what it wraps, so the code under test cannot tell.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chunkvault_types::ChunkId;
+use futures::stream::{self, BoxStream, StreamExt};
+
+use crate::{BlobError, BlobMeta, BlobStore, Result};
+
+/// What the wrapper does to calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    /// Pass every call through.
+    #[default]
+    None,
+    /// Every call fails as if the backend were unreachable.
+    Down,
+    /// Puts fail as unreachable; reads work.
+    FailPuts,
+    /// Gets fail as unreachable; writes work.
+    FailGets,
+    /// Every call waits this long before going through.
+    Stall(Duration),
+    /// Gets return the blob with one byte flipped.
+    CorruptReads,
+}
+
+/// See [`Fault`]. Cloning shares the controls.
+#[derive(Debug, Clone)]
+pub struct FaultyBlobStore<S> {
+    inner: S,
+    fault: Arc<Mutex<Fault>>,
+    /// Puts that still succeed before `FailPuts` behaviour starts; negative: no countdown.
+    puts_until_failure: Arc<AtomicI64>,
+}
+
+impl<S: BlobStore> FaultyBlobStore<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            fault: Arc::default(),
+            puts_until_failure: Arc::new(AtomicI64::new(-1)),
+        }
+    }
+
+    pub fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
+    }
+
+    /// Lets `n` more puts through, then fails every later put as unreachable.
+    pub fn fail_puts_after(&self, n: u64) {
+        self.puts_until_failure.store(n as i64, Ordering::SeqCst);
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn current(&self) -> Fault {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn before(&self, write: bool, read: bool) -> Result<()> {
+        match self.current() {
+            Fault::Down => return Err(down()),
+            Fault::FailPuts if write => return Err(down()),
+            Fault::FailGets if read => return Err(down()),
+            Fault::Stall(d) => tokio::time::sleep(d).await,
+            _ => {}
+        }
+        if write {
+            let left = self.puts_until_failure.load(Ordering::SeqCst);
+            if left == 0 {
+                return Err(down());
+            }
+            if left > 0 {
+                self.puts_until_failure.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn down() -> BlobError {
+    BlobError::Unavailable {
+        source: "injected fault: blob store down".into(),
+    }
+}
+
+#[async_trait]
+impl<S: BlobStore> BlobStore for FaultyBlobStore<S> {
+    async fn put(&self, id: &ChunkId, data: Bytes) -> Result<()> {
+        self.before(true, false).await?;
+        self.inner.put(id, data).await
+    }
+
+    async fn get(&self, id: &ChunkId) -> Result<Bytes> {
+        self.before(false, true).await?;
+        let data = self.inner.get(id).await?;
+        if self.current() == Fault::CorruptReads && !data.is_empty() {
+            let mut v = data.to_vec();
+            let at = v.len() / 2;
+            v[at] ^= 0x01;
+            return Ok(Bytes::from(v));
+        }
+        Ok(data)
+    }
+
+    async fn head(&self, id: &ChunkId) -> Result<Option<BlobMeta>> {
+        self.before(false, true).await?;
+        self.inner.head(id).await
+    }
+
+    async fn delete(&self, id: &ChunkId) -> Result<()> {
+        self.before(true, false).await?;
+        self.inner.delete(id).await
+    }
+
+    fn list(&self) -> BoxStream<'_, Result<BlobMeta>> {
+        if self.current() == Fault::Down {
+            return stream::once(async { Err(down()) }).boxed();
+        }
+        self.inner.list()
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.before(false, false).await?;
+        self.inner.check().await
+    }
+
+    fn describe(&self) -> String {
+        format!("faulty({})", self.inner.describe())
+    }
+}

@@ -1,0 +1,77 @@
+//! The chunk blob store seam.
+//!
+//! [`BlobStore`] is the one trait every chunk store implements: the [`ObjectStoreBlobs`]
+//! adapter over the `object_store` crate (local directory, memory, Azure Blob, S3, GCS), and
+//! wrappers that implement the same trait over another store ([`FaultyBlobStore`] for tests).
+//! [`conformance`] is the suite every implementation must pass.
+
+mod adapter;
+#[cfg(feature = "azure")]
+mod azure;
+pub mod conformance;
+mod error;
+mod faulty;
+mod key;
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chunkvault_types::ChunkId;
+use futures::stream::BoxStream;
+use time::OffsetDateTime;
+
+pub use adapter::{BlobConfig, ObjectStoreBlobs, RetryOptions};
+#[cfg(feature = "azure")]
+pub use azure::AzureConfig;
+pub use error::{BlobError, Result};
+pub use faulty::{Fault, FaultyBlobStore};
+pub use key::{CHUNK_PREFIX, chunk_key, parse_chunk_key};
+
+/// What a store knows about one stored blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobMeta {
+    pub id: ChunkId,
+    pub size: u64,
+    /// When the blob was last written. GC uses it for its grace period: a blob written moments
+    /// ago may belong to an upload that has not recorded its reference yet.
+    pub last_modified: OffsetDateTime,
+}
+
+/// A store of chunk blobs addressed by their content hash.
+///
+/// Contract, for every implementation:
+/// - `put` is idempotent: the key is the hash of the content, so writing the same id twice
+///   stores the same bytes. When `put` returns `Ok` the blob is readable by `get` from any node
+///   sharing the store. A failed `put` may or may not have stored the blob.
+/// - Blobs are never partially visible: `get` returns all of a blob or an error, never a prefix.
+/// - Missing blobs are [`BlobError::NotFound`]; a missing container, bucket or directory is
+///   [`BlobError::ContainerMissing`], never `NotFound`, so a wiped location is not mistaken for
+///   one missing chunk.
+/// - The store does not verify content: callers check `ChunkId::matches` on what they read.
+/// - `delete` is idempotent: deleting a missing blob is `Ok`.
+#[async_trait]
+pub trait BlobStore: Send + Sync + Debug + 'static {
+    /// Stores `data` under `id`.
+    async fn put(&self, id: &ChunkId, data: Bytes) -> Result<()>;
+
+    /// Reads the whole blob.
+    async fn get(&self, id: &ChunkId) -> Result<Bytes>;
+
+    /// The blob's metadata, or `None` when it is not stored.
+    async fn head(&self, id: &ChunkId) -> Result<Option<BlobMeta>>;
+
+    /// Removes the blob; `Ok` if it was not there.
+    async fn delete(&self, id: &ChunkId) -> Result<()>;
+
+    /// Every chunk blob in the store, in no particular order. Objects under the chunk prefix
+    /// whose names are not chunk ids are skipped.
+    fn list(&self) -> BoxStream<'_, Result<BlobMeta>>;
+
+    /// Checks that the store is reachable, the credentials work and the container exists.
+    /// Cheap enough for a readiness probe.
+    async fn check(&self) -> Result<()>;
+
+    /// A short description for logs and start-up messages, without secrets.
+    fn describe(&self) -> String;
+}

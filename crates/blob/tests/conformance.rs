@@ -1,0 +1,110 @@
+//! The blob conformance suite against the local directory and memory backends, and against
+//! Azurite when the test environment provides one (scripts/test always does).
+
+use chunkvault_blob::{
+    BlobConfig, BlobError, BlobStore, Fault, FaultyBlobStore, ObjectStoreBlobs, RetryOptions,
+    conformance,
+};
+use chunkvault_types::ChunkId;
+
+#[tokio::test]
+async fn local_directory_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ObjectStoreBlobs::open(
+        &BlobConfig::Local {
+            root: dir.path().join("blobs"),
+            fsync: false,
+        },
+        &RetryOptions::default(),
+    )
+    .await
+    .unwrap();
+    conformance::run_all(&store).await;
+}
+
+#[tokio::test]
+async fn local_directory_with_fsync_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ObjectStoreBlobs::open(
+        &BlobConfig::Local {
+            root: dir.path().to_path_buf(),
+            fsync: true,
+        },
+        &RetryOptions::default(),
+    )
+    .await
+    .unwrap();
+    conformance::run_all(&store).await;
+}
+
+#[tokio::test]
+async fn memory_conforms() {
+    let store = ObjectStoreBlobs::open(&BlobConfig::Memory, &RetryOptions::default())
+        .await
+        .unwrap();
+    conformance::run_all(&store).await;
+}
+
+#[tokio::test]
+async fn wiped_directory_is_container_missing_not_chunk_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("blobs");
+    let store = ObjectStoreBlobs::open(
+        &BlobConfig::Local {
+            root: root.clone(),
+            fsync: false,
+        },
+        &RetryOptions::default(),
+    )
+    .await
+    .unwrap();
+    let id = ChunkId::of(b"x");
+    store
+        .put(&id, bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+    assert!(matches!(
+        store.get(&id).await,
+        Err(BlobError::ContainerMissing { .. })
+    ));
+    assert!(matches!(
+        store.check().await,
+        Err(BlobError::ContainerMissing { .. })
+    ));
+}
+
+#[tokio::test]
+async fn faulty_wrapper_conforms_when_healthy_and_fails_on_command() {
+    let store = FaultyBlobStore::new(ObjectStoreBlobs::memory());
+    store.inner().ensure_marker().await.unwrap();
+    conformance::run_all(&store).await;
+    let id = ChunkId::of(b"y");
+    store.set(Fault::FailPuts);
+    assert!(
+        store
+            .put(&id, bytes::Bytes::from_static(b"y"))
+            .await
+            .unwrap_err()
+            .is_unavailable()
+    );
+    store.set(Fault::None);
+    store
+        .put(&id, bytes::Bytes::from_static(b"y"))
+        .await
+        .unwrap();
+    store.set(Fault::CorruptReads);
+    assert!(!id.matches(&store.get(&id).await.unwrap()));
+    store.set(Fault::None);
+    store.fail_puts_after(1);
+    store
+        .put(&id, bytes::Bytes::from_static(b"y"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .put(&id, bytes::Bytes::from_static(b"y"))
+            .await
+            .is_err()
+    );
+}

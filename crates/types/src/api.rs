@@ -1,0 +1,71 @@
+//! JSON shapes of the HTTP API, shared by the server and the client.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::{ChunkId, FileId};
+
+/// A committed file as the API describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub id: FileId,
+    /// Alias of `id` under the name the original service used.
+    #[serde(rename = "fileID", default, skip_deserializing)]
+    pub file_id_compat: Option<FileId>,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub content_type: String,
+    pub size: u64,
+    /// Number of chunks.
+    pub chunks: u64,
+    pub chunk_size: u64,
+    /// SHA-256 of the whole file, lowercase hex: what `sha256sum` prints.
+    pub sha256: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl FileInfo {
+    /// The strong ETag of the file's content.
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.sha256)
+    }
+}
+
+/// One entry of a file's manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkEntry {
+    pub index: u64,
+    pub offset: u64,
+    pub length: u64,
+    pub hash: ChunkId,
+}
+
+/// `GET /files/{id}`: the file and its ordered manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileDetail {
+    #[serde(flatten)]
+    pub file: FileInfo,
+    pub manifest: Vec<ChunkEntry>,
+}
+
+/// `GET /files`: one page, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileList {
+    pub files: Vec<FileInfo>,
+    /// Pass as `?after=` to get the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: clients match on this, never on the message.
+    pub code: String,
+    pub message: String,
+}
