@@ -1,0 +1,496 @@
+//! The conformance suite every [`MetaStore`] must pass, run on a fresh, migrated database.
+
+use std::time::Duration;
+
+use chunkvault_types::{ChunkId, FileId};
+use time::OffsetDateTime;
+
+use crate::{
+    ChunkState, CommitFile, MetaError, MetaStore, NewUpload, PendingChunk, SchemaStatus,
+    UploadState,
+};
+
+const CS: u64 = 4;
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn new_upload(name: &str) -> NewUpload {
+    let t = now();
+    NewUpload {
+        id: FileId::new(),
+        name: name.into(),
+        content_type: "application/octet-stream".into(),
+        chunk_size: CS,
+        created_at: t,
+        expires_at: t + Duration::from_secs(3600),
+    }
+}
+
+fn hash(n: u32) -> ChunkId {
+    ChunkId::of(&n.to_le_bytes())
+}
+
+/// The chunks of a file of `size` bytes whose chunk `i` has hash `hash(seed + i)`.
+fn chunks_for(size: u64, seed: u32) -> Vec<PendingChunk> {
+    (0..size.div_ceil(CS))
+        .map(|i| PendingChunk {
+            index: i,
+            offset: i * CS,
+            length: CS.min(size - i * CS),
+            hash: hash(seed + i as u32),
+        })
+        .collect()
+}
+
+fn commit(size: u64) -> CommitFile {
+    CommitFile {
+        name: "final.bin".into(),
+        content_type: "text/plain".into(),
+        size,
+        sha256: "ab".repeat(32),
+        committed_at: now(),
+    }
+}
+
+/// Stores a file and returns its id.
+async fn store_file(m: &dyn MetaStore, size: u64, seed: u32) -> FileId {
+    let u = new_upload("f");
+    m.create_upload(&u).await.unwrap();
+    m.add_chunks(u.id, &chunks_for(size, seed)).await.unwrap();
+    m.commit_upload(u.id, &commit(size)).await.unwrap();
+    u.id
+}
+
+pub async fn run_all(m: &dyn MetaStore) {
+    schema_is_current(m).await;
+    upload_is_invisible_until_commit(m).await;
+    commit_checks_the_manifest(m).await;
+    empty_file(m).await;
+    dedup_reports_stored_chunks(m).await;
+    re_adding_an_index_replaces_it(m).await;
+    abort_and_expire_drop_references(m).await;
+    listing_is_newest_first_and_paginated(m).await;
+    delete_drops_references(m).await;
+    gc_claims_only_unreferenced_chunks(m).await;
+    gc_grace_period_is_respected(m).await;
+    busy_chunk_blocks_new_references(m).await;
+    orphans_are_claimed_only_when_unknown(m).await;
+    manifest_pages(m).await;
+    leases_exclude_other_holders(m).await;
+    concurrent_uploads_of_the_same_chunks(m).await;
+}
+
+pub async fn schema_is_current(m: &dyn MetaStore) {
+    assert!(matches!(
+        m.schema_status().await.unwrap(),
+        SchemaStatus::Current { .. }
+    ));
+    m.check().await.unwrap();
+    m.migrate().await.expect("migrating twice is a no-op");
+}
+
+pub async fn upload_is_invisible_until_commit(m: &dyn MetaStore) {
+    let u = new_upload("draft.txt");
+    m.create_upload(&u).await.unwrap();
+    assert!(m.create_upload(&u).await.is_err(), "an id is used once");
+    let states = m.add_chunks(u.id, &chunks_for(10, 1)).await.unwrap();
+    assert_eq!(states, vec![ChunkState::MustWrite; 3]);
+    assert!(m.file(u.id).await.unwrap().is_none());
+    assert!(m.manifest(u.id, 0, 10).await.unwrap().is_empty());
+    assert!(
+        !m.list_files(None, 100)
+            .await
+            .unwrap()
+            .iter()
+            .any(|f| f.id == u.id)
+    );
+    let rec = m.upload(u.id).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.chunks_recorded, rec.name.as_str()),
+        (UploadState::Open, 3, "draft.txt")
+    );
+
+    let f = m.commit_upload(u.id, &commit(10)).await.unwrap();
+    assert_eq!((f.size, f.chunk_count, f.chunk_size), (10, 3, CS));
+    assert_eq!(f.name, "final.bin");
+    assert_eq!(m.file(u.id).await.unwrap().unwrap(), f);
+    let manifest = m.manifest(u.id, 0, 10).await.unwrap();
+    assert_eq!(manifest.len(), 3);
+    assert_eq!(
+        (manifest[2].index, manifest[2].offset, manifest[2].length),
+        (2, 8, 2)
+    );
+    assert_eq!(manifest[1].hash, hash(2));
+    assert!(matches!(
+        m.commit_upload(u.id, &commit(10)).await,
+        Err(MetaError::NotOpen { .. })
+    ));
+    assert!(matches!(
+        m.add_chunks(u.id, &chunks_for(4, 9)).await,
+        Err(MetaError::NotOpen { .. })
+    ));
+    assert!(matches!(
+        m.add_chunks(FileId::new(), &chunks_for(4, 9)).await,
+        Err(MetaError::NotFound)
+    ));
+    assert!(matches!(
+        m.commit_upload(FileId::new(), &commit(0)).await,
+        Err(MetaError::NotFound)
+    ));
+}
+
+pub async fn commit_checks_the_manifest(m: &dyn MetaStore) {
+    let u = new_upload("holes");
+    m.create_upload(&u).await.unwrap();
+    let mut c = chunks_for(12, 20);
+    c.remove(1);
+    m.add_chunks(u.id, &c).await.unwrap();
+    assert!(matches!(
+        m.commit_upload(u.id, &commit(12)).await,
+        Err(MetaError::InvalidManifest { .. })
+    ));
+    assert!(matches!(
+        m.commit_upload(u.id, &commit(8)).await,
+        Err(MetaError::InvalidManifest { .. })
+    ));
+    // A misplaced offset is refused even when count and total agree.
+    m.add_chunks(
+        u.id,
+        &[PendingChunk {
+            index: 1,
+            offset: 5,
+            length: 4,
+            hash: hash(99),
+        }],
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        m.commit_upload(u.id, &commit(12)).await,
+        Err(MetaError::InvalidManifest { .. })
+    ));
+    m.add_chunks(
+        u.id,
+        &[PendingChunk {
+            index: 1,
+            offset: 4,
+            length: 4,
+            hash: hash(21),
+        }],
+    )
+    .await
+    .unwrap();
+    m.commit_upload(u.id, &commit(12)).await.unwrap();
+    assert_eq!(
+        m.upload(u.id).await.unwrap().unwrap().state,
+        UploadState::Committed
+    );
+}
+
+pub async fn empty_file(m: &dyn MetaStore) {
+    let u = new_upload("empty");
+    m.create_upload(&u).await.unwrap();
+    let f = m.commit_upload(u.id, &commit(0)).await.unwrap();
+    assert_eq!((f.size, f.chunk_count), (0, 0));
+    assert!(m.manifest(u.id, 0, 10).await.unwrap().is_empty());
+}
+
+pub async fn dedup_reports_stored_chunks(m: &dyn MetaStore) {
+    store_file(m, 8, 100).await;
+    let u = new_upload("again");
+    m.create_upload(&u).await.unwrap();
+    let mut c = chunks_for(12, 100);
+    c[2].hash = hash(5000);
+    let states = m.add_chunks(u.id, &c).await.unwrap();
+    assert_eq!(
+        states,
+        vec![
+            ChunkState::Stored,
+            ChunkState::Stored,
+            ChunkState::MustWrite
+        ]
+    );
+    // The same new chunk twice in one batch: one row, both indices recorded.
+    let u2 = new_upload("twice");
+    m.create_upload(&u2).await.unwrap();
+    let twice = [
+        PendingChunk {
+            index: 0,
+            offset: 0,
+            length: 4,
+            hash: hash(6000),
+        },
+        PendingChunk {
+            index: 1,
+            offset: 4,
+            length: 4,
+            hash: hash(6000),
+        },
+    ];
+    assert_eq!(
+        m.add_chunks(u2.id, &twice).await.unwrap(),
+        vec![ChunkState::MustWrite; 2]
+    );
+    m.commit_upload(u2.id, &commit(8)).await.unwrap();
+    assert_eq!(m.manifest(u2.id, 0, 10).await.unwrap().len(), 2);
+}
+
+pub async fn re_adding_an_index_replaces_it(m: &dyn MetaStore) {
+    let u = new_upload("retry");
+    m.create_upload(&u).await.unwrap();
+    m.add_chunks(u.id, &chunks_for(4, 300)).await.unwrap();
+    m.add_chunks(u.id, &chunks_for(4, 301)).await.unwrap();
+    m.commit_upload(u.id, &commit(4)).await.unwrap();
+    assert_eq!(m.manifest(u.id, 0, 10).await.unwrap()[0].hash, hash(301));
+}
+
+pub async fn abort_and_expire_drop_references(m: &dyn MetaStore) {
+    let a = new_upload("abort");
+    m.create_upload(&a).await.unwrap();
+    m.add_chunks(a.id, &chunks_for(4, 400)).await.unwrap();
+    m.abort_upload(a.id).await.unwrap();
+    m.abort_upload(a.id).await.expect("abort is idempotent");
+    assert_eq!(
+        m.upload(a.id).await.unwrap().unwrap().state,
+        UploadState::Aborted
+    );
+    assert!(m.files_with_chunk(&hash(400), 10).await.unwrap().is_empty());
+    assert!(matches!(
+        m.commit_upload(a.id, &commit(4)).await,
+        Err(MetaError::NotOpen { .. })
+    ));
+
+    let mut e = new_upload("expire");
+    e.expires_at = now() - Duration::from_secs(1);
+    m.create_upload(&e).await.unwrap();
+    m.add_chunks(e.id, &chunks_for(4, 401)).await.unwrap();
+    let live = new_upload("still open");
+    m.create_upload(&live).await.unwrap();
+    let expired = m.expire_uploads(now()).await.unwrap();
+    assert!(expired.contains(&e.id));
+    assert!(!expired.contains(&live.id));
+    assert_eq!(
+        m.upload(e.id).await.unwrap().unwrap().state,
+        UploadState::Expired
+    );
+    assert!(m.files_with_chunk(&hash(401), 10).await.unwrap().is_empty());
+    assert!(matches!(
+        m.commit_upload(e.id, &commit(4)).await,
+        Err(MetaError::NotOpen { .. })
+    ));
+
+    let committed = store_file(m, 4, 402).await;
+    assert!(matches!(
+        m.abort_upload(committed).await,
+        Err(MetaError::NotOpen { .. })
+    ));
+    assert!(matches!(
+        m.abort_upload(FileId::new()).await,
+        Err(MetaError::NotFound)
+    ));
+}
+
+pub async fn listing_is_newest_first_and_paginated(m: &dyn MetaStore) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(store_file(m, 4, 500 + i).await);
+    }
+    let all = m.list_files(None, 1000).await.unwrap();
+    let pos: Vec<usize> = ids
+        .iter()
+        .map(|id| all.iter().position(|f| f.id == *id).unwrap())
+        .collect();
+    assert!(pos.windows(2).all(|w| w[0] > w[1]), "newest first");
+    let first = m.list_files(None, 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let next = m.list_files(Some(first[1].id), 2).await.unwrap();
+    assert!(next.iter().all(|f| f.id < first[1].id));
+}
+
+pub async fn delete_drops_references(m: &dyn MetaStore) {
+    let id = store_file(m, 8, 600).await;
+    assert_eq!(m.files_with_chunk(&hash(600), 10).await.unwrap(), vec![id]);
+    assert!(m.delete_file(id).await.unwrap());
+    assert!(!m.delete_file(id).await.unwrap());
+    assert!(m.file(id).await.unwrap().is_none());
+    assert!(m.files_with_chunk(&hash(600), 10).await.unwrap().is_empty());
+    assert!(!m.delete_file(FileId::new()).await.unwrap());
+    let open = new_upload("open");
+    m.create_upload(&open).await.unwrap();
+    assert!(
+        !m.delete_file(open.id).await.unwrap(),
+        "delete is for committed files"
+    );
+}
+
+async fn claim_all(m: &dyn MetaStore, before: OffsetDateTime) -> Vec<ChunkId> {
+    let mut all = Vec::new();
+    loop {
+        let c = m.gc_claim_unreferenced(before, 500).await.unwrap();
+        let fresh: Vec<_> = c.into_iter().filter(|id| !all.contains(id)).collect();
+        if fresh.is_empty() {
+            return all;
+        }
+        all.extend(fresh);
+    }
+}
+
+pub async fn gc_claims_only_unreferenced_chunks(m: &dyn MetaStore) {
+    let kept = store_file(m, 4, 700).await;
+    let gone = store_file(m, 4, 701).await;
+    let open = new_upload("pending");
+    m.create_upload(&open).await.unwrap();
+    m.add_chunks(open.id, &chunks_for(4, 702)).await.unwrap();
+    m.delete_file(gone).await.unwrap();
+    let claimed = claim_all(m, now() + Duration::from_secs(1)).await;
+    assert!(claimed.contains(&hash(701)));
+    assert!(
+        !claimed.contains(&hash(700)),
+        "a committed file's chunk is never claimed"
+    );
+    assert!(
+        !claimed.contains(&hash(702)),
+        "an open upload's pending chunk is never claimed"
+    );
+    m.gc_forget(&claimed).await.unwrap();
+    assert!(
+        claim_all(m, now() + Duration::from_secs(1))
+            .await
+            .is_empty(),
+        "GC is idempotent"
+    );
+    let walked = m.chunks(None, 100_000).await.unwrap();
+    assert!(walked.iter().any(|c| c.hash == hash(700) && c.live));
+    assert!(walked.iter().any(|c| c.hash == hash(702) && !c.live));
+    assert!(!walked.iter().any(|c| c.hash == hash(701)));
+    assert!(
+        walked.windows(2).all(|w| w[0].hash < w[1].hash),
+        "walk is in hash order"
+    );
+    let _ = kept;
+}
+
+pub async fn gc_grace_period_is_respected(m: &dyn MetaStore) {
+    let id = store_file(m, 4, 800).await;
+    m.delete_file(id).await.unwrap();
+    let claimed = claim_all(m, now() - Duration::from_secs(3600)).await;
+    assert!(
+        !claimed.contains(&hash(800)),
+        "dropped moments ago: inside the grace period"
+    );
+    let claimed = claim_all(m, now() + Duration::from_secs(1)).await;
+    assert!(claimed.contains(&hash(800)));
+    m.gc_forget(&claimed).await.unwrap();
+}
+
+pub async fn busy_chunk_blocks_new_references(m: &dyn MetaStore) {
+    let id = store_file(m, 4, 900).await;
+    m.delete_file(id).await.unwrap();
+    let claimed = claim_all(m, now() + Duration::from_secs(1)).await;
+    assert!(claimed.contains(&hash(900)));
+    let u = new_upload("late");
+    m.create_upload(&u).await.unwrap();
+    match m.add_chunks(u.id, &chunks_for(4, 900)).await {
+        Err(MetaError::ChunkBusy { id }) => assert_eq!(id, hash(900)),
+        other => panic!("a chunk being deleted must be busy, got {other:?}"),
+    }
+    assert_eq!(
+        m.upload(u.id).await.unwrap().unwrap().chunks_recorded,
+        0,
+        "nothing recorded"
+    );
+    m.gc_forget(&claimed).await.unwrap();
+    assert_eq!(
+        m.add_chunks(u.id, &chunks_for(4, 900)).await.unwrap(),
+        vec![ChunkState::MustWrite]
+    );
+}
+
+pub async fn orphans_are_claimed_only_when_unknown(m: &dyn MetaStore) {
+    store_file(m, 4, 1000).await;
+    let claimed = m
+        .gc_claim_orphans(&[hash(1000), hash(1001), hash(1001)], now())
+        .await
+        .unwrap();
+    assert_eq!(claimed, vec![hash(1001)]);
+    let u = new_upload("orphan");
+    m.create_upload(&u).await.unwrap();
+    assert!(matches!(
+        m.add_chunks(u.id, &chunks_for(4, 1001)).await,
+        Err(MetaError::ChunkBusy { .. })
+    ));
+    m.gc_forget(&claimed).await.unwrap();
+    m.add_chunks(u.id, &chunks_for(4, 1001)).await.unwrap();
+}
+
+pub async fn manifest_pages(m: &dyn MetaStore) {
+    let id = store_file(m, 4 * 25 + 1, 2000).await;
+    let mut seen = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = m.manifest(id, from, 7).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        from = page.last().unwrap().index + 1;
+        seen.extend(page);
+    }
+    assert_eq!(seen.len(), 26);
+    assert!(
+        seen.iter()
+            .enumerate()
+            .all(|(i, e)| e.index == i as u64 && e.offset == i as u64 * CS)
+    );
+    assert_eq!(seen[25].length, 1);
+}
+
+pub async fn leases_exclude_other_holders(m: &dyn MetaStore) {
+    let ttl = Duration::from_secs(60);
+    let t = now();
+    assert!(m.try_lease("gc-test", "a", ttl, t).await.unwrap());
+    assert!(
+        m.try_lease("gc-test", "a", ttl, t).await.unwrap(),
+        "the holder renews"
+    );
+    assert!(!m.try_lease("gc-test", "b", ttl, t).await.unwrap());
+    assert!(
+        m.try_lease("gc-test", "b", ttl, t + Duration::from_secs(61))
+            .await
+            .unwrap(),
+        "expired leases move"
+    );
+    m.release_lease("gc-test", "a").await.unwrap();
+    assert!(
+        !m.try_lease("gc-test", "a", ttl, t + Duration::from_secs(62))
+            .await
+            .unwrap(),
+        "a cannot release b's lease"
+    );
+    m.release_lease("gc-test", "b").await.unwrap();
+    assert!(m.try_lease("gc-test", "a", ttl, t).await.unwrap());
+    m.release_lease("gc-test", "a").await.unwrap();
+}
+
+/// Many uploads sharing chunks at once: every one commits, no deadlock, dedup consistent.
+pub async fn concurrent_uploads_of_the_same_chunks(m: &dyn MetaStore) {
+    let tasks = (0..8).map(|k| async move {
+        let u = new_upload("concurrent");
+        m.create_upload(&u).await.unwrap();
+        let mut c = chunks_for(40, 3000);
+        if k % 2 == 1 {
+            c.reverse();
+        }
+        for pair in c.chunks(3) {
+            m.add_chunks(u.id, pair).await.unwrap();
+        }
+        m.commit_upload(u.id, &commit(40)).await.unwrap();
+        u.id
+    });
+    let ids = futures::future::join_all(tasks).await;
+    for id in ids {
+        assert_eq!(m.manifest(id, 0, 100).await.unwrap().len(), 10);
+    }
+    assert_eq!(m.files_with_chunk(&hash(3000), 100).await.unwrap().len(), 8);
+}

@@ -1,0 +1,548 @@
+//! The one implementation of [`crate::MetaStore`], written once and generated for each sqlx
+//! database by `impl_meta_store!`. The SQL is shared: sqlx's SQLite driver binds `$N` by
+//! number like PostgreSQL, and both dialects have `ON CONFLICT` and `RETURNING`. What differs
+//! (row locks, the catalog query, the migrations) comes from the dialect module passed in.
+//!
+//! A macro rather than generics over `sqlx::Database`: the trait bounds sqlx needs for generic
+//! executors and codecs would outweigh the code they save.
+
+pub(crate) const FILE_COLUMNS: &str =
+    "id, name, content_type, size, chunk_size, chunk_count, sha256, created_at, committed_at";
+
+/// Rows per multi-row statement: far below both databases' bind-variable limits (5 binds a row).
+pub(crate) const BATCH: usize = 1000;
+
+macro_rules! impl_meta_store {
+    ($store:ident, $db:ty, $dialect:path) => {
+        mod imp {
+        use super::$store;
+        use $dialect as dialect;
+
+        use std::time::Duration;
+
+        use async_trait::async_trait;
+        use chunkvault_types::{ChunkEntry, ChunkId, FileId};
+        use sqlx::{QueryBuilder, Row};
+        use time::OffsetDateTime;
+
+        use crate::sql::{BATCH, FILE_COLUMNS};
+        use crate::{
+            from_micros, micros, ChunkRecord, ChunkState, CommitFile, FileRecord, MetaError, MetaStore,
+            NewUpload, PendingChunk, Result, SchemaStatus, UploadRecord, UploadState,
+        };
+
+        type Tx = sqlx::Transaction<'static, $db>;
+
+        fn file_record(row: &<$db as sqlx::Database>::Row) -> Result<FileRecord> {
+            Ok(FileRecord {
+                id: FileId::from_uuid(row.try_get("id")?),
+                name: row.try_get("name")?,
+                content_type: row.try_get("content_type")?,
+                size: row.try_get::<i64, _>("size")? as u64,
+                chunk_size: row.try_get::<i64, _>("chunk_size")? as u64,
+                chunk_count: row.try_get::<i64, _>("chunk_count")? as u64,
+                sha256: row.try_get("sha256")?,
+                created_at: from_micros(row.try_get("created_at")?),
+                committed_at: from_micros(row.try_get("committed_at")?),
+            })
+        }
+
+        fn chunk_id(bytes: Vec<u8>) -> Result<ChunkId> {
+            let arr: [u8; 32] = bytes.try_into().map_err(|_| MetaError::Other {
+                source: "a chunk hash in the database is not 32 bytes".into(),
+            })?;
+            Ok(ChunkId::from_bytes(arr))
+        }
+
+        fn to_i64(v: u64, what: &str) -> Result<i64> {
+            i64::try_from(v).map_err(|_| MetaError::InvalidManifest { message: format!("{what} {v} is out of range") })
+        }
+
+        /// Locks the upload's row and returns its state and chunk size.
+        async fn lock_upload(tx: &mut Tx, id: FileId) -> Result<(UploadState, i64)> {
+            let sql = format!("SELECT state, chunk_size FROM files WHERE id = $1{}", dialect::LOCK_ROW);
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id.as_uuid()).fetch_optional(&mut **tx).await?;
+            let row = row.ok_or(MetaError::NotFound)?;
+            let state: String = row.try_get(0)?;
+            let state = UploadState::parse(&state)
+                .ok_or_else(|| MetaError::Other { source: format!("unknown upload state {state:?}").into() })?;
+            Ok((state, row.try_get(1)?))
+        }
+
+        /// Locks the chunk rows a file references, in hash order: the order `add_chunks` locks
+        /// them in, so concurrent uploads, commits and deletions of shared chunks cannot deadlock.
+        async fn lock_file_chunks(tx: &mut Tx, id: FileId) -> Result<()> {
+            if dialect::LOCK_ROW.is_empty() {
+                return Ok(());
+            }
+            let sql = format!(
+                "SELECT hash FROM chunks WHERE hash IN (SELECT hash FROM file_chunks WHERE file_id = $1) ORDER BY hash{}",
+                dialect::LOCK_ROW
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id.as_uuid()).fetch_all(&mut **tx).await?;
+            Ok(())
+        }
+
+        /// Drops every chunk reference of a file, touching the chunks so GC's grace period
+        /// counts from now.
+        async fn drop_refs(tx: &mut Tx, id: FileId, now: OffsetDateTime) -> Result<()> {
+            lock_file_chunks(tx, id).await?;
+            sqlx::query("UPDATE chunks SET touched_at = $2 WHERE hash IN (SELECT hash FROM file_chunks WHERE file_id = $1)")
+                .bind(id.as_uuid())
+                .bind(micros(now))
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("DELETE FROM file_chunks WHERE file_id = $1").bind(id.as_uuid()).execute(&mut **tx).await?;
+            Ok(())
+        }
+
+        fn push_hashes(qb: &mut QueryBuilder<$db>, ids: &[ChunkId]) {
+            qb.push("(");
+            let mut sep = qb.separated(", ");
+            for id in ids {
+                sep.push_bind(id.as_bytes().as_slice());
+            }
+            sep.push_unseparated(")");
+        }
+
+        #[async_trait]
+        impl MetaStore for $store {
+            async fn create_upload(&self, u: &NewUpload) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO files (id, state, name, content_type, chunk_size, created_at, expires_at)
+                     VALUES ($1, 'open', $2, $3, $4, $5, $6)",
+                )
+                .bind(u.id.as_uuid())
+                .bind(&u.name)
+                .bind(&u.content_type)
+                .bind(to_i64(u.chunk_size, "chunk size")?)
+                .bind(micros(u.created_at))
+                .bind(micros(u.expires_at))
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn add_chunks(&self, upload: FileId, chunks: &[PendingChunk]) -> Result<Vec<ChunkState>> {
+                if chunks.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let now = micros(OffsetDateTime::now_utc());
+                let mut tx = self.write.begin().await?;
+                match lock_upload(&mut tx, upload).await?.0 {
+                    UploadState::Open => {}
+                    other => return Err(MetaError::NotOpen { state: other.as_str().into() }),
+                }
+                // Unique hashes in sorted order: concurrent uploads then lock chunk rows in the
+                // same order and cannot deadlock, and no statement upserts one row twice.
+                let mut unique: Vec<(ChunkId, u64)> = chunks.iter().map(|c| (c.hash, c.length)).collect();
+                unique.sort_by_key(|c| c.0);
+                unique.dedup_by_key(|c| c.0);
+                let mut states = std::collections::HashMap::with_capacity(unique.len());
+                for batch in unique.chunks(BATCH) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO chunks (hash, size, state, created_at, touched_at) ",
+                    );
+                    qb.push_values(batch, |mut b, (hash, len)| {
+                        b.push_bind(hash.as_bytes().as_slice())
+                            .push_bind(*len as i64)
+                            .push_bind("pending")
+                            .push_bind(now)
+                            .push_bind(now);
+                    });
+                    qb.push(" ON CONFLICT (hash) DO UPDATE SET touched_at = excluded.touched_at RETURNING hash, state");
+                    for row in qb.build().fetch_all(&mut *tx).await? {
+                        let hash = chunk_id(row.try_get(0)?)?;
+                        let state: String = row.try_get(1)?;
+                        if state == "deleting" {
+                            // Dropping the transaction rolls back: nothing recorded.
+                            return Err(MetaError::ChunkBusy { id: hash });
+                        }
+                        states.insert(hash, state == "live");
+                    }
+                }
+                // One reference per index; a later entry for the same index wins.
+                let mut refs: Vec<&PendingChunk> = chunks.iter().collect();
+                refs.sort_by_key(|c| c.index);
+                refs.reverse();
+                refs.dedup_by_key(|c| c.index);
+                for batch in refs.chunks(BATCH) {
+                    let mut rows = Vec::with_capacity(batch.len());
+                    for c in batch {
+                        rows.push((
+                            to_i64(c.index, "chunk index")?,
+                            to_i64(c.offset, "chunk offset")?,
+                            to_i64(c.length, "chunk length")?,
+                            c.hash,
+                        ));
+                    }
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO file_chunks (file_id, idx, byte_offset, byte_length, hash) ",
+                    );
+                    qb.push_values(&rows, |mut b, (idx, off, len, hash)| {
+                        b.push_bind(*upload.as_uuid())
+                            .push_bind(*idx)
+                            .push_bind(*off)
+                            .push_bind(*len)
+                            .push_bind(hash.as_bytes().as_slice());
+                    });
+                    qb.push(
+                        " ON CONFLICT (file_id, idx) DO UPDATE SET byte_offset = excluded.byte_offset, \
+                         byte_length = excluded.byte_length, hash = excluded.hash",
+                    );
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(chunks
+                    .iter()
+                    .map(|c| if states.get(&c.hash) == Some(&true) { ChunkState::Stored } else { ChunkState::MustWrite })
+                    .collect())
+            }
+
+            async fn commit_upload(&self, upload: FileId, c: &CommitFile) -> Result<FileRecord> {
+                let mut tx = self.write.begin().await?;
+                let (state, chunk_size) = lock_upload(&mut tx, upload).await?;
+                if state != UploadState::Open {
+                    return Err(MetaError::NotOpen { state: state.as_str().into() });
+                }
+                let size = to_i64(c.size, "file size")?;
+                let n = chunkvault_types::chunk_count(c.size, chunk_size as u64) as i64;
+                let row = sqlx::query(
+                    "SELECT COUNT(*),
+                            CAST(COALESCE(SUM(byte_length), 0) AS BIGINT),
+                            CAST(COALESCE(SUM(CASE WHEN idx < 0 OR idx >= $2
+                                                     OR byte_offset <> idx * $3
+                                                     OR byte_length < 1 OR byte_length > $3
+                                                     OR (idx < $2 - 1 AND byte_length <> $3)
+                                                   THEN 1 ELSE 0 END), 0) AS BIGINT)
+                     FROM file_chunks WHERE file_id = $1",
+                )
+                .bind(upload.as_uuid())
+                .bind(n)
+                .bind(chunk_size)
+                .fetch_one(&mut *tx)
+                .await?;
+                let (count, total, misplaced): (i64, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                if count != n || total != size || misplaced != 0 {
+                    return Err(MetaError::InvalidManifest {
+                        message: format!(
+                            "expected {n} chunks of {chunk_size} bytes totalling {size}; recorded {count} totalling {total}, {misplaced} misplaced"
+                        ),
+                    });
+                }
+                lock_file_chunks(&mut tx, upload).await?;
+                sqlx::query(
+                    "UPDATE chunks SET state = 'live'
+                     WHERE state = 'pending' AND hash IN (SELECT hash FROM file_chunks WHERE file_id = $1)",
+                )
+                .bind(upload.as_uuid())
+                .execute(&mut *tx)
+                .await?;
+                let sql = format!(
+                    "UPDATE files SET state = 'committed', name = $2, content_type = $3, size = $4,
+                       chunk_count = $5, sha256 = $6, committed_at = $7
+                     WHERE id = $1 RETURNING {FILE_COLUMNS}"
+                );
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(upload.as_uuid())
+                    .bind(&c.name)
+                    .bind(&c.content_type)
+                    .bind(size)
+                    .bind(n)
+                    .bind(&c.sha256)
+                    .bind(micros(c.committed_at))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let record = file_record(&row)?;
+                tx.commit().await?;
+                Ok(record)
+            }
+
+            async fn abort_upload(&self, upload: FileId) -> Result<()> {
+                let mut tx = self.write.begin().await?;
+                match lock_upload(&mut tx, upload).await?.0 {
+                    UploadState::Open => {}
+                    UploadState::Committed => return Err(MetaError::NotOpen { state: "committed".into() }),
+                    UploadState::Aborted | UploadState::Expired => return Ok(()),
+                }
+                drop_refs(&mut tx, upload, OffsetDateTime::now_utc()).await?;
+                sqlx::query("UPDATE files SET state = 'aborted' WHERE id = $1")
+                    .bind(upload.as_uuid())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn upload(&self, id: FileId) -> Result<Option<UploadRecord>> {
+                let row = sqlx::query(
+                    "SELECT state, name, content_type, chunk_size, created_at, expires_at,
+                            (SELECT COUNT(*) FROM file_chunks WHERE file_id = $1)
+                     FROM files WHERE id = $1",
+                )
+                .bind(id.as_uuid())
+                .fetch_optional(&self.read)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                let state: String = row.try_get(0)?;
+                Ok(Some(UploadRecord {
+                    id,
+                    state: UploadState::parse(&state)
+                        .ok_or_else(|| MetaError::Other { source: format!("unknown upload state {state:?}").into() })?,
+                    name: row.try_get(1)?,
+                    content_type: row.try_get(2)?,
+                    chunk_size: row.try_get::<i64, _>(3)? as u64,
+                    created_at: from_micros(row.try_get(4)?),
+                    expires_at: from_micros(row.try_get(5)?),
+                    chunks_recorded: row.try_get::<i64, _>(6)? as u64,
+                }))
+            }
+
+            async fn file(&self, id: FileId) -> Result<Option<FileRecord>> {
+                let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE id = $1 AND state = 'committed'");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id.as_uuid()).fetch_optional(&self.read).await?;
+                row.as_ref().map(file_record).transpose()
+            }
+
+            async fn manifest(&self, id: FileId, from_index: u64, limit: u32) -> Result<Vec<ChunkEntry>> {
+                let rows = sqlx::query(
+                    "SELECT fc.idx, fc.byte_offset, fc.byte_length, fc.hash
+                     FROM file_chunks fc JOIN files f ON f.id = fc.file_id
+                     WHERE fc.file_id = $1 AND f.state = 'committed' AND fc.idx >= $2
+                     ORDER BY fc.idx LIMIT $3",
+                )
+                .bind(id.as_uuid())
+                .bind(to_i64(from_index, "chunk index")?)
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(ChunkEntry {
+                            index: r.try_get::<i64, _>(0)? as u64,
+                            offset: r.try_get::<i64, _>(1)? as u64,
+                            length: r.try_get::<i64, _>(2)? as u64,
+                            hash: chunk_id(r.try_get(3)?)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn list_files(&self, before: Option<FileId>, limit: u32) -> Result<Vec<FileRecord>> {
+                let rows = match before {
+                    Some(b) => {
+                        let sql = format!(
+                            "SELECT {FILE_COLUMNS} FROM files WHERE state = 'committed' AND id < $1 ORDER BY id DESC LIMIT $2"
+                        );
+                        sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(b.as_uuid()).bind(i64::from(limit)).fetch_all(&self.read).await?
+                    }
+                    None => {
+                        let sql = format!(
+                            "SELECT {FILE_COLUMNS} FROM files WHERE state = 'committed' ORDER BY id DESC LIMIT $1"
+                        );
+                        sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(i64::from(limit)).fetch_all(&self.read).await?
+                    }
+                };
+                rows.iter().map(file_record).collect()
+            }
+
+            async fn delete_file(&self, id: FileId) -> Result<bool> {
+                let mut tx = self.write.begin().await?;
+                match lock_upload(&mut tx, id).await {
+                    Ok((UploadState::Committed, _)) => {}
+                    Ok(_) | Err(MetaError::NotFound) => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+                drop_refs(&mut tx, id, OffsetDateTime::now_utc()).await?;
+                sqlx::query("DELETE FROM files WHERE id = $1").bind(id.as_uuid()).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn expire_uploads(&self, now: OffsetDateTime) -> Result<Vec<FileId>> {
+                let mut tx = self.write.begin().await?;
+                let sql = format!(
+                    "SELECT id FROM files WHERE state = 'open' AND expires_at < $1 ORDER BY expires_at LIMIT 1000{}",
+                    dialect::SKIP_LOCKED
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(micros(now)).fetch_all(&mut *tx).await?;
+                let mut expired = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let id = FileId::from_uuid(row.try_get(0)?);
+                    drop_refs(&mut tx, id, now).await?;
+                    sqlx::query("UPDATE files SET state = 'expired' WHERE id = $1")
+                        .bind(id.as_uuid())
+                        .execute(&mut *tx)
+                        .await?;
+                    expired.push(id);
+                }
+                tx.commit().await?;
+                Ok(expired)
+            }
+
+            async fn gc_claim_unreferenced(&self, touched_before: OffsetDateTime, limit: u32) -> Result<Vec<ChunkId>> {
+                let mut tx = self.write.begin().await?;
+                // First lock the candidates (skipping rows an upload holds right now), then
+                // re-check for references in a new statement: it sees every reference committed
+                // before we got the locks, and no upload can add one while we hold them.
+                let sql = format!(
+                    "SELECT hash FROM chunks c WHERE c.state <> 'deleting' AND c.touched_at < $1
+                       AND NOT EXISTS (SELECT 1 FROM file_chunks f WHERE f.hash = c.hash)
+                     LIMIT $2{}",
+                    dialect::SKIP_LOCKED
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(micros(touched_before))
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let candidates: Vec<ChunkId> =
+                    rows.into_iter().map(|r| chunk_id(r.try_get(0)?)).collect::<Result<_>>()?;
+                let mut claimed = Vec::new();
+                if !candidates.is_empty() {
+                    let mut qb = QueryBuilder::<$db>::new("UPDATE chunks SET state = 'deleting' WHERE hash IN ");
+                    push_hashes(&mut qb, &candidates);
+                    qb.push(" AND NOT EXISTS (SELECT 1 FROM file_chunks f WHERE f.hash = chunks.hash) RETURNING hash");
+                    for row in qb.build().fetch_all(&mut *tx).await? {
+                        claimed.push(chunk_id(row.try_get(0)?)?);
+                    }
+                }
+                // Rows a GC that crashed midway left claimed: finish them too.
+                let rows = sqlx::query("SELECT hash FROM chunks WHERE state = 'deleting' LIMIT $1")
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for row in rows {
+                    let id = chunk_id(row.try_get(0)?)?;
+                    if !claimed.contains(&id) {
+                        claimed.push(id);
+                    }
+                }
+                tx.commit().await?;
+                Ok(claimed)
+            }
+
+            async fn gc_claim_orphans(&self, ids: &[ChunkId], now: OffsetDateTime) -> Result<Vec<ChunkId>> {
+                let mut sorted = ids.to_vec();
+                sorted.sort();
+                sorted.dedup();
+                let mut claimed = Vec::new();
+                let mut tx = self.write.begin().await?;
+                for batch in sorted.chunks(BATCH) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO chunks (hash, size, state, created_at, touched_at) ",
+                    );
+                    qb.push_values(batch, |mut b, id| {
+                        b.push_bind(id.as_bytes().as_slice())
+                            .push_bind(0i64)
+                            .push_bind("deleting")
+                            .push_bind(micros(now))
+                            .push_bind(micros(now));
+                    });
+                    qb.push(" ON CONFLICT (hash) DO NOTHING RETURNING hash");
+                    for row in qb.build().fetch_all(&mut *tx).await? {
+                        claimed.push(chunk_id(row.try_get(0)?)?);
+                    }
+                }
+                tx.commit().await?;
+                Ok(claimed)
+            }
+
+            async fn gc_forget(&self, ids: &[ChunkId]) -> Result<()> {
+                let mut tx = self.write.begin().await?;
+                for batch in ids.chunks(BATCH) {
+                    let mut qb = QueryBuilder::<$db>::new("DELETE FROM chunks WHERE state = 'deleting' AND hash IN ");
+                    push_hashes(&mut qb, batch);
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn chunks(&self, after: Option<ChunkId>, limit: u32) -> Result<Vec<ChunkRecord>> {
+                let after = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+                let rows = sqlx::query(
+                    "SELECT hash, size, state FROM chunks WHERE state <> 'deleting' AND hash > $1 ORDER BY hash LIMIT $2",
+                )
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await?;
+                rows.into_iter()
+                    .map(|r| {
+                        Ok(ChunkRecord {
+                            hash: chunk_id(r.try_get(0)?)?,
+                            size: r.try_get::<i64, _>(1)? as u64,
+                            live: r.try_get::<String, _>(2)? == "live",
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn files_with_chunk(&self, id: &ChunkId, limit: u32) -> Result<Vec<FileId>> {
+                let rows = sqlx::query("SELECT DISTINCT file_id FROM file_chunks WHERE hash = $1 ORDER BY file_id LIMIT $2")
+                    .bind(id.as_bytes().as_slice())
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.read)
+                    .await?;
+                rows.into_iter().map(|r| Ok(FileId::from_uuid(r.try_get(0)?))).collect()
+            }
+
+            async fn try_lease(&self, name: &str, holder: &str, ttl: Duration, now: OffsetDateTime) -> Result<bool> {
+                let until = micros(now) + ttl.as_micros().min(i64::MAX as u128) as i64;
+                let done = sqlx::query(
+                    "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+                     WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(until)
+                .bind(micros(now))
+                .execute(&self.write)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+                sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+                    .bind(name)
+                    .bind(holder)
+                    .execute(&self.write)
+                    .await?;
+                Ok(())
+            }
+
+            async fn check(&self) -> Result<()> {
+                sqlx::query("SELECT 1").execute(&self.read).await?;
+                Ok(())
+            }
+
+            async fn schema_status(&self) -> Result<SchemaStatus> {
+                let exists: i64 = sqlx::query_scalar(dialect::HAS_MIGRATIONS_TABLE).fetch_one(&self.read).await?;
+                let applied: Vec<(i64, Vec<u8>, bool)> = if exists == 0 {
+                    Vec::new()
+                } else {
+                    sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+                        .fetch_all(&self.read)
+                        .await?
+                };
+                Ok(crate::schema::compare(&dialect::MIGRATOR, &applied))
+            }
+
+            async fn migrate(&self) -> Result<()> {
+                dialect::MIGRATOR
+                    .run(&self.write)
+                    .await
+                    .map_err(|e| MetaError::Schema { message: format!("migration failed: {e}") })
+            }
+
+            fn describe(&self) -> String {
+                self.describe.clone()
+            }
+        }
+        }
+    };
+}
+
+pub(crate) use impl_meta_store;

@@ -1,0 +1,80 @@
+//! SQLite: the embedded default.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub(crate) mod dialect {
+    pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+    /// SQLite has no row locks: the single writer connection serialises every write
+    /// transaction, which gives the same guarantees.
+    pub const LOCK_ROW: &str = "";
+    pub const SKIP_LOCKED: &str = "";
+    pub const HAS_MIGRATIONS_TABLE: &str =
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'";
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    /// `synchronous = FULL` (every commit durable on power loss) instead of `NORMAL` (durable
+    /// across process crashes; the last commits may be lost on power loss, never corrupted).
+    pub fsync: bool,
+    pub read_connections: u32,
+}
+
+/// The metadata store on SQLite: one writer connection (SQLite allows one writer at a time;
+/// queueing in the pool is cheaper than retrying on SQLITE_BUSY) and a pool of readers (WAL
+/// lets them run beside the writer).
+#[derive(Debug, Clone)]
+pub struct SqliteMeta {
+    pub(crate) read: SqlitePool,
+    pub(crate) write: SqlitePool,
+    pub(crate) describe: String,
+}
+
+impl SqliteMeta {
+    /// Opens (creating when missing) the database file. Does not migrate.
+    pub async fn open(opts: &SqliteOptions) -> crate::Result<Self> {
+        if let Some(parent) = opts.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| crate::MetaError::Schema {
+                message: format!(
+                    "cannot create the directory of {}: {e}",
+                    opts.path.display()
+                ),
+            })?;
+        }
+        let connect = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(&opts.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if opts.fsync {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(connect.clone())
+            .await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(opts.read_connections.max(1))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(connect.read_only(true))
+            .await?;
+        Ok(Self {
+            read,
+            write,
+            describe: format!("sqlite {}", opts.path.display()),
+        })
+    }
+}
+
+crate::sql::impl_meta_store!(SqliteMeta, sqlx::Sqlite, crate::sqlite::dialect);
