@@ -1,1 +1,129 @@
+//! The pipeline of chunkvault: chunking, hashing, verification, upload sessions, streaming
+//! reads, garbage collection and scrub. It knows only the [`BlobStore`] and [`MetaStore`]
+//! traits, so every front end (HTTP, tus, CLI tools) and every backend pair share it.
 
+mod download;
+mod error;
+mod gc;
+mod scrub;
+mod stats;
+mod upload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chunkvault_blob::BlobStore;
+use chunkvault_meta::{FileRecord, MetaStore};
+use chunkvault_types::{ChunkEntry, FileId};
+
+pub use error::{CoreError, Result};
+pub use gc::{GcOptions, GcReport};
+pub use scrub::{ScrubFinding, ScrubOptions, ScrubReport};
+pub use stats::Stats;
+pub use upload::{Received, UploadMeta, MAX_NAME_BYTES, MAX_TYPE_BYTES};
+
+/// Tunables of the pipeline.
+#[derive(Debug, Clone)]
+pub struct VaultConfig {
+    /// Size of every chunk but a file's last.
+    pub chunk_size: usize,
+    /// An upload still open this long after it started is expired and its chunks collected.
+    pub upload_ttl: Duration,
+    /// Chunk writes one upload keeps in flight. With the chunk being filled, the one being
+    /// hashed and the one queued, an upload holds at most `puts_in_flight + 3` chunks.
+    pub puts_in_flight: usize,
+    /// Chunks a download reads and verifies ahead of the one being sent.
+    pub read_ahead: usize,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            chunk_size: 4 << 20,
+            upload_ttl: Duration::from_secs(24 * 3600),
+            puts_in_flight: 4,
+            read_ahead: 2,
+        }
+    }
+}
+
+impl VaultConfig {
+    /// The smallest and largest chunk sizes accepted (1 KiB to 64 MiB).
+    pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<usize> = 1024..=(64 << 20);
+}
+
+/// The service: files cut into content-addressed chunks in a blob store, described in a
+/// metadata store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Vault {
+    blobs: Arc<dyn BlobStore>,
+    meta: Arc<dyn MetaStore>,
+    config: Arc<VaultConfig>,
+    stats: Arc<Stats>,
+    last_scrub: Arc<std::sync::Mutex<Option<ScrubReport>>>,
+}
+
+impl Vault {
+    pub fn new(blobs: Arc<dyn BlobStore>, meta: Arc<dyn MetaStore>, config: VaultConfig) -> Self {
+        assert!(
+            VaultConfig::CHUNK_SIZE_RANGE.contains(&config.chunk_size),
+            "chunk size is validated by the configuration loader"
+        );
+        Self { blobs, meta, config: Arc::new(config), stats: Arc::default(), last_scrub: Arc::default() }
+    }
+
+    pub fn config(&self) -> &VaultConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn blobs(&self) -> &Arc<dyn BlobStore> {
+        &self.blobs
+    }
+
+    pub fn meta(&self) -> &Arc<dyn MetaStore> {
+        &self.meta
+    }
+
+    /// A committed file.
+    pub async fn file(&self, id: FileId) -> Result<FileRecord> {
+        self.meta.file(id).await?.ok_or(CoreError::NotFound)
+    }
+
+    /// The whole manifest of a committed file. Its size grows with the file: for the API's
+    /// file detail, not for streaming.
+    pub async fn manifest(&self, id: FileId) -> Result<Vec<ChunkEntry>> {
+        let mut all = Vec::new();
+        loop {
+            let page = self.meta.manifest(id, all.len() as u64, 10_000).await?;
+            if page.is_empty() {
+                return Ok(all);
+            }
+            all.extend(page);
+        }
+    }
+
+    /// Committed files, newest first.
+    pub async fn list(&self, before: Option<FileId>, limit: u32) -> Result<Vec<FileRecord>> {
+        Ok(self.meta.list_files(before, limit).await?)
+    }
+
+    /// Deletes a committed file: invisible at once; its chunks are collected by GC.
+    pub async fn delete(&self, id: FileId) -> Result<()> {
+        if self.meta.delete_file(id).await? {
+            Ok(())
+        } else {
+            Err(CoreError::NotFound)
+        }
+    }
+
+    /// Whether both stores answer.
+    pub async fn ready(&self) -> Result<()> {
+        self.meta.check().await?;
+        self.blobs.check().await?;
+        Ok(())
+    }
+}

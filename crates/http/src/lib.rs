@@ -1,1 +1,55 @@
+//! The HTTP API: an axum router that parses requests, calls core, and maps results to
+//! statuses and stable error codes. No business logic lives here.
 
+mod download;
+mod error;
+mod files;
+mod upload;
+
+use std::future::Future;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use axum::serve::ListenerExt;
+use chunkvault_core::Vault;
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub vault: Vault,
+}
+
+/// The router for `vault`.
+pub fn router(vault: Vault) -> Router {
+    let state = AppState { vault };
+    Router::new()
+        .route("/upload", post(upload::upload).layer(DefaultBodyLimit::disable()))
+        .route("/download/{id}", get(download::download))
+        .route("/files", get(files::list))
+        .route("/files/{id}", get(files::detail).delete(files::delete))
+        .route("/healthz", get(files::healthz))
+        .route("/readyz", get(files::readyz))
+        .route("/scrub", get(files::last_scrub))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves `router` on an already-bound listener until `shutdown` completes, then finishes the
+/// requests in flight. Tests bind port 0 and run this in-process.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Nagle's algorithm would hold small keep-alive responses back ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,105 @@
+//! Scrub: read every committed chunk back at a bounded rate and check it against its hash.
+
+use std::time::{Duration, Instant};
+
+use chunkvault_blob::BlobError;
+use chunkvault_types::{ChunkId, FileId};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::{Result, Stats, Vault};
+
+#[derive(Debug, Clone, Default)]
+pub struct ScrubOptions {
+    /// Upper bound on the bytes read per second; `None` reads as fast as the store allows.
+    pub bytes_per_second: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScrubReport {
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub finished_at: OffsetDateTime,
+    pub chunks_checked: u64,
+    pub bytes_checked: u64,
+    pub findings: Vec<ScrubFinding>,
+}
+
+impl ScrubReport {
+    pub fn is_clean(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScrubFinding {
+    pub chunk: ChunkId,
+    /// `missing` or `corrupt`.
+    pub problem: &'static str,
+    /// Files (and open uploads) that reference the chunk.
+    pub files: Vec<FileId>,
+}
+
+impl Vault {
+    /// Checks every chunk a committed upload wrote. Findings are logged and reported; the
+    /// report is kept as [`Vault::last_scrub`].
+    pub async fn scrub(&self, opts: &ScrubOptions) -> Result<ScrubReport> {
+        let started_at = OffsetDateTime::now_utc();
+        let clock = Instant::now();
+        let mut report = ScrubReport {
+            started_at,
+            finished_at: started_at,
+            chunks_checked: 0,
+            bytes_checked: 0,
+            findings: Vec::new(),
+        };
+        let mut after = None;
+        loop {
+            let page = self.meta.chunks(after, 500).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.hash);
+            for c in page.into_iter().filter(|c| c.live) {
+                let problem = match self.blobs.get(&c.hash).await {
+                    Ok(data) => {
+                        report.bytes_checked += data.len() as u64;
+                        let hash = c.hash;
+                        let ok = tokio::task::spawn_blocking(move || hash.matches(&data)).await?;
+                        if ok {
+                            Stats::add(&self.stats.chunks_verified, 1);
+                            None
+                        } else {
+                            Stats::add(&self.stats.chunks_corrupt, 1);
+                            Some("corrupt")
+                        }
+                    }
+                    Err(BlobError::NotFound { .. }) => {
+                        Stats::add(&self.stats.chunks_missing, 1);
+                        Some("missing")
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                report.chunks_checked += 1;
+                if let Some(problem) = problem {
+                    let files = self.meta.files_with_chunk(&c.hash, 100).await?;
+                    tracing::error!(chunk = %c.hash, problem, files = ?files, "scrub found a damaged chunk");
+                    report.findings.push(ScrubFinding { chunk: c.hash, problem, files });
+                }
+                if let Some(rate) = opts.bytes_per_second.filter(|r| *r > 0) {
+                    let due = Duration::from_secs_f64(report.bytes_checked as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(clock.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        }
+        report.finished_at = OffsetDateTime::now_utc();
+        *self.last_scrub.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+        Ok(report)
+    }
+
+    /// The report of the last scrub this process ran.
+    pub fn last_scrub(&self) -> Option<ScrubReport> {
+        self.last_scrub.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}

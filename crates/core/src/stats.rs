@@ -1,0 +1,26 @@
+//! Counters the pipeline keeps; the metrics endpoint reads them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub uploads_committed: AtomicU64,
+    pub uploads_aborted: AtomicU64,
+    pub chunks_written: AtomicU64,
+    pub chunks_deduplicated: AtomicU64,
+    pub chunks_verified: AtomicU64,
+    pub chunks_corrupt: AtomicU64,
+    pub chunks_missing: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,322 @@
+//! Receiving a file: the body is cut into chunks as it streams in; each chunk is hashed, its
+//! pending reference recorded, and its blob written, with a fixed number of chunks in memory
+//! per upload whatever the file size. The file becomes visible only in [`Vault::commit`].
+
+use std::fmt::Display;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use chunkvault_blob::BlobStore;
+use chunkvault_meta::{ChunkState, CommitFile, FileRecord, MetaError, MetaStore, NewUpload, PendingChunk};
+use chunkvault_types::{ChunkId, FileId};
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::{CoreError, Result, Stats, Vault};
+
+/// Longest file name accepted, in bytes of UTF-8.
+pub const MAX_NAME_BYTES: usize = 1024;
+/// Longest content type accepted.
+pub const MAX_TYPE_BYTES: usize = 255;
+
+/// What the client says about a file.
+#[derive(Debug, Clone, Default)]
+pub struct UploadMeta {
+    pub name: String,
+    pub content_type: String,
+    /// The size the client announced; the upload fails if the body differs.
+    pub expected_size: Option<u64>,
+}
+
+impl UploadMeta {
+    /// Checks the name and type; fills in the default type.
+    pub fn validate(mut self) -> Result<Self> {
+        if self.name.is_empty() {
+            return Err(CoreError::Invalid { code: "missing_name", message: "fileName is required".into() });
+        }
+        if self.name.len() > MAX_NAME_BYTES {
+            return Err(CoreError::Invalid {
+                code: "name_too_long",
+                message: format!("fileName is {} bytes; at most {MAX_NAME_BYTES} are accepted", self.name.len()),
+            });
+        }
+        if self.name.chars().any(char::is_control) {
+            return Err(CoreError::Invalid {
+                code: "invalid_name",
+                message: "fileName must not contain control characters".into(),
+            });
+        }
+        let t = self.content_type.trim();
+        if t.is_empty() {
+            self.content_type = "application/octet-stream".into();
+        } else {
+            // A media type travels back in a Content-Type header: visible ASCII only, type/subtype.
+            let valid = t.len() <= MAX_TYPE_BYTES
+                && t.bytes().all(|b| (0x20..0x7f).contains(&b))
+                && t.split(';').next().is_some_and(|mt| {
+                    let mut parts = mt.trim().splitn(2, '/');
+                    let token = |s: &str| {
+                        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+                    };
+                    parts.next().is_some_and(token) && parts.next().is_some_and(token)
+                });
+            if !valid {
+                return Err(CoreError::Invalid {
+                    code: "invalid_type",
+                    message: "fileType must be a media type such as text/plain".into(),
+                });
+            }
+            self.content_type = t.to_string();
+        }
+        Ok(self)
+    }
+}
+
+/// An upload whose bytes are all stored but which is not visible yet. Dropping it without
+/// [`Vault::commit`] aborts the upload, so its chunks become collectable.
+#[derive(Debug)]
+pub struct Received {
+    pub id: FileId,
+    pub size: u64,
+    pub sha256: String,
+    guard: AbortGuard,
+}
+
+/// Aborts the upload when dropped armed: on errors, and when the request future is dropped
+/// because the client went away.
+#[derive(Debug)]
+struct AbortGuard {
+    meta: Arc<dyn MetaStore>,
+    id: FileId,
+    armed: bool,
+    stats: Arc<Stats>,
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        Stats::add(&self.stats.uploads_aborted, 1);
+        let (meta, id) = (self.meta.clone(), self.id);
+        // If the metadata store is unreachable now, the upload expires later instead.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = meta.abort_upload(id).await {
+                    tracing::warn!(upload = %id, error = %e, "could not abort upload; it will expire");
+                }
+            });
+        }
+    }
+}
+
+impl Vault {
+    /// Uploads a whole file in one call: receive, then commit.
+    pub async fn upload<S, E>(&self, meta: UploadMeta, body: S) -> Result<FileRecord>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
+        E: Display,
+    {
+        let meta = meta.validate()?;
+        let received = self.receive(body, meta.expected_size).await?;
+        self.commit(received, meta).await
+    }
+
+    /// Opens an upload and stores the body's chunks. Nothing is visible until [`Vault::commit`].
+    /// When `expected_size` is given, a body that runs past it fails at once.
+    pub async fn receive<S, E>(&self, body: S, expected_size: Option<u64>) -> Result<Received>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
+        E: Display,
+    {
+        let now = OffsetDateTime::now_utc();
+        let id = FileId::new();
+        self.meta
+            .create_upload(&NewUpload {
+                id,
+                name: String::new(),
+                content_type: String::new(),
+                chunk_size: self.config.chunk_size as u64,
+                created_at: now,
+                expires_at: now + self.config.upload_ttl,
+            })
+            .await?;
+        let guard = AbortGuard { meta: self.meta.clone(), id, armed: true, stats: self.stats.clone() };
+
+        // One chunk being filled here, one in the channel, one being hashed, `puts_in_flight`
+        // being written: memory per upload is bounded, and a full pipeline stops reading the
+        // body, which is the backpressure the client feels.
+        let (tx, rx) = mpsc::channel::<Bytes>(1);
+        let chunk_size = self.config.chunk_size;
+        let stats = self.stats.clone();
+        let producer = async move {
+            let mut body = body;
+            let mut total = 0u64;
+            let mut buf = BytesMut::with_capacity(chunk_size);
+            while let Some(frame) = body.next().await {
+                let mut frame = frame.map_err(|e| CoreError::BodyFailed { message: e.to_string() })?;
+                total += frame.len() as u64;
+                Stats::add(&stats.bytes_in, frame.len() as u64);
+                if let Some(limit) = expected_size.filter(|l| total > *l) {
+                    return Err(size_mismatch(limit, total, true));
+                }
+                while !frame.is_empty() {
+                    let take = (chunk_size - buf.len()).min(frame.len());
+                    buf.extend_from_slice(&frame.split_to(take));
+                    if buf.len() == chunk_size {
+                        let full = std::mem::replace(&mut buf, BytesMut::with_capacity(chunk_size));
+                        if tx.send(full.freeze()).await.is_err() {
+                            return Ok(total); // the consumer failed; its error wins
+                        }
+                    }
+                }
+            }
+            if !buf.is_empty() && tx.send(buf.freeze()).await.is_err() {
+                return Ok(total);
+            }
+            Ok(total)
+        };
+        let (total, sha256) = tokio::try_join!(producer, self.store_chunks(id, rx))?;
+        if let Some(expected) = expected_size.filter(|e| *e != total) {
+            return Err(size_mismatch(expected, total, false));
+        }
+        Ok(Received { id, size: total, sha256, guard })
+    }
+
+    /// Makes a received upload a visible file, with the name and type given now (multipart
+    /// forms may send them after the file).
+    pub async fn commit(&self, received: Received, meta: UploadMeta) -> Result<FileRecord> {
+        let meta = meta.validate()?;
+        if let Some(expected) = meta.expected_size.filter(|e| *e != received.size) {
+            return Err(size_mismatch(expected, received.size, false));
+        }
+        let mut received = received;
+        let record = self
+            .meta
+            .commit_upload(
+                received.id,
+                &CommitFile {
+                    name: meta.name,
+                    content_type: meta.content_type,
+                    size: received.size,
+                    sha256: received.sha256.clone(),
+                    committed_at: OffsetDateTime::now_utc(),
+                },
+            )
+            .await?;
+        received.guard.armed = false;
+        Stats::add(&self.stats.uploads_committed, 1);
+        Ok(record)
+    }
+
+    /// The consumer side: hash each chunk (SHA-256 of the stream and BLAKE3 of the chunk, on
+    /// two blocking threads at once), record its pending reference, write its blob unless a
+    /// committed upload already stored it. Returns the whole-file SHA-256.
+    async fn store_chunks(&self, id: FileId, mut rx: mpsc::Receiver<Bytes>) -> Result<String> {
+        let mut sha = Sha256::new();
+        let mut index = 0u64;
+        let mut offset = 0u64;
+        let mut puts: JoinSet<Result<()>> = JoinSet::new();
+        while let Some(chunk) = rx.recv().await {
+            let for_sha = chunk.clone();
+            let for_id = chunk.clone();
+            let (sha_done, hash) = tokio::try_join!(
+                tokio::task::spawn_blocking(move || {
+                    sha.update(&for_sha);
+                    sha
+                }),
+                tokio::task::spawn_blocking(move || ChunkId::of(&for_id)),
+            )?;
+            sha = sha_done;
+            let pending = PendingChunk { index, offset, length: chunk.len() as u64, hash };
+            let state = self.add_chunk_waiting_for_gc(id, pending).await?;
+            index += 1;
+            offset += chunk.len() as u64;
+            if state == ChunkState::Stored {
+                Stats::add(&self.stats.chunks_deduplicated, 1);
+                continue;
+            }
+            while puts.len() >= self.config.puts_in_flight.max(1) {
+                join_put(puts.join_next().await)?;
+            }
+            let blobs: Arc<dyn BlobStore> = self.blobs.clone();
+            let stats = self.stats.clone();
+            puts.spawn(async move {
+                blobs.put(&hash, chunk).await?;
+                Stats::add(&stats.chunks_written, 1);
+                Ok(())
+            });
+        }
+        while let Some(done) = puts.join_next().await {
+            join_put(Some(done))?;
+        }
+        Ok(hex::encode(sha.finalize()))
+    }
+
+    /// Records a pending reference; when GC is deleting that very chunk, waits for it to
+    /// finish (the blob is then written again) rather than failing the upload.
+    async fn add_chunk_waiting_for_gc(&self, id: FileId, chunk: PendingChunk) -> Result<ChunkState> {
+        let mut wait = Duration::from_millis(20);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.meta.add_chunks(id, &[chunk]).await {
+                Ok(states) => return Ok(states[0]),
+                Err(MetaError::ChunkBusy { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn join_put(done: Option<std::result::Result<Result<()>, tokio::task::JoinError>>) -> Result<()> {
+    match done {
+        None => Ok(()),
+        Some(Ok(r)) => r,
+        Some(Err(e)) => Err(e.into()),
+    }
+}
+
+fn size_mismatch(expected: u64, got: u64, more: bool) -> CoreError {
+    CoreError::Invalid {
+        code: "size_mismatch",
+        message: if more {
+            format!("fileSize is {expected} but the body is longer")
+        } else {
+            format!("fileSize is {expected} but the body has {got} bytes")
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(name: &str, t: &str) -> UploadMeta {
+        UploadMeta { name: name.into(), content_type: t.into(), expected_size: None }
+    }
+
+    #[test]
+    fn validates_names_and_types() {
+        assert_eq!(meta("a.txt", "").validate().unwrap().content_type, "application/octet-stream");
+        assert_eq!(meta("a.txt", " text/plain; charset=utf-8 ").validate().unwrap().content_type, "text/plain; charset=utf-8");
+        assert!(meta("../../etc/passwd \"quoted\" ünï 名前.txt", "image/png").validate().is_ok());
+        let code = |m: UploadMeta| match m.validate() {
+            Err(CoreError::Invalid { code, .. }) => code,
+            other => panic!("expected invalid, got {other:?}"),
+        };
+        assert_eq!(code(meta("", "")), "missing_name");
+        assert_eq!(code(meta(&"x".repeat(MAX_NAME_BYTES + 1), "")), "name_too_long");
+        assert_eq!(code(meta("a\r\nSet-Cookie: x", "")), "invalid_name");
+        assert_eq!(code(meta("a\0b", "")), "invalid_name");
+        assert_eq!(code(meta("a", "text/plain\r\nX: y")), "invalid_type");
+        assert_eq!(code(meta("a", "notatype")), "invalid_type");
+        assert_eq!(code(meta("a", "té/xt")), "invalid_type");
+    }
+}

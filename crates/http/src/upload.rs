@@ -1,0 +1,163 @@
+//! `POST /upload`, compatible with the original service: either a multipart form with fields
+//! `fileName`, `fileType`, `fileSize` and the file part, or a raw body with the same three as
+//! request headers (or query parameters). The body streams through core; nothing is buffered
+//! whole.
+
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chunkvault_core::{UploadMeta, Vault};
+use chunkvault_meta::FileRecord;
+use chunkvault_types::FileInfo;
+use futures::TryStreamExt;
+use serde::Deserialize;
+
+use crate::{ApiError, AppState};
+
+/// Text fields of a form are small; a longer one is refused rather than buffered.
+const MAX_FIELD_BYTES: usize = 8 * 1024;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UploadQuery {
+    file_name: Option<String>,
+    file_type: Option<String>,
+    file_size: Option<String>,
+}
+
+pub(crate) async fn upload(
+    State(state): State<AppState>,
+    Query(query): Query<UploadQuery>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let is_multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
+    let record = if is_multipart {
+        let form = Multipart::from_request(req, &state)
+            .await
+            .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
+        upload_form(&state.vault, form).await?
+    } else {
+        upload_raw(&state.vault, query, req).await?
+    };
+    let info = file_info(record);
+    let location = format!("/files/{}", info.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(info)).into_response())
+}
+
+pub(crate) fn file_info(f: FileRecord) -> FileInfo {
+    FileInfo {
+        id: f.id,
+        file_id_compat: Some(f.id),
+        name: f.name,
+        content_type: f.content_type,
+        size: f.size,
+        chunks: f.chunk_count,
+        chunk_size: f.chunk_size,
+        sha256: f.sha256,
+        created_at: f.committed_at,
+    }
+}
+
+fn parse_size(raw: Option<String>) -> Result<Option<u64>, ApiError> {
+    match raw {
+        None => Ok(None),
+        Some(s) => {
+            let s = s.trim();
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ApiError::bad_request("invalid_size", "fileSize must be a whole number of bytes"));
+            }
+            s.parse().map(Some).map_err(|_| ApiError::bad_request("invalid_size", "fileSize is too large"))
+        }
+    }
+}
+
+/// A header's value as UTF-8 (names may be any Unicode; HTTP headers carry bytes).
+fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => std::str::from_utf8(v.as_bytes())
+            .map(|s| Some(s.to_string()))
+            .map_err(|_| ApiError::bad_request("invalid_header", format!("header {name} is not UTF-8"))),
+    }
+}
+
+async fn upload_raw(vault: &Vault, query: UploadQuery, req: Request) -> Result<FileRecord, ApiError> {
+    let headers = req.headers();
+    let name = header_text(headers, "filename")?.or(query.file_name);
+    let content_type = header_text(headers, "filetype")?.or(query.file_type);
+    let size = parse_size(header_text(headers, "filesize")?.or(query.file_size))?;
+    let meta = UploadMeta { name: name.unwrap_or_default(), content_type: content_type.unwrap_or_default(), expected_size: size }
+        .validate()?;
+    let body = req.into_body().into_data_stream();
+    Ok(vault.upload(meta, body).await?)
+}
+
+async fn upload_form(vault: &Vault, mut form: Multipart) -> Result<FileRecord, ApiError> {
+    let mut name = None;
+    let mut content_type = None;
+    let mut size_text = None;
+    let mut received = None;
+    let mut part_name = None;
+    let mut part_type = None;
+    while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
+        let field_name = field.name().unwrap_or_default().to_string();
+        let is_file = field.file_name().is_some() || field_name == "file";
+        match field_name.as_str() {
+            "fileName" | "fileType" | "fileSize" if !is_file => {
+                let text = small_field(&mut field).await?;
+                match field_name.as_str() {
+                    "fileName" => name = Some(text),
+                    "fileType" => content_type = Some(text),
+                    _ => size_text = Some(text),
+                }
+            }
+            _ if is_file => {
+                if received.is_some() {
+                    return Err(ApiError::bad_request("multiple_files", "one file part per upload"));
+                }
+                part_name = field.file_name().map(str::to_string);
+                part_type = field.content_type().map(str::to_string);
+                // Fields sent before the file are checked now, so a bad name fails before the
+                // body is stored; fields sent after it are checked at commit.
+                if let Some(n) = &name {
+                    UploadMeta { name: n.clone(), content_type: content_type.clone().unwrap_or_default(), expected_size: None }
+                        .validate()?;
+                }
+                let expected = parse_size(size_text.clone())?;
+                let stream = field.map_err(|e| e.body_text());
+                received = Some(vault.receive(stream, expected).await?);
+            }
+            _ => {
+                // Unknown fields are read and dropped, bounded like the others.
+                small_field(&mut field).await?;
+            }
+        }
+    }
+    let received = received.ok_or_else(|| ApiError::bad_request("missing_file", "the form has no file part"))?;
+    let meta = UploadMeta {
+        name: name.or(part_name).unwrap_or_default(),
+        content_type: content_type.or(part_type).unwrap_or_default(),
+        expected_size: parse_size(size_text)?,
+    };
+    Ok(vault.commit(received, meta).await?)
+}
+
+async fn small_field(field: &mut axum::extract::multipart::Field<'_>) -> Result<String, ApiError> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if buf.len() + chunk.len() > MAX_FIELD_BYTES {
+            return Err(ApiError::bad_request("field_too_large", format!("form fields are limited to {MAX_FIELD_BYTES} bytes")));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf).map_err(|_| ApiError::bad_request("invalid_field", "form fields must be UTF-8"))
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    ApiError::bad_request("invalid_multipart", e.body_text())
+}
