@@ -1,1 +1,113 @@
-fn main() {}
+//! The chunkvault binary: server, maintenance commands and client commands.
+
+mod config;
+mod ops;
+mod serve;
+mod wiring;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use config::{Config, LogFormat, ServeArgs, StoreArgs};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chunkvault",
+    version,
+    about = "Chunked, content-addressed, verified file storage"
+)]
+struct Cli {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the HTTP server.
+    Serve(ServeArgs),
+    /// Apply pending metadata migrations.
+    Migrate,
+    /// Collect garbage once: expire abandoned uploads, delete unreferenced and unknown blobs,
+    /// report referenced chunks whose blob is missing.
+    Gc(ops::GcArgs),
+    /// Read every stored chunk and verify it; exit code 1 when any is missing or corrupt.
+    Scrub(ops::ScrubArgs),
+    /// Configuration commands.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate the configuration (file, environment, flags) and print it, secrets hidden.
+    Check(ServeArgs),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(serve) => {
+            let config = Config::load(&cli.store, &serve)?;
+            init_logging(config.log_format);
+            serve::run(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let config = Config::load(&cli.store, &ServeArgs::default())?;
+            init_logging(config.log_format);
+            ops::migrate(&config).await
+        }
+        Command::Gc(args) => {
+            let config = Config::load(&cli.store, &args.serve)?;
+            init_logging(config.log_format);
+            ops::gc(&config, &args).await
+        }
+        Command::Scrub(args) => {
+            let config = Config::load(&cli.store, &ServeArgs::default())?;
+            init_logging(config.log_format);
+            ops::scrub(&config, &args).await
+        }
+        Command::Config(ConfigCommand::Check(serve)) => {
+            let config = Config::load(&cli.store, &serve)?;
+            for line in config.summary() {
+                println!("{line}");
+            }
+            println!("configuration is valid");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,1 +1,210 @@
+//! A typed client for the chunkvault HTTP API.
 
+use bytes::Bytes;
+use chunkvault_types::{ErrorBody, FileDetail, FileInfo, FileList};
+use futures::{Stream, TryStreamExt};
+use reqwest::{Body, StatusCode};
+
+/// What went wrong talking to the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error body.
+    #[error("{status}: {code}: {message}")]
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+    #[error("request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("invalid server URL: {0}")]
+    Url(String),
+}
+
+impl ClientError {
+    /// The server's error code, if the server answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: url::Url,
+}
+
+impl Client {
+    /// A client for the server at `base` (for example `http://127.0.0.1:3000`).
+    pub fn new(base: &str) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(64)
+            .build()?;
+        Self::with_http(base, http)
+    }
+
+    pub fn with_http(base: &str, http: reqwest::Client) -> Result<Self> {
+        let mut base = url::Url::parse(base).map_err(|e| ClientError::Url(e.to_string()))?;
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        Ok(Self { http, base })
+    }
+
+    pub fn url(&self, path: &str) -> url::Url {
+        self.base
+            .join(path.trim_start_matches('/'))
+            .expect("relative path joins")
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Uploads a body as a raw stream, with name, type and size as headers.
+    pub async fn upload_stream<S>(
+        &self,
+        name: &str,
+        content_type: &str,
+        size: Option<u64>,
+        body: S,
+    ) -> Result<FileInfo>
+    where
+        S: Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + Sync + 'static,
+    {
+        let mut req = self
+            .http
+            .post(self.url("upload"))
+            .query(&[("fileName", name), ("fileType", content_type)])
+            .body(Body::wrap_stream(body));
+        if let Some(size) = size {
+            req = req.header("fileSize", size.to_string());
+        }
+        json(req.send().await?).await
+    }
+
+    /// Uploads bytes held in memory.
+    pub async fn upload_bytes(
+        &self,
+        name: &str,
+        content_type: &str,
+        data: Bytes,
+    ) -> Result<FileInfo> {
+        let size = data.len() as u64;
+        let req = self
+            .http
+            .post(self.url("upload"))
+            .query(&[("fileName", name), ("fileType", content_type)])
+            .header("fileSize", size.to_string())
+            .body(data);
+        json(req.send().await?).await
+    }
+
+    /// Uploads a local file, streamed from disk.
+    pub async fn upload_file(
+        &self,
+        path: &std::path::Path,
+        name: &str,
+        content_type: &str,
+    ) -> Result<FileInfo> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| ClientError::Url(format!("{}: {e}", path.display())))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| ClientError::Url(e.to_string()))?
+            .len();
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
+        self.upload_stream(name, content_type, Some(size), stream)
+            .await
+    }
+
+    /// Starts a download; the response streams the body. `range` is a `Range` header value.
+    pub async fn download(&self, id: &str, range: Option<&str>) -> Result<reqwest::Response> {
+        let mut req = self.http.get(self.url(&format!("download/{id}")));
+        if let Some(r) = range {
+            req = req.header("Range", r);
+        }
+        check(req.send().await?).await
+    }
+
+    /// Downloads a whole file into memory (tests and small files).
+    pub async fn download_bytes(&self, id: &str) -> Result<Bytes> {
+        Ok(self.download(id, None).await?.bytes().await?)
+    }
+
+    /// Downloads and counts the bytes, discarding them.
+    pub async fn download_discard(&self, id: &str) -> Result<u64> {
+        let resp = self.download(id, None).await?;
+        let mut n = 0u64;
+        let mut s = resp.bytes_stream();
+        while let Some(b) = s.try_next().await? {
+            n += b.len() as u64;
+        }
+        Ok(n)
+    }
+
+    pub async fn list(&self, limit: Option<u32>, after: Option<&str>) -> Result<FileList> {
+        let mut req = self.http.get(self.url("files"));
+        if let Some(l) = limit {
+            req = req.query(&[("limit", l.to_string())]);
+        }
+        if let Some(a) = after {
+            req = req.query(&[("after", a)]);
+        }
+        json(req.send().await?).await
+    }
+
+    pub async fn stat(&self, id: &str) -> Result<FileDetail> {
+        json(
+            self.http
+                .get(self.url(&format!("files/{id}")))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        check(
+            self.http
+                .delete(self.url(&format!("files/{id}")))
+                .send()
+                .await?,
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Turns an error response into [`ClientError::Api`].
+pub async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
+    if resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    Err(match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(b) => ClientError::Api {
+            status,
+            code: b.error.code,
+            message: b.error.message,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: "unknown".into(),
+            message: text,
+        },
+    })
+}
+
+async fn json<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
+    Ok(check(resp).await?.json().await?)
+}

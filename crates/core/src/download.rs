@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use chunkvault_blob::{BlobError, BlobStore};
 use chunkvault_meta::{FileRecord, MetaStore};
-use chunkvault_types::{chunk_slices, ByteRange, ChunkEntry, ChunkSlice, FileId};
+use chunkvault_types::{ByteRange, ChunkEntry, ChunkSlice, FileId, chunk_slices};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
 use crate::{CoreError, Result, Stats, Vault};
@@ -36,7 +36,11 @@ impl Vault {
             .try_flatten()
             .map_ok(move |(slice, entry)| {
                 let (blobs, stats) = (blobs.clone(), stats.clone());
-                async move { fetch_verified(&*blobs, &stats, id, entry).await.map(|data| (slice, data)) }
+                async move {
+                    fetch_verified(&*blobs, &stats, id, entry)
+                        .await
+                        .map(|data| (slice, data))
+                }
             })
             .try_buffered(self.config.read_ahead.max(1))
             .map_ok(move |(slice, data): (ChunkSlice, Bytes)| {
@@ -46,7 +50,6 @@ impl Vault {
             })
             .boxed()
     }
-
 }
 
 /// Groups an iterator's items into vectors of at most `n`, lazily.
@@ -86,7 +89,13 @@ async fn pair_with_manifest(
         .zip(entries)
         .map(|(s, e)| {
             if s.index != e.index || (s.skip + s.take) as u64 > e.length {
-                Err(CoreError::Internal(format!("manifest of {id} does not match its chunk layout at {}", s.index).into()))
+                Err(CoreError::Internal(
+                    format!(
+                        "manifest of {id} does not match its chunk layout at {}",
+                        s.index
+                    )
+                    .into(),
+                ))
             } else {
                 Ok((s, e))
             }
@@ -95,13 +104,22 @@ async fn pair_with_manifest(
 }
 
 /// Reads one chunk and checks it against its hash and length.
-async fn fetch_verified(blobs: &dyn BlobStore, stats: &Stats, file: FileId, entry: ChunkEntry) -> Result<Bytes> {
+async fn fetch_verified(
+    blobs: &dyn BlobStore,
+    stats: &Stats,
+    file: FileId,
+    entry: ChunkEntry,
+) -> Result<Bytes> {
     let data = match blobs.get(&entry.hash).await {
         Ok(d) => d,
         Err(BlobError::NotFound { .. }) => {
             Stats::add(&stats.chunks_missing, 1);
             tracing::error!(file = %file, chunk = %entry.hash, index = entry.index, "chunk missing from the blob store; download cut off");
-            return Err(CoreError::Damaged { file: file.to_string(), chunk: entry.hash.to_hex(), problem: "missing" });
+            return Err(CoreError::Damaged {
+                file: file.to_string(),
+                chunk: entry.hash.to_hex(),
+                problem: "missing",
+            });
         }
         Err(e) => return Err(e.into()),
     };
@@ -111,7 +129,11 @@ async fn fetch_verified(blobs: &dyn BlobStore, stats: &Stats, file: FileId, entr
     if !ok || data.len() as u64 != entry.length {
         Stats::add(&stats.chunks_corrupt, 1);
         tracing::error!(file = %file, chunk = %entry.hash, index = entry.index, "chunk does not match its hash; download cut off before its bytes");
-        return Err(CoreError::Damaged { file: file.to_string(), chunk: entry.hash.to_hex(), problem: "corrupt" });
+        return Err(CoreError::Damaged {
+            file: file.to_string(),
+            chunk: entry.hash.to_hex(),
+            problem: "corrupt",
+        });
     }
     Stats::add(&stats.chunks_verified, 1);
     Ok(data)

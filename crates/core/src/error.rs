@@ -27,7 +27,11 @@ pub enum CoreError {
     MetaUnavailable(#[source] MetaError),
     /// A stored chunk did not match its hash, or is missing although referenced.
     #[error("chunk {chunk} of file {file} is {problem}")]
-    Damaged { file: String, chunk: String, problem: &'static str },
+    Damaged {
+        file: String,
+        chunk: String,
+        problem: &'static str,
+    },
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -37,7 +41,10 @@ impl From<MetaError> for CoreError {
         match e {
             MetaError::NotFound => Self::NotFound,
             MetaError::NotOpen { state } => Self::UploadClosed { state },
-            MetaError::InvalidManifest { message } => Self::Invalid { code: "invalid_manifest", message },
+            MetaError::InvalidManifest { message } => Self::Invalid {
+                code: "invalid_manifest",
+                message,
+            },
             MetaError::ChunkBusy { .. } => Self::Busy,
             e if e.is_unavailable() => Self::MetaUnavailable(e),
             e => Self::Internal(Box::new(e)),
@@ -47,7 +54,11 @@ impl From<MetaError> for CoreError {
 
 impl From<BlobError> for CoreError {
     fn from(e: BlobError) -> Self {
-        if e.is_unavailable() { Self::BlobUnavailable(e) } else { Self::Internal(Box::new(e)) }
+        if e.is_unavailable() {
+            Self::BlobUnavailable(e)
+        } else {
+            Self::Internal(Box::new(e))
+        }
     }
 }
 

@@ -55,7 +55,11 @@ impl Vault {
     pub async fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
         let mut report = GcReport::default();
         let now = OffsetDateTime::now_utc();
-        if !self.meta.try_lease(LEASE, &opts.holder, opts.lease_ttl, now).await? {
+        if !self
+            .meta
+            .try_lease(LEASE, &opts.holder, opts.lease_ttl, now)
+            .await?
+        {
             report.skipped_lease_held = true;
             return Ok(report);
         }
@@ -67,14 +71,6 @@ impl Vault {
     }
 
     async fn gc_leased(&self, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
-        let renew = || async {
-            if self.meta.try_lease(LEASE, &opts.holder, opts.lease_ttl, OffsetDateTime::now_utc()).await? {
-                Ok(())
-            } else {
-                // Our lease lapsed and another node took it: stop before deleting anything more.
-                Err(crate::CoreError::Busy)
-            }
-        };
         let start = OffsetDateTime::now_utc();
         loop {
             let expired = self.meta.expire_uploads(OffsetDateTime::now_utc()).await?;
@@ -90,7 +86,7 @@ impl Vault {
             if claimed.is_empty() {
                 break;
             }
-            renew().await?;
+            self.renew_lease(opts).await?;
             self.delete_blobs(&claimed).await?;
             self.meta.gc_forget(&claimed).await?;
             report.deleted_unreferenced.extend(claimed);
@@ -98,16 +94,26 @@ impl Vault {
 
         // Orphans and missing blobs need the store's listing. Its size grows with the number
         // of chunks (about 50 bytes each), not with their bytes.
-        let listed: HashMap<ChunkId, OffsetDateTime> =
-            self.blobs.list().map_ok(|m| (m.id, m.last_modified)).try_collect().await?;
-        let old_enough: Vec<ChunkId> =
-            listed.iter().filter(|(_, t)| **t < cutoff).map(|(id, _)| *id).collect();
+        let listed: HashMap<ChunkId, OffsetDateTime> = self
+            .blobs
+            .list()
+            .map_ok(|m| (m.id, m.last_modified))
+            .try_collect()
+            .await?;
+        let old_enough: Vec<ChunkId> = listed
+            .iter()
+            .filter(|(_, t)| **t < cutoff)
+            .map(|(id, _)| *id)
+            .collect();
         for batch in old_enough.chunks(BATCH as usize) {
-            let claimed = self.meta.gc_claim_orphans(batch, OffsetDateTime::now_utc()).await?;
+            let claimed = self
+                .meta
+                .gc_claim_orphans(batch, OffsetDateTime::now_utc())
+                .await?;
             if claimed.is_empty() {
                 continue;
             }
-            renew().await?;
+            self.renew_lease(opts).await?;
             self.delete_blobs(&claimed).await?;
             self.meta.gc_forget(&claimed).await?;
             report.deleted_orphans.extend(claimed);
@@ -118,21 +124,51 @@ impl Vault {
             let page = self.meta.chunks(after, BATCH).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.hash);
-            for c in page.iter().filter(|c| c.live && !listed.contains_key(&c.hash)) {
+            for c in page
+                .iter()
+                .filter(|c| c.live && !listed.contains_key(&c.hash))
+            {
                 // Listed before this chunk was committed? Ask the store again before reporting.
                 if self.blobs.head(&c.hash).await?.is_none() {
                     let files = self.meta.files_with_chunk(&c.hash, 100).await?;
                     tracing::error!(chunk = %c.hash, files = ?files, "referenced chunk is missing from the blob store");
-                    report.missing.push(MissingChunk { chunk: c.hash, files });
+                    report.missing.push(MissingChunk {
+                        chunk: c.hash,
+                        files,
+                    });
                 }
             }
         }
         Ok(())
     }
 
+    async fn renew_lease(&self, opts: &GcOptions) -> Result<()> {
+        if self
+            .meta
+            .try_lease(
+                LEASE,
+                &opts.holder,
+                opts.lease_ttl,
+                OffsetDateTime::now_utc(),
+            )
+            .await?
+        {
+            Ok(())
+        } else {
+            // Our lease lapsed and another node took it: stop before deleting anything more.
+            Err(crate::CoreError::Busy)
+        }
+    }
+
     async fn delete_blobs(&self, ids: &[ChunkId]) -> Result<()> {
-        futures::stream::iter(ids)
-            .map(|id| self.blobs.delete(id))
+        // Owned futures: a closure returning futures that borrow `self` makes the GC future
+        // not provably Send, and the server spawns it.
+        let blobs = self.blobs.clone();
+        futures::stream::iter(ids.to_vec())
+            .map(move |id| {
+                let blobs = blobs.clone();
+                async move { blobs.delete(&id).await }
+            })
             .buffer_unordered(DELETES_IN_FLIGHT)
             .try_collect::<Vec<()>>()
             .await?;

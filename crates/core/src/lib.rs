@@ -20,7 +20,7 @@ pub use error::{CoreError, Result};
 pub use gc::{GcOptions, GcReport};
 pub use scrub::{ScrubFinding, ScrubOptions, ScrubReport};
 pub use stats::Stats;
-pub use upload::{Received, UploadMeta, MAX_NAME_BYTES, MAX_TYPE_BYTES};
+pub use upload::{MAX_NAME_BYTES, MAX_TYPE_BYTES, Received, UploadMeta};
 
 /// Tunables of the pipeline.
 #[derive(Debug, Clone)]
@@ -69,7 +69,13 @@ impl Vault {
             VaultConfig::CHUNK_SIZE_RANGE.contains(&config.chunk_size),
             "chunk size is validated by the configuration loader"
         );
-        Self { blobs, meta, config: Arc::new(config), stats: Arc::default(), last_scrub: Arc::default() }
+        Self {
+            blobs,
+            meta,
+            config: Arc::new(config),
+            stats: Arc::default(),
+            last_scrub: Arc::default(),
+        }
     }
 
     pub fn config(&self) -> &VaultConfig {

@@ -83,7 +83,11 @@ impl Vault {
                 if let Some(problem) = problem {
                     let files = self.meta.files_with_chunk(&c.hash, 100).await?;
                     tracing::error!(chunk = %c.hash, problem, files = ?files, "scrub found a damaged chunk");
-                    report.findings.push(ScrubFinding { chunk: c.hash, problem, files });
+                    report.findings.push(ScrubFinding {
+                        chunk: c.hash,
+                        problem,
+                        files,
+                    });
                 }
                 if let Some(rate) = opts.bytes_per_second.filter(|r| *r > 0) {
                     let due = Duration::from_secs_f64(report.bytes_checked as f64 / rate as f64);
@@ -100,6 +104,9 @@ impl Vault {
 
     /// The report of the last scrub this process ran.
     pub fn last_scrub(&self) -> Option<ScrubReport> {
-        self.last_scrub.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last_scrub
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }

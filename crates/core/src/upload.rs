@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use chunkvault_blob::BlobStore;
-use chunkvault_meta::{ChunkState, CommitFile, FileRecord, MetaError, MetaStore, NewUpload, PendingChunk};
+use chunkvault_meta::{
+    ChunkState, CommitFile, FileRecord, MetaError, MetaStore, NewUpload, PendingChunk,
+};
 use chunkvault_types::{ChunkId, FileId};
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
@@ -36,12 +38,18 @@ impl UploadMeta {
     /// Checks the name and type; fills in the default type.
     pub fn validate(mut self) -> Result<Self> {
         if self.name.is_empty() {
-            return Err(CoreError::Invalid { code: "missing_name", message: "fileName is required".into() });
+            return Err(CoreError::Invalid {
+                code: "missing_name",
+                message: "fileName is required".into(),
+            });
         }
         if self.name.len() > MAX_NAME_BYTES {
             return Err(CoreError::Invalid {
                 code: "name_too_long",
-                message: format!("fileName is {} bytes; at most {MAX_NAME_BYTES} are accepted", self.name.len()),
+                message: format!(
+                    "fileName is {} bytes; at most {MAX_NAME_BYTES} are accepted",
+                    self.name.len()
+                ),
             });
         }
         if self.name.chars().any(char::is_control) {
@@ -60,7 +68,9 @@ impl UploadMeta {
                 && t.split(';').next().is_some_and(|mt| {
                     let mut parts = mt.trim().splitn(2, '/');
                     let token = |s: &str| {
-                        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+                        !s.is_empty()
+                            && s.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
                     };
                     parts.next().is_some_and(token) && parts.next().is_some_and(token)
                 });
@@ -145,7 +155,12 @@ impl Vault {
                 expires_at: now + self.config.upload_ttl,
             })
             .await?;
-        let guard = AbortGuard { meta: self.meta.clone(), id, armed: true, stats: self.stats.clone() };
+        let guard = AbortGuard {
+            meta: self.meta.clone(),
+            id,
+            armed: true,
+            stats: self.stats.clone(),
+        };
 
         // One chunk being filled here, one in the channel, one being hashed, `puts_in_flight`
         // being written: memory per upload is bounded, and a full pipeline stops reading the
@@ -158,7 +173,9 @@ impl Vault {
             let mut total = 0u64;
             let mut buf = BytesMut::with_capacity(chunk_size);
             while let Some(frame) = body.next().await {
-                let mut frame = frame.map_err(|e| CoreError::BodyFailed { message: e.to_string() })?;
+                let mut frame = frame.map_err(|e| CoreError::BodyFailed {
+                    message: e.to_string(),
+                })?;
                 total += frame.len() as u64;
                 Stats::add(&stats.bytes_in, frame.len() as u64);
                 if let Some(limit) = expected_size.filter(|l| total > *l) {
@@ -184,7 +201,12 @@ impl Vault {
         if let Some(expected) = expected_size.filter(|e| *e != total) {
             return Err(size_mismatch(expected, total, false));
         }
-        Ok(Received { id, size: total, sha256, guard })
+        Ok(Received {
+            id,
+            size: total,
+            sha256,
+            guard,
+        })
     }
 
     /// Makes a received upload a visible file, with the name and type given now (multipart
@@ -232,7 +254,12 @@ impl Vault {
                 tokio::task::spawn_blocking(move || ChunkId::of(&for_id)),
             )?;
             sha = sha_done;
-            let pending = PendingChunk { index, offset, length: chunk.len() as u64, hash };
+            let pending = PendingChunk {
+                index,
+                offset,
+                length: chunk.len() as u64,
+                hash,
+            };
             let state = self.add_chunk_waiting_for_gc(id, pending).await?;
             index += 1;
             offset += chunk.len() as u64;
@@ -259,7 +286,11 @@ impl Vault {
 
     /// Records a pending reference; when GC is deleting that very chunk, waits for it to
     /// finish (the blob is then written again) rather than failing the upload.
-    async fn add_chunk_waiting_for_gc(&self, id: FileId, chunk: PendingChunk) -> Result<ChunkState> {
+    async fn add_chunk_waiting_for_gc(
+        &self,
+        id: FileId,
+        chunk: PendingChunk,
+    ) -> Result<ChunkState> {
         let mut wait = Duration::from_millis(20);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -299,20 +330,40 @@ mod tests {
     use super::*;
 
     fn meta(name: &str, t: &str) -> UploadMeta {
-        UploadMeta { name: name.into(), content_type: t.into(), expected_size: None }
+        UploadMeta {
+            name: name.into(),
+            content_type: t.into(),
+            expected_size: None,
+        }
     }
 
     #[test]
     fn validates_names_and_types() {
-        assert_eq!(meta("a.txt", "").validate().unwrap().content_type, "application/octet-stream");
-        assert_eq!(meta("a.txt", " text/plain; charset=utf-8 ").validate().unwrap().content_type, "text/plain; charset=utf-8");
-        assert!(meta("../../etc/passwd \"quoted\" ünï 名前.txt", "image/png").validate().is_ok());
+        assert_eq!(
+            meta("a.txt", "").validate().unwrap().content_type,
+            "application/octet-stream"
+        );
+        assert_eq!(
+            meta("a.txt", " text/plain; charset=utf-8 ")
+                .validate()
+                .unwrap()
+                .content_type,
+            "text/plain; charset=utf-8"
+        );
+        assert!(
+            meta("../../etc/passwd \"quoted\" ünï 名前.txt", "image/png")
+                .validate()
+                .is_ok()
+        );
         let code = |m: UploadMeta| match m.validate() {
             Err(CoreError::Invalid { code, .. }) => code,
             other => panic!("expected invalid, got {other:?}"),
         };
         assert_eq!(code(meta("", "")), "missing_name");
-        assert_eq!(code(meta(&"x".repeat(MAX_NAME_BYTES + 1), "")), "name_too_long");
+        assert_eq!(
+            code(meta(&"x".repeat(MAX_NAME_BYTES + 1), "")),
+            "name_too_long"
+        );
         assert_eq!(code(meta("a\r\nSet-Cookie: x", "")), "invalid_name");
         assert_eq!(code(meta("a\0b", "")), "invalid_name");
         assert_eq!(code(meta("a", "text/plain\r\nX: y")), "invalid_type");

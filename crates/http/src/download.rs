@@ -3,12 +3,12 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chunkvault_meta::FileRecord;
-use chunkvault_types::{parse_range, ByteRange, RangeRequest};
-use futures::{stream, StreamExt};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use chunkvault_types::{ByteRange, RangeRequest, parse_range};
+use futures::{StreamExt, stream};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::error::file_id;
 use crate::{ApiError, AppState};
@@ -21,12 +21,13 @@ pub(crate) async fn download(
 ) -> Result<Response, ApiError> {
     let file = s.vault.file(file_id(&id)?).await?;
     let etag = format!("\"{}\"", file.sha256);
-    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        if etag_matches(inm, &etag) {
-            let mut resp = StatusCode::NOT_MODIFIED.into_response();
-            resp.headers_mut().insert(header::ETAG, value(&etag));
-            return Ok(resp);
-        }
+    let inm = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    if inm.is_some_and(|inm| etag_matches(inm, &etag)) {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        resp.headers_mut().insert(header::ETAG, value(&etag));
+        return Ok(resp);
     }
     let size = file.size;
     // If-Range with another validator: the client's copy is stale, send the whole file.
@@ -35,7 +36,13 @@ pub(crate) async fn download(
         _ => headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
     };
     let (status, range) = match parse_range(range_header, size) {
-        RangeRequest::Full => (StatusCode::OK, ByteRange { start: 0, end: size }),
+        RangeRequest::Full => (
+            StatusCode::OK,
+            ByteRange {
+                start: 0,
+                end: size,
+            },
+        ),
         RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, r),
         RangeRequest::Unsatisfiable => {
             let mut resp = ApiError::new(
@@ -44,7 +51,8 @@ pub(crate) async fn download(
                 format!("the file has {size} bytes"),
             )
             .into_response();
-            resp.headers_mut().insert(header::CONTENT_RANGE, value(&format!("bytes */{size}")));
+            resp.headers_mut()
+                .insert(header::CONTENT_RANGE, value(&format!("bytes */{size}")));
             return Ok(resp);
         }
     };
@@ -75,10 +83,16 @@ pub(crate) async fn download(
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(range.len()));
     h.insert(header::CONTENT_TYPE, content_type(&file));
-    h.insert(header::CONTENT_DISPOSITION, value(&content_disposition(&file.name)));
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        value(&content_disposition(&file.name)),
+    );
     h.insert(header::ETAG, value(&etag));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     if let Ok(lm) = HeaderValue::from_str(&httpdate::fmt_http_date(file.committed_at.into())) {
         h.insert(header::LAST_MODIFIED, lm);
     }
@@ -93,23 +107,40 @@ fn value(s: &str) -> HeaderValue {
 }
 
 fn content_type(file: &FileRecord) -> HeaderValue {
-    HeaderValue::from_str(&file.content_type).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+    HeaderValue::from_str(&file.content_type)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
 }
 
 /// `If-None-Match` uses weak comparison: `W/"x"` matches `"x"`; `*` matches any file.
 fn etag_matches(header: &str, etag: &str) -> bool {
-    header.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
 }
 
 /// RFC 6266: an ASCII fallback in `filename` (quotes, backslashes, controls and non-ASCII
 /// replaced) and the exact name in `filename*`, percent-encoded UTF-8.
 pub(crate) fn content_disposition(name: &str) -> String {
-    const ATTR: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    const ATTR: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
     let fallback: String = name
         .chars()
-        .map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{}", utf8_percent_encode(name, ATTR))
+    format!(
+        "attachment; filename=\"{fallback}\"; filename*=UTF-8''{}",
+        utf8_percent_encode(name, ATTR)
+    )
 }
 
 #[cfg(test)]
@@ -119,11 +150,20 @@ mod tests {
     #[test]
     fn content_disposition_is_safe_for_any_name() {
         let cd = content_disposition("a \"b\"\\c\r\n.txt");
-        assert!(cd.starts_with("attachment; filename=\"a _b__c__.txt\""), "{cd}");
-        assert!(cd.ends_with("filename*=UTF-8''a%20%22b%22%5Cc%0D%0A.txt"), "{cd}");
+        assert!(
+            cd.starts_with("attachment; filename=\"a _b__c__.txt\""),
+            "{cd}"
+        );
+        assert!(
+            cd.ends_with("filename*=UTF-8''a%20%22b%22%5Cc%0D%0A.txt"),
+            "{cd}"
+        );
         assert!(HeaderValue::from_str(&content_disposition("名前 ü ../../x;y=z")).is_ok());
         let cd = content_disposition("rapport été.pdf");
-        assert!(cd.contains("filename*=UTF-8''rapport%20%C3%A9t%C3%A9.pdf"), "{cd}");
+        assert!(
+            cd.contains("filename*=UTF-8''rapport%20%C3%A9t%C3%A9.pdf"),
+            "{cd}"
+        );
     }
 
     #[test]

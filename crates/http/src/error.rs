@@ -3,9 +3,9 @@
 //! saying which. Anything else is a 500 whose body says only "internal error"; the full chain
 //! goes to the log.
 
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use chunkvault_core::CoreError;
 use chunkvault_types::{ErrorBody, ErrorDetail};
 
@@ -18,7 +18,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -28,10 +32,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message,
+            },
+        };
         let mut resp = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("5"));
+            resp.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("5"));
         }
         resp
     }
@@ -43,16 +53,28 @@ impl From<CoreError> for ApiError {
         match e {
             CoreError::NotFound => Self::new(S::NOT_FOUND, "not_found", "no such file"),
             CoreError::Invalid { code, message } => Self::new(S::BAD_REQUEST, code, message),
-            CoreError::BodyFailed { message } => {
-                Self::new(S::BAD_REQUEST, "upload_interrupted", format!("the request body could not be read: {message}"))
-            }
-            CoreError::UploadClosed { state } => {
-                Self::new(S::CONFLICT, "upload_closed", format!("the upload is {state}"))
-            }
-            CoreError::Busy => Self::new(S::SERVICE_UNAVAILABLE, "busy", "the server is busy with this content; retry"),
+            CoreError::BodyFailed { message } => Self::new(
+                S::BAD_REQUEST,
+                "upload_interrupted",
+                format!("the request body could not be read: {message}"),
+            ),
+            CoreError::UploadClosed { state } => Self::new(
+                S::CONFLICT,
+                "upload_closed",
+                format!("the upload is {state}"),
+            ),
+            CoreError::Busy => Self::new(
+                S::SERVICE_UNAVAILABLE,
+                "busy",
+                "the server is busy with this content; retry",
+            ),
             CoreError::BlobUnavailable(e) => {
                 tracing::error!(error = ?e, "blob store unavailable");
-                Self::new(S::SERVICE_UNAVAILABLE, "blob_store_unavailable", "the blob store cannot be reached; retry later")
+                Self::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "blob_store_unavailable",
+                    "the blob store cannot be reached; retry later",
+                )
             }
             CoreError::MetaUnavailable(e) => {
                 tracing::error!(error = ?e, "metadata store unavailable");
@@ -62,9 +84,11 @@ impl From<CoreError> for ApiError {
                     "the metadata store cannot be reached; retry later",
                 )
             }
-            CoreError::Damaged { .. } => {
-                Self::new(S::INTERNAL_SERVER_ERROR, "chunk_damaged", "stored data failed verification; it was not served")
-            }
+            CoreError::Damaged { .. } => Self::new(
+                S::INTERNAL_SERVER_ERROR,
+                "chunk_damaged",
+                "stored data failed verification; it was not served",
+            ),
             e => {
                 tracing::error!(error = ?e, "internal error");
                 Self::new(S::INTERNAL_SERVER_ERROR, "internal", "internal error")
@@ -78,10 +102,15 @@ pub(crate) async fn not_found() -> ApiError {
 }
 
 pub(crate) async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
 }
 
 /// Parses a file id from a path segment.
 pub(crate) fn file_id(raw: &str) -> Result<chunkvault_types::FileId, ApiError> {
-    raw.parse().map_err(|e: chunkvault_types::IdError| ApiError::bad_request("invalid_id", e.to_string()))
+    raw.parse()
+        .map_err(|e: chunkvault_types::IdError| ApiError::bad_request("invalid_id", e.to_string()))
 }

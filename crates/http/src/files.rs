@@ -1,9 +1,9 @@
 //! The files API and health endpoints.
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use chunkvault_types::{FileDetail, FileList};
 use serde::Deserialize;
 
@@ -20,28 +20,50 @@ pub(crate) struct ListQuery {
     after: Option<String>,
 }
 
-pub(crate) async fn list(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<FileList>, ApiError> {
+pub(crate) async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<FileList>, ApiError> {
     let limit = match q.limit {
         None => DEFAULT_PAGE,
         Some(l) => match l.parse::<u32>() {
             Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-            _ => return Err(ApiError::bad_request("invalid_limit", format!("limit is a number from 1 to {MAX_PAGE}"))),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_limit",
+                    format!("limit is a number from 1 to {MAX_PAGE}"),
+                ));
+            }
         },
     };
     let after = q.after.as_deref().map(file_id).transpose()?;
     let files = s.vault.list(after, limit).await?;
-    let next = (files.len() == limit as usize).then(|| files.last().map(|f| f.id.to_string())).flatten();
-    Ok(Json(FileList { files: files.into_iter().map(file_info).collect(), next }))
+    let next = (files.len() == limit as usize)
+        .then(|| files.last().map(|f| f.id.to_string()))
+        .flatten();
+    Ok(Json(FileList {
+        files: files.into_iter().map(file_info).collect(),
+        next,
+    }))
 }
 
-pub(crate) async fn detail(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<FileDetail>, ApiError> {
+pub(crate) async fn detail(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<FileDetail>, ApiError> {
     let id = file_id(&id)?;
     let file = s.vault.file(id).await?;
     let manifest = s.vault.manifest(id).await?;
-    Ok(Json(FileDetail { file: file_info(file), manifest }))
+    Ok(Json(FileDetail {
+        file: file_info(file),
+        manifest,
+    }))
 }
 
-pub(crate) async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub(crate) async fn delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     s.vault.delete(file_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -56,14 +78,23 @@ pub(crate) async fn readyz(State(s): State<AppState>) -> Response {
     match tokio::time::timeout(std::time::Duration::from_secs(3), vault.ready()).await {
         Ok(Ok(())) => Json(serde_json::json!({"status": "ready"})).into_response(),
         Ok(Err(e)) => ApiError::from(e).into_response(),
-        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backend_timeout", "a backend did not answer in time")
-            .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backend_timeout",
+            "a backend did not answer in time",
+        )
+        .into_response(),
     }
 }
 
 pub(crate) async fn last_scrub(State(s): State<AppState>) -> Response {
     match s.vault.last_scrub() {
         Some(r) => Json(r).into_response(),
-        None => ApiError::new(StatusCode::NOT_FOUND, "no_scrub", "this server has not run a scrub yet").into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_scrub",
+            "this server has not run a scrub yet",
+        )
+        .into_response(),
     }
 }

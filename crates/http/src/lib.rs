@@ -8,9 +8,9 @@ mod upload;
 
 use std::future::Future;
 
+use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::Router;
 use axum::serve::ListenerExt;
 use chunkvault_core::Vault;
 use tokio::net::TcpListener;
@@ -27,7 +27,10 @@ pub struct AppState {
 pub fn router(vault: Vault) -> Router {
     let state = AppState { vault };
     Router::new()
-        .route("/upload", post(upload::upload).layer(DefaultBodyLimit::disable()))
+        .route(
+            "/upload",
+            post(upload::upload).layer(DefaultBodyLimit::disable()),
+        )
         .route("/download/{id}", get(download::download))
         .route("/files", get(files::list))
         .route("/files/{id}", get(files::detail).delete(files::delete))
@@ -51,5 +54,7 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -3,10 +3,10 @@
 //! request headers (or query parameters). The body streams through core; nothing is buffered
 //! whole.
 
-use axum::extract::{FromRequest, Multipart, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::Json;
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use chunkvault_core::{UploadMeta, Vault};
 use chunkvault_meta::FileRecord;
 use chunkvault_types::FileInfo;
@@ -35,7 +35,11 @@ pub(crate) async fn upload(
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        });
     let record = if is_multipart {
         let form = Multipart::from_request(req, &state)
             .await
@@ -46,7 +50,12 @@ pub(crate) async fn upload(
     };
     let info = file_info(record);
     let location = format!("/files/{}", info.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(info)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(info),
+    )
+        .into_response())
 }
 
 pub(crate) fn file_info(f: FileRecord) -> FileInfo {
@@ -69,9 +78,14 @@ fn parse_size(raw: Option<String>) -> Result<Option<u64>, ApiError> {
         Some(s) => {
             let s = s.trim();
             if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(ApiError::bad_request("invalid_size", "fileSize must be a whole number of bytes"));
+                return Err(ApiError::bad_request(
+                    "invalid_size",
+                    "fileSize must be a whole number of bytes",
+                ));
             }
-            s.parse().map(Some).map_err(|_| ApiError::bad_request("invalid_size", "fileSize is too large"))
+            s.parse()
+                .map(Some)
+                .map_err(|_| ApiError::bad_request("invalid_size", "fileSize is too large"))
         }
     }
 }
@@ -82,17 +96,27 @@ fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiErr
         None => Ok(None),
         Some(v) => std::str::from_utf8(v.as_bytes())
             .map(|s| Some(s.to_string()))
-            .map_err(|_| ApiError::bad_request("invalid_header", format!("header {name} is not UTF-8"))),
+            .map_err(|_| {
+                ApiError::bad_request("invalid_header", format!("header {name} is not UTF-8"))
+            }),
     }
 }
 
-async fn upload_raw(vault: &Vault, query: UploadQuery, req: Request) -> Result<FileRecord, ApiError> {
+async fn upload_raw(
+    vault: &Vault,
+    query: UploadQuery,
+    req: Request,
+) -> Result<FileRecord, ApiError> {
     let headers = req.headers();
     let name = header_text(headers, "filename")?.or(query.file_name);
     let content_type = header_text(headers, "filetype")?.or(query.file_type);
     let size = parse_size(header_text(headers, "filesize")?.or(query.file_size))?;
-    let meta = UploadMeta { name: name.unwrap_or_default(), content_type: content_type.unwrap_or_default(), expected_size: size }
-        .validate()?;
+    let meta = UploadMeta {
+        name: name.unwrap_or_default(),
+        content_type: content_type.unwrap_or_default(),
+        expected_size: size,
+    }
+    .validate()?;
     let body = req.into_body().into_data_stream();
     Ok(vault.upload(meta, body).await?)
 }
@@ -118,15 +142,22 @@ async fn upload_form(vault: &Vault, mut form: Multipart) -> Result<FileRecord, A
             }
             _ if is_file => {
                 if received.is_some() {
-                    return Err(ApiError::bad_request("multiple_files", "one file part per upload"));
+                    return Err(ApiError::bad_request(
+                        "multiple_files",
+                        "one file part per upload",
+                    ));
                 }
                 part_name = field.file_name().map(str::to_string);
                 part_type = field.content_type().map(str::to_string);
                 // Fields sent before the file are checked now, so a bad name fails before the
                 // body is stored; fields sent after it are checked at commit.
                 if let Some(n) = &name {
-                    UploadMeta { name: n.clone(), content_type: content_type.clone().unwrap_or_default(), expected_size: None }
-                        .validate()?;
+                    UploadMeta {
+                        name: n.clone(),
+                        content_type: content_type.clone().unwrap_or_default(),
+                        expected_size: None,
+                    }
+                    .validate()?;
                 }
                 let expected = parse_size(size_text.clone())?;
                 let stream = field.map_err(|e| e.body_text());
@@ -138,7 +169,8 @@ async fn upload_form(vault: &Vault, mut form: Multipart) -> Result<FileRecord, A
             }
         }
     }
-    let received = received.ok_or_else(|| ApiError::bad_request("missing_file", "the form has no file part"))?;
+    let received = received
+        .ok_or_else(|| ApiError::bad_request("missing_file", "the form has no file part"))?;
     let meta = UploadMeta {
         name: name.or(part_name).unwrap_or_default(),
         content_type: content_type.or(part_type).unwrap_or_default(),
@@ -151,11 +183,15 @@ async fn small_field(field: &mut axum::extract::multipart::Field<'_>) -> Result<
     let mut buf = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
         if buf.len() + chunk.len() > MAX_FIELD_BYTES {
-            return Err(ApiError::bad_request("field_too_large", format!("form fields are limited to {MAX_FIELD_BYTES} bytes")));
+            return Err(ApiError::bad_request(
+                "field_too_large",
+                format!("form fields are limited to {MAX_FIELD_BYTES} bytes"),
+            ));
         }
         buf.extend_from_slice(&chunk);
     }
-    String::from_utf8(buf).map_err(|_| ApiError::bad_request("invalid_field", "form fields must be UTF-8"))
+    String::from_utf8(buf)
+        .map_err(|_| ApiError::bad_request("invalid_field", "form fields must be UTF-8"))
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {

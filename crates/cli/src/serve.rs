@@ -1,0 +1,91 @@
+//! `chunkvault serve`: wiring, background tasks, graceful shutdown.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chunkvault_core::{GcOptions, Vault};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::wiring::{Schema, holder_name, open_vault};
+
+pub async fn run(config: Config) -> Result<()> {
+    let vault = open_vault(&config, Schema::Serve).await?;
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (setting listen, CHUNKVAULT_LISTEN, --listen)",
+            config.listen
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        %addr,
+        metadata = %vault.meta().describe(),
+        blobs = %vault.blobs().describe(),
+        chunk_size = config.vault.chunk_size,
+        "chunkvault listening on http://{addr}"
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let gc = tokio::spawn(gc_loop(vault.clone(), config.clone(), stop_rx));
+    let router = chunkvault_http::router(vault);
+    chunkvault_http::serve(listener, router, shutdown_signal())
+        .await
+        .context("server failed")?;
+    let _ = stop_tx.send(true);
+    let _ = gc.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Runs GC every `gc_interval`: expires abandoned uploads and collects unreferenced chunks,
+/// so nothing needs to be run by hand. Several nodes may run it; the lease picks one.
+async fn gc_loop(vault: Vault, config: Config, mut stop: watch::Receiver<bool>) {
+    let opts = GcOptions {
+        grace: config.gc_grace,
+        holder: holder_name(),
+        lease_ttl: Duration::from_secs(300),
+    };
+    let mut tick = tokio::time::interval(config.gc_interval);
+    tick.tick().await; // the first tick is immediate; wait a full interval first
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match vault.gc(&opts).await {
+            Ok(r) if r.skipped_lease_held => tracing::debug!("gc: another node holds the lease"),
+            Ok(r) => tracing::info!(
+                expired_uploads = r.expired_uploads.len(),
+                deleted_unreferenced = r.deleted_unreferenced.len(),
+                deleted_orphans = r.deleted_orphans.len(),
+                missing = r.missing.len(),
+                "gc finished"
+            ),
+            Err(e) => tracing::warn!(error = %e, "gc failed; retrying next interval"),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Opening the stores a configuration names, checking the schema, building the vault.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use chunkvault_blob::{BlobConfig, BlobStore, ObjectStoreBlobs};
+use chunkvault_core::Vault;
+use chunkvault_meta::{
+    MetaStore, PostgresMeta, PostgresOptions, SchemaStatus, SqliteMeta, SqliteOptions,
+};
+
+use crate::config::{Config, MetaConfig};
+
+/// What to do about the schema when opening the metadata store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Refuse anything but the current schema; migrate a new, empty SQLite database (or any
+    /// database when `migrate` is configured).
+    Serve,
+    /// Apply pending migrations (the `migrate` command).
+    Migrate,
+    /// Refuse anything but the current schema.
+    Require,
+}
+
+pub async fn open_meta(config: &Config, schema: Schema) -> Result<Arc<dyn MetaStore>> {
+    let meta: Arc<dyn MetaStore> = match &config.meta {
+        MetaConfig::Sqlite { path } => Arc::new(
+            SqliteMeta::open(&SqliteOptions {
+                path: path.clone(),
+                fsync: config.fsync,
+                read_connections: 8,
+            })
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the SQLite metadata database {}",
+                    path.display()
+                )
+            })?,
+        ),
+        MetaConfig::Postgres { url } => Arc::new(
+            PostgresMeta::open(&PostgresOptions {
+                url: url.clone(),
+                max_connections: config.db_max_connections,
+                acquire_timeout: Duration::from_secs(5),
+            })
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to the PostgreSQL metadata database {}",
+                    crate::config::redact(url)
+                )
+            })?,
+        ),
+    };
+    let status = meta
+        .schema_status()
+        .await
+        .context("cannot read the metadata schema version")?;
+    let sqlite = matches!(config.meta, MetaConfig::Sqlite { .. });
+    let migrate = match schema {
+        Schema::Migrate => true,
+        Schema::Serve => (sqlite && status == SchemaStatus::Empty) || config.migrate,
+        Schema::Require => false,
+    };
+    if migrate && matches!(status, SchemaStatus::Empty | SchemaStatus::Behind { .. }) {
+        meta.migrate().await?;
+        tracing::info!(store = %meta.describe(), "metadata schema migrated");
+    } else if let Some(problem) = status.problem() {
+        bail!("{problem} ({})", meta.describe());
+    }
+    Ok(meta)
+}
+
+pub async fn open_blobs(config: &Config) -> Result<Arc<dyn BlobStore>> {
+    let what = match &config.blob {
+        BlobConfig::Local { root, .. } => format!("the local blob directory {}", root.display()),
+        other => format!("the blob store ({other:?})"),
+    };
+    let store = ObjectStoreBlobs::open(&config.blob, &config.retry)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open {what}: {e}{}", source_text(&e)))?;
+    Ok(Arc::new(store))
+}
+
+fn source_text(e: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(&format!(": {s}"));
+        cur = s.source();
+    }
+    out
+}
+
+pub async fn open_vault(config: &Config, schema: Schema) -> Result<Vault> {
+    let meta = open_meta(config, schema).await?;
+    let blobs = open_blobs(config).await?;
+    Ok(Vault::new(blobs, meta, config.vault.clone()))
+}
+
+/// A name for this process in leases: host, pid and a random suffix.
+pub fn holder_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!(
+        "{host}:{}:{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
