@@ -95,6 +95,9 @@ pub enum BlobConfig {
 pub struct ObjectStoreBlobs {
     store: Arc<dyn ObjectStore>,
     describe: String,
+    /// The directory of a local store: object_store stages each write in `<key>#<n>` and renames
+    /// it; a crash between the two leaves the staging file, which only we can sweep.
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl ObjectStoreBlobs {
@@ -103,6 +106,7 @@ impl ObjectStoreBlobs {
         Self {
             store,
             describe: describe.into(),
+            local_root: None,
         }
     }
 
@@ -122,10 +126,9 @@ impl ObjectStoreBlobs {
             })?
             .with_fsync(fsync)
             .with_automatic_cleanup(false);
-        Ok(Self::new(
-            Arc::new(fs),
-            format!("local directory {}", root.display()),
-        ))
+        let mut store = Self::new(Arc::new(fs), format!("local directory {}", root.display()));
+        store.local_root = Some(root.to_path_buf());
+        Ok(store)
     }
 
     /// Builds the store `config` names and prepares it for use: creates the container when the
@@ -288,7 +291,46 @@ impl BlobStore for ObjectStoreBlobs {
         }
     }
 
+    async fn sweep_incomplete(&self, older_than: OffsetDateTime) -> Result<u64> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(0);
+        };
+        let cutoff = std::time::SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_nanos(older_than.unix_timestamp_nanos().max(0) as u64);
+        tokio::task::spawn_blocking(move || sweep_staging(&root.join(CHUNK_PREFIX), cutoff))
+            .await
+            .map_err(|e| BlobError::Other {
+                source: Box::new(e),
+            })?
+    }
+
     fn describe(&self) -> String {
         self.describe.clone()
     }
+}
+
+fn sweep_staging(dir: &std::path::Path, cutoff: std::time::SystemTime) -> Result<u64> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => {
+            return Err(BlobError::Other {
+                source: Box::new(e),
+            });
+        }
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            removed += sweep_staging(&path, cutoff)?;
+        } else if entry.file_name().to_string_lossy().contains('#')
+            && meta.modified().is_ok_and(|m| m < cutoff)
+            && std::fs::remove_file(&path).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }

@@ -133,6 +133,11 @@ impl<S: BlobStore> BlobStore for FaultyBlobStore<S> {
         self.inner.check().await
     }
 
+    async fn sweep_incomplete(&self, older_than: time::OffsetDateTime) -> Result<u64> {
+        self.before(true, false).await?;
+        self.inner.sweep_incomplete(older_than).await
+    }
+
     fn describe(&self) -> String {
         format!("faulty({})", self.inner.describe())
     }

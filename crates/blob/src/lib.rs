@@ -72,6 +72,14 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
     /// Cheap enough for a readiness probe.
     async fn check(&self) -> Result<()>;
 
+    /// Removes the debris of writes a crash interrupted (a local directory's staging files)
+    /// last modified before `older_than`; returns how many were removed. Stores whose writes are
+    /// atomic on the server side (Azure, S3, GCS, memory) leave none and return 0.
+    async fn sweep_incomplete(&self, older_than: OffsetDateTime) -> Result<u64> {
+        let _ = older_than;
+        Ok(0)
+    }
+
     /// A short description for logs and start-up messages, without secrets.
     fn describe(&self) -> String;
 }

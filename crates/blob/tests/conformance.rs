@@ -108,3 +108,50 @@ async fn faulty_wrapper_conforms_when_healthy_and_fails_on_command() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn local_sweep_removes_only_old_staging_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("blobs");
+    let store = ObjectStoreBlobs::open(
+        &BlobConfig::Local {
+            root: root.clone(),
+            fsync: false,
+        },
+        &RetryOptions::default(),
+    )
+    .await
+    .unwrap();
+    let id = ChunkId::of(b"kept");
+    store
+        .put(&id, bytes::Bytes::from_static(b"kept"))
+        .await
+        .unwrap();
+    let key = chunkvault_blob::chunk_key(&id);
+    let staging = root.join(format!("{key}#7"));
+    std::fs::write(&staging, b"half a chunk").unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    assert_eq!(
+        store
+            .sweep_incomplete(now - std::time::Duration::from_secs(60))
+            .await
+            .unwrap(),
+        0,
+        "young debris stays"
+    );
+    assert_eq!(
+        store
+            .sweep_incomplete(now + std::time::Duration::from_secs(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!staging.exists());
+    assert_eq!(
+        store.get(&id).await.unwrap().as_ref(),
+        b"kept",
+        "chunks are never swept"
+    );
+    let mem = ObjectStoreBlobs::memory();
+    assert_eq!(mem.sweep_incomplete(now).await.unwrap(), 0);
+}

@@ -76,10 +76,11 @@ pub async fn gc(config: &Config, args: &GcArgs) -> Result<ExitCode> {
             );
         }
         println!(
-            "gc: {} expired uploads, {} unreferenced chunks deleted, {} unknown blobs deleted, {} missing chunks",
+            "gc: {} expired uploads, {} unreferenced chunks deleted, {} unknown blobs deleted, {} interrupted writes swept, {} missing chunks",
             report.expired_uploads.len(),
             report.deleted_unreferenced.len(),
             report.deleted_orphans.len(),
+            report.swept_incomplete,
             report.missing.len()
         );
     }

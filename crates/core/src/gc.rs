@@ -40,6 +40,8 @@ pub struct GcReport {
     pub deleted_unreferenced: Vec<ChunkId>,
     /// Blobs deleted because the metadata did not know them (written by a crashed upload).
     pub deleted_orphans: Vec<ChunkId>,
+    /// Debris of interrupted writes removed (a local directory's staging files).
+    pub swept_incomplete: u64,
     /// Chunks committed files reference whose blob is not in the store, with those files.
     pub missing: Vec<MissingChunk>,
 }
@@ -71,7 +73,6 @@ impl Vault {
     }
 
     async fn gc_leased(&self, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
-        let start = OffsetDateTime::now_utc();
         loop {
             let expired = self.meta.expire_uploads(OffsetDateTime::now_utc()).await?;
             if expired.is_empty() {
@@ -80,7 +81,9 @@ impl Vault {
             report.expired_uploads.extend(expired);
         }
 
-        let cutoff = start - opts.grace;
+        // After expiry, which touches the chunks it dereferences: with a zero grace they are
+        // collected in this same run.
+        let cutoff = OffsetDateTime::now_utc() - opts.grace;
         loop {
             let claimed = self.meta.gc_claim_unreferenced(cutoff, BATCH).await?;
             if claimed.is_empty() {
@@ -118,6 +121,8 @@ impl Vault {
             self.meta.gc_forget(&claimed).await?;
             report.deleted_orphans.extend(claimed);
         }
+
+        report.swept_incomplete = self.blobs.sweep_incomplete(cutoff).await?;
 
         let mut after = None;
         loop {
