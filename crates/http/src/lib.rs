@@ -4,6 +4,7 @@
 mod download;
 mod error;
 mod files;
+mod observe;
 mod upload;
 
 use std::future::Future;
@@ -26,6 +27,7 @@ pub struct AppState {
 /// The router for `vault`.
 pub fn router(vault: Vault) -> Router {
     let state = AppState { vault };
+    observe::init();
     Router::new()
         .route(
             "/upload",
@@ -37,9 +39,10 @@ pub fn router(vault: Vault) -> Router {
         .route("/healthz", get(files::healthz))
         .route("/readyz", get(files::readyz))
         .route("/scrub", get(files::last_scrub))
+        .route("/metrics", get(observe::metrics))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .route_layer(axum::middleware::from_fn(observe::track))
         .with_state(state)
 }
 

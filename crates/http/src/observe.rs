@@ -1,0 +1,125 @@
+//! Observability: a request id on every request, one log line per request, Prometheus
+//! metrics. Labels are bounded: the route template (`/download/{id}`), never an id or a name.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chunkvault_core::Stats;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing::Instrument;
+
+use crate::AppState;
+
+pub(crate) const REQUEST_ID: &str = "x-request-id";
+
+/// The process's Prometheus recorder, installed on first use. `None` if another recorder was
+/// installed first (then `/metrics` says so).
+fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    300.0,
+                ])
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Installs the recorder now, so counters recorded before the first scrape are kept.
+pub(crate) fn init() {
+    let _ = handle();
+}
+
+/// Accepts the client's `X-Request-Id` (if short and printable) or makes one, returns it, and
+/// logs and counts the request.
+pub(crate) async fn track(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .filter(|v| v.len() <= 128 && v.to_str().is_ok())
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .expect("uuid is a header value")
+        });
+    let span = tracing::info_span!("request", id = %id.to_str().unwrap_or(""), %method, %route);
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status().as_u16();
+    let secs = start.elapsed().as_secs_f64();
+    let length = resp
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    span.in_scope(|| tracing::info!(status, duration_ms = (secs * 1000.0) as u64, response_bytes = %length, "request"));
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("chunkvault_http_requests_total", &labels).increment(1);
+    metrics::histogram!("chunkvault_http_request_duration_seconds", &labels[..2]).record(secs);
+    resp.headers_mut().insert(REQUEST_ID, id);
+    resp
+}
+
+/// `GET /metrics`, Prometheus text format.
+pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
+    let Some(h) = handle() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed\n",
+        )
+            .into_response();
+    };
+    let st = s.vault.stats();
+    for (name, value) in [
+        ("chunkvault_bytes_in_total", &st.bytes_in),
+        ("chunkvault_bytes_out_total", &st.bytes_out),
+        ("chunkvault_uploads_committed_total", &st.uploads_committed),
+        ("chunkvault_uploads_aborted_total", &st.uploads_aborted),
+        ("chunkvault_chunks_written_total", &st.chunks_written),
+        (
+            "chunkvault_chunks_deduplicated_total",
+            &st.chunks_deduplicated,
+        ),
+        ("chunkvault_chunks_verified_total", &st.chunks_verified),
+        ("chunkvault_chunks_corrupt_total", &st.chunks_corrupt),
+        ("chunkvault_chunks_missing_total", &st.chunks_missing),
+    ] {
+        metrics::counter!(name).absolute(Stats::get(value));
+    }
+    if let Some(rss) = resident_bytes() {
+        metrics::gauge!("chunkvault_process_resident_memory_bytes").set(rss as f64);
+    }
+    let mut resp = h.render().into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
