@@ -1,0 +1,344 @@
+//! Visibility under faults (blob store failures, clients that go away mid-upload) and garbage
+//! collection, over a real socket.
+
+#[macro_use]
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chunkvault_blob::Fault;
+use chunkvault_core::Stats;
+use chunkvault_types::ChunkId;
+use common::*;
+use reqwest::StatusCode;
+
+backend_tests!(
+    blob_put_failure_is_503_and_nothing_visible,
+    client_error_mid_upload_leaves_nothing,
+    client_gone_mid_upload_leaves_nothing,
+    gc_removes_only_unreferenced_chunks,
+    gc_concurrent_with_uploads_loses_nothing,
+);
+
+const C: usize = SMALL_CHUNK;
+
+/// Lifts a put countdown. `fail_puts_after` takes no "off"; a count this large never runs out.
+fn lift_countdown(s: &TestServer) {
+    s.faulty.fail_puts_after(1 << 40);
+}
+
+async fn blob_put_failure_is_503_and_nothing_visible(backend: Backend) {
+    let s = TestServer::start(backend, C).await;
+    let kept_data = random_bytes(2 * C + 1, fresh_seed());
+    let kept = s.put_file("kept.bin", &kept_data).await;
+    let before = s.listed_ids().await;
+    let mut aborted = 0;
+
+    // The store fails after some puts: early in the body, and at its very last chunk.
+    let data = random_bytes(6 * C + 10, fresh_seed());
+    for allowed in [0u64, 2, 6] {
+        for form in [false, true] {
+            s.faulty.fail_puts_after(allowed);
+            let resp = if form {
+                s.upload_form("fails.bin", "application/octet-stream", &data)
+                    .await
+            } else {
+                s.upload_raw("fails.bin", "application/octet-stream", &data)
+                    .await
+            };
+            assert!(
+                resp.headers().get("retry-after").is_some(),
+                "503 carries Retry-After"
+            );
+            expect_error(
+                resp,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "blob_store_unavailable",
+            )
+            .await;
+            aborted += 1;
+            lift_countdown(&s);
+            assert_eq!(s.listed_ids().await, before, "a failed upload is invisible");
+        }
+    }
+    // Every put failing.
+    s.faulty.set(Fault::FailPuts);
+    expect_error(
+        s.upload_raw("fails.bin", "application/octet-stream", &data)
+            .await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "blob_store_unavailable",
+    )
+    .await;
+    aborted += 1;
+    s.faulty.set(Fault::None);
+    assert_eq!(s.listed_ids().await, before);
+
+    // Every failed upload was aborted, and GC leaves exactly what committed files reference.
+    s.wait_aborted(aborted).await;
+    s.assert_store_converges().await;
+    let blobs = s.blob_ids().await;
+    let kept_chunks: HashSet<ChunkId> = chunk_ids(&kept_data, C).into_iter().collect();
+    assert_eq!(blobs, kept_chunks);
+
+    // Once the store is back, the same upload works and the old file is intact.
+    let resp = s
+        .upload_raw("fails.bin", "application/octet-stream", &data)
+        .await;
+    let info = expect_created(resp, "fails.bin", "application/octet-stream", &data, &s).await;
+    expect_download(
+        &s,
+        info["id"].as_str().unwrap(),
+        &data,
+        "fails.bin",
+        "application/octet-stream",
+    )
+    .await;
+    expect_download(
+        &s,
+        &kept,
+        &kept_data,
+        "kept.bin",
+        "application/octet-stream",
+    )
+    .await;
+}
+
+/// A request body that yields `data` in half-chunk pieces, pausing between them so each piece
+/// really leaves the client, and then fails (`fail_at_end`) or never ends.
+fn paced_body(
+    data: Vec<u8>,
+    fail_at_end: bool,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static {
+    let pieces: Vec<Bytes> = data.chunks(C / 2).map(Bytes::copy_from_slice).collect();
+    futures::stream::unfold(
+        (pieces.into_iter(), fail_at_end),
+        |(mut rest, fail)| async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            match rest.next() {
+                Some(piece) => Some((Ok(piece), (rest, fail))),
+                None if fail => Some((
+                    Err(std::io::Error::other("the client's source failed")),
+                    (rest, false),
+                )),
+                None => futures::future::pending().await,
+            }
+        },
+    )
+}
+
+/// Waits until the server has read at least `n` body bytes.
+async fn wait_bytes_in(s: &TestServer, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while Stats::get(&s.stats().bytes_in) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server read only {} body bytes",
+            Stats::get(&s.stats().bytes_in)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn client_error_mid_upload_leaves_nothing(backend: Backend) {
+    let s = TestServer::start(backend, C).await;
+    let before = s.listed_ids().await;
+    // Three chunks' worth arrive, then the client's source fails and the client aborts.
+    let data = random_bytes(3 * C, fresh_seed());
+    let result = s
+        .http
+        .post(s.url("/upload"))
+        .header("fileName", "broken.bin")
+        .body(reqwest::Body::wrap_stream(paced_body(data, true)))
+        .send()
+        .await;
+    match result {
+        Err(_) => {}
+        // The server may have answered before the client gave up; never with success.
+        Ok(resp) => assert!(
+            resp.status().is_client_error(),
+            "an upload whose body failed must not succeed: {}",
+            resp.status()
+        ),
+    }
+    assert!(
+        Stats::get(&s.stats().bytes_in) >= C as u64,
+        "the server received part of the body before the client failed"
+    );
+    s.wait_aborted(1).await;
+    assert_eq!(s.listed_ids().await, before);
+    s.assert_store_converges().await;
+    assert!(s.blob_ids().await.is_empty());
+}
+
+async fn client_gone_mid_upload_leaves_nothing(backend: Backend) {
+    let s = TestServer::start(backend, C).await;
+    let before = s.listed_ids().await;
+    let data = random_bytes(5 * C / 2, fresh_seed());
+    // A body that yields some chunks, then never ends; the client drops the request.
+    let request = s
+        .http
+        .post(s.url("/upload"))
+        .header("fileName", "abandoned.bin")
+        .header("fileSize", (10 * C).to_string())
+        .body(reqwest::Body::wrap_stream(paced_body(data.clone(), false)))
+        .send();
+    let request = tokio::spawn(request);
+    // Once the server has stored what arrived, go away.
+    wait_bytes_in(&s, data.len() as u64).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    request.abort();
+    assert!(request.await.unwrap_err().is_cancelled());
+    s.wait_aborted(1).await;
+    assert_eq!(s.listed_ids().await, before);
+    s.assert_store_converges().await;
+    assert!(s.blob_ids().await.is_empty());
+
+    // The server still serves, and the same content uploads fine afterwards.
+    let id = s.put_file("abandoned.bin", &data).await;
+    expect_download(&s, &id, &data, "abandoned.bin", "application/octet-stream").await;
+}
+
+async fn gc_removes_only_unreferenced_chunks(backend: Backend) {
+    let s = TestServer::start(backend, C).await;
+    let shared = random_bytes(C, fresh_seed());
+    // a = [shared, a1, a2], b = [shared, b1 (short)].
+    let mut a = shared.clone();
+    a.extend(random_bytes(2 * C, fresh_seed()));
+    let mut b = shared.clone();
+    b.extend(random_bytes(C / 3, fresh_seed()));
+    let a_id = s.put_file("a.bin", &a).await;
+    let b_id = s.put_file("b.bin", &b).await;
+    let a_chunks = chunk_ids(&a, C);
+    let b_chunks = chunk_ids(&b, C);
+    assert_eq!(a_chunks[0], b_chunks[0]);
+    assert_eq!(s.blob_ids().await.len(), 4);
+
+    // GC with everything referenced deletes nothing.
+    let report = s.gc("t").await;
+    assert!(report.deleted_unreferenced.is_empty(), "{report:?}");
+    assert!(report.deleted_orphans.is_empty(), "{report:?}");
+    assert_eq!(s.blob_ids().await.len(), 4);
+
+    s.client.delete(&a_id).await.unwrap();
+    // Deleting makes the file invisible at once; its blobs wait for GC.
+    assert_eq!(s.blob_ids().await.len(), 4);
+    let report = s.gc("t").await;
+    assert!(!report.skipped_lease_held);
+    let deleted: HashSet<ChunkId> = report.deleted_unreferenced.iter().copied().collect();
+    let unique_to_a: HashSet<ChunkId> = a_chunks[1..].iter().copied().collect();
+    assert_eq!(deleted, unique_to_a);
+    assert!(report.missing.is_empty(), "{report:?}");
+
+    let blobs = s.blob_ids().await;
+    for c in &a_chunks[1..] {
+        assert!(
+            !blobs.contains(c),
+            "a chunk only the deleted file used is gone"
+        );
+    }
+    assert!(blobs.contains(&a_chunks[0]), "the shared chunk stays");
+    assert_eq!(blobs, b_chunks.iter().copied().collect::<HashSet<_>>());
+    expect_download(&s, &b_id, &b, "b.bin", "application/octet-stream").await;
+
+    // An orphan blob (written by no upload) is collected; a second GC has nothing to do.
+    let orphan = random_bytes(500, fresh_seed());
+    let orphan_id = ChunkId::of(&orphan);
+    chunkvault_blob::BlobStore::put(&s.raw, &orphan_id, Bytes::from(orphan))
+        .await
+        .unwrap();
+    // Azure's Last-Modified has one-second resolution: let the orphan age past the cutoff.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let report = s.gc("t").await;
+    assert_eq!(report.deleted_orphans, vec![orphan_id]);
+    let report = s.gc("t").await;
+    assert!(report.deleted_unreferenced.is_empty() && report.deleted_orphans.is_empty());
+    expect_download(&s, &b_id, &b, "b.bin", "application/octet-stream").await;
+
+    // Deleting the last file that uses the shared chunk frees it too.
+    s.client.delete(&b_id).await.unwrap();
+    s.gc("t").await;
+    assert!(s.blob_ids().await.is_empty());
+    assert!(s.chunk_rows().await.is_empty());
+}
+
+async fn gc_concurrent_with_uploads_loses_nothing(backend: Backend) {
+    let s = TestServer::start(backend, C).await;
+    let content = random_bytes(4 * C + 17, fresh_seed());
+    let other = random_bytes(2 * C, fresh_seed());
+    let other_id = s.put_file("other.bin", &other).await;
+    let mut live: Vec<(String, String)> = Vec::new();
+
+    for round in 0..4 {
+        // The content's chunks become unreferenced, so GC wants to delete exactly the chunks
+        // the uploads below are about to reuse.
+        let victim = s.put_file("victim.bin", &content).await;
+        for (id, _) in live.drain(..) {
+            s.client.delete(&id).await.unwrap();
+        }
+        s.client.delete(&victim).await.unwrap();
+
+        let mut tasks = tokio::task::JoinSet::new();
+        for holder in ["gc-1", "gc-2"] {
+            let vault = s.vault.clone();
+            tasks.spawn(async move {
+                vault
+                    .gc(&chunkvault_core::GcOptions {
+                        grace: Duration::ZERO,
+                        holder: holder.into(),
+                        lease_ttl: Duration::from_secs(60),
+                    })
+                    .await
+                    .expect("gc");
+                None
+            });
+        }
+        for i in 0..4 {
+            let client = s.client.clone();
+            let data = Bytes::from(content.clone());
+            tasks.spawn(async move {
+                let name = format!("r{round}-{i}.bin");
+                let info = client
+                    .upload_bytes(&name, "application/x-r", data)
+                    .await
+                    .expect("upload beside GC");
+                Some((info.id.to_string(), name))
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Some(file) = done.expect("task") {
+                live.push(file);
+            }
+        }
+        assert_eq!(live.len(), 4);
+        // Every committed file downloads whole, and so does the one GC never touched.
+        for (id, _) in &live {
+            let body = s.client.download_bytes(id).await.expect("download");
+            assert!(body == content, "round {round}: file {id} lost data");
+        }
+        expect_download(
+            &s,
+            &other_id,
+            &other,
+            "other.bin",
+            "application/octet-stream",
+        )
+        .await;
+    }
+
+    // A final GC with nothing in flight keeps every referenced blob and only those.
+    s.assert_store_converges().await;
+    for (id, name) in &live {
+        expect_download(&s, id, &content, name, "application/x-r").await;
+    }
+    expect_download(
+        &s,
+        &other_id,
+        &other,
+        "other.bin",
+        "application/octet-stream",
+    )
+    .await;
+}
