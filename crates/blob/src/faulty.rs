@@ -20,7 +20,7 @@ pub enum Fault {
     None,
     /// Every call fails as if the backend were unreachable.
     Down,
-    /// Puts fail as unreachable; reads work.
+    /// Puts fail as unreachable; reads and deletes work.
     FailPuts,
     /// Gets fail as unreachable; writes work.
     FailGets,
@@ -52,9 +52,15 @@ impl<S: BlobStore> FaultyBlobStore<S> {
         *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
     }
 
-    /// Lets `n` more puts through, then fails every later put as unreachable.
+    /// Lets `n` more puts through, then fails every later put as unreachable (until
+    /// [`FaultyBlobStore::clear_countdown`]). Only puts count.
     pub fn fail_puts_after(&self, n: u64) {
-        self.puts_until_failure.store(n as i64, Ordering::SeqCst);
+        self.puts_until_failure.store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::SeqCst);
+    }
+
+    /// Stops the countdown of [`FaultyBlobStore::fail_puts_after`]: puts succeed again.
+    pub fn clear_countdown(&self) {
+        self.puts_until_failure.store(-1, Ordering::SeqCst);
     }
 
     pub fn inner(&self) -> &S {
@@ -65,25 +71,35 @@ impl<S: BlobStore> FaultyBlobStore<S> {
         *self.fault.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn before(&self, write: bool, read: bool) -> Result<()> {
+    async fn before(&self, op: Op) -> Result<()> {
         match self.current() {
             Fault::Down => return Err(down()),
-            Fault::FailPuts if write => return Err(down()),
-            Fault::FailGets if read => return Err(down()),
+            Fault::FailPuts if op == Op::Put => return Err(down()),
+            Fault::FailGets if op == Op::Read => return Err(down()),
             Fault::Stall(d) => tokio::time::sleep(d).await,
             _ => {}
         }
-        if write {
-            let left = self.puts_until_failure.load(Ordering::SeqCst);
-            if left == 0 {
+        if op == Op::Put {
+            // Atomically take one put from the countdown; at zero every put fails.
+            let taken = self.puts_until_failure.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                (left > 0).then(|| left - 1).or((left < 0).then_some(left))
+            });
+            if taken.is_err() {
                 return Err(down());
-            }
-            if left > 0 {
-                self.puts_until_failure.fetch_sub(1, Ordering::SeqCst);
             }
         }
         Ok(())
     }
+}
+
+/// What a call does, for deciding which faults apply to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Put,
+    Read,
+    /// Deletes and sweeps: only `Down` and `Stall` affect them.
+    Remove,
+    Check,
 }
 
 fn down() -> BlobError {
@@ -95,12 +111,12 @@ fn down() -> BlobError {
 #[async_trait]
 impl<S: BlobStore> BlobStore for FaultyBlobStore<S> {
     async fn put(&self, id: &ChunkId, data: Bytes) -> Result<()> {
-        self.before(true, false).await?;
+        self.before(Op::Put).await?;
         self.inner.put(id, data).await
     }
 
     async fn get(&self, id: &ChunkId) -> Result<Bytes> {
-        self.before(false, true).await?;
+        self.before(Op::Read).await?;
         let data = self.inner.get(id).await?;
         if self.current() == Fault::CorruptReads && !data.is_empty() {
             let mut v = data.to_vec();
@@ -112,12 +128,12 @@ impl<S: BlobStore> BlobStore for FaultyBlobStore<S> {
     }
 
     async fn head(&self, id: &ChunkId) -> Result<Option<BlobMeta>> {
-        self.before(false, true).await?;
+        self.before(Op::Read).await?;
         self.inner.head(id).await
     }
 
     async fn delete(&self, id: &ChunkId) -> Result<()> {
-        self.before(true, false).await?;
+        self.before(Op::Remove).await?;
         self.inner.delete(id).await
     }
 
@@ -129,12 +145,12 @@ impl<S: BlobStore> BlobStore for FaultyBlobStore<S> {
     }
 
     async fn check(&self) -> Result<()> {
-        self.before(false, false).await?;
+        self.before(Op::Check).await?;
         self.inner.check().await
     }
 
     async fn sweep_incomplete(&self, older_than: time::OffsetDateTime) -> Result<u64> {
-        self.before(true, false).await?;
+        self.before(Op::Remove).await?;
         self.inner.sweep_incomplete(older_than).await
     }
 

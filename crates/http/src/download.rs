@@ -2,7 +2,7 @@
 //! Content-Disposition. A chunk that fails verification cuts the response off.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chunkvault_meta::FileRecord;
@@ -10,16 +10,16 @@ use chunkvault_types::{ByteRange, RangeRequest, parse_range};
 use futures::{StreamExt, stream};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use crate::error::file_id;
+use crate::extract::FileIdPath;
 use crate::{ApiError, AppState};
 
 pub(crate) async fn download(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    FileIdPath(id): FileIdPath,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let file = s.vault.file(file_id(&id)?).await?;
+    let file = s.vault.file(id).await?;
     let etag = format!("\"{}\"", file.sha256);
     let inm = headers
         .get(header::IF_NONE_MATCH)
@@ -75,7 +75,10 @@ pub(crate) async fn download(
                 std::io::Error::other(e.to_string())
             })
         });
-        Body::from_stream(stream::iter(first.map(Ok)).chain(rest))
+        Body::from_stream(FlushBeforeError {
+            inner: stream::iter(first.map(Ok)).chain(rest),
+            held: None,
+        })
     };
 
     let mut resp = Response::new(body);
@@ -100,6 +103,39 @@ pub(crate) async fn download(
         h.insert(header::CONTENT_RANGE, value(&range.content_range(size)));
     }
     Ok(resp)
+}
+
+/// Holds a body error back for one poll, answering `Pending` (after waking itself) first: hyper
+/// then flushes the head and the bytes already sent before it aborts the connection, so the
+/// client sees a response cut short (fewer bytes than Content-Length) rather than no response.
+struct FlushBeforeError<S> {
+    inner: S,
+    held: Option<std::io::Error>,
+}
+
+impl<S> futures::Stream for FlushBeforeError<S>
+where
+    S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin,
+{
+    type Item = std::io::Result<bytes::Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if let Some(e) = self.held.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match self.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                self.held = Some(e);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
 }
 
 fn value(s: &str) -> HeaderValue {

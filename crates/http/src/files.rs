@@ -1,30 +1,25 @@
 //! The files API and health endpoints.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chunkvault_types::{FileDetail, FileList};
-use serde::Deserialize;
 
 use crate::error::file_id;
+use crate::extract::{FileIdPath, StrictQuery};
 use crate::upload::file_info;
 use crate::{ApiError, AppState};
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct ListQuery {
-    limit: Option<String>,
-    after: Option<String>,
-}
 
 pub(crate) async fn list(
     State(s): State<AppState>,
-    Query(q): Query<ListQuery>,
+    StrictQuery(q): StrictQuery,
 ) -> Result<Json<FileList>, ApiError> {
-    let limit = match q.limit {
+    let limit = match q.get("limit") {
         None => DEFAULT_PAGE,
         Some(l) => match l.parse::<u32>() {
             Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
@@ -36,7 +31,7 @@ pub(crate) async fn list(
             }
         },
     };
-    let after = q.after.as_deref().map(file_id).transpose()?;
+    let after = q.get("after").map(|a| file_id(a)).transpose()?;
     let files = s.vault.list(after, limit).await?;
     let next = (files.len() == limit as usize)
         .then(|| files.last().map(|f| f.id.to_string()))
@@ -49,9 +44,8 @@ pub(crate) async fn list(
 
 pub(crate) async fn detail(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    FileIdPath(id): FileIdPath,
 ) -> Result<Json<FileDetail>, ApiError> {
-    let id = file_id(&id)?;
     let file = s.vault.file(id).await?;
     let manifest = s.vault.manifest(id).await?;
     Ok(Json(FileDetail {
@@ -62,9 +56,9 @@ pub(crate) async fn detail(
 
 pub(crate) async fn delete(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    FileIdPath(id): FileIdPath,
 ) -> Result<StatusCode, ApiError> {
-    s.vault.delete(file_id(&id)?).await?;
+    s.vault.delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -3,6 +3,7 @@
 
 mod download;
 mod error;
+mod extract;
 mod files;
 mod observe;
 mod upload;
@@ -31,7 +32,10 @@ pub fn router(vault: Vault) -> Router {
     Router::new()
         .route(
             "/upload",
-            post(upload::upload).layer(DefaultBodyLimit::disable()),
+            // PUT too: `curl -T FILE` without -X POST sends PUT.
+            post(upload::upload)
+                .put(upload::upload)
+                .layer(DefaultBodyLimit::disable()),
         )
         .route("/download/{id}", get(download::download))
         .route("/files", get(files::list))

@@ -4,31 +4,24 @@
 //! whole.
 
 use axum::Json;
-use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chunkvault_core::{UploadMeta, Vault};
 use chunkvault_meta::FileRecord;
 use chunkvault_types::FileInfo;
 use futures::TryStreamExt;
-use serde::Deserialize;
 
+use crate::extract::StrictQuery;
 use crate::{ApiError, AppState};
 
 /// Text fields of a form are small; a longer one is refused rather than buffered.
 const MAX_FIELD_BYTES: usize = 8 * 1024;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct UploadQuery {
-    file_name: Option<String>,
-    file_type: Option<String>,
-    file_size: Option<String>,
-}
 
 pub(crate) async fn upload(
     State(state): State<AppState>,
-    Query(query): Query<UploadQuery>,
+    StrictQuery(mut query): StrictQuery,
     req: Request,
 ) -> Result<Response, ApiError> {
     let is_multipart = req
@@ -46,7 +39,7 @@ pub(crate) async fn upload(
             .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
         upload_form(&state.vault, form).await?
     } else {
-        upload_raw(&state.vault, query, req).await?
+        upload_raw(&state.vault, &mut query, req).await?
     };
     let info = file_info(record);
     let location = format!("/files/{}", info.id);
@@ -68,7 +61,7 @@ pub(crate) fn file_info(f: FileRecord) -> FileInfo {
         chunks: f.chunk_count,
         chunk_size: f.chunk_size,
         sha256: f.sha256,
-        created_at: f.committed_at,
+        created_at: f.created_at,
     }
 }
 
@@ -104,13 +97,13 @@ fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiErr
 
 async fn upload_raw(
     vault: &Vault,
-    query: UploadQuery,
+    query: &mut std::collections::HashMap<String, String>,
     req: Request,
 ) -> Result<FileRecord, ApiError> {
     let headers = req.headers();
-    let name = header_text(headers, "filename")?.or(query.file_name);
-    let content_type = header_text(headers, "filetype")?.or(query.file_type);
-    let size = parse_size(header_text(headers, "filesize")?.or(query.file_size))?;
+    let name = header_text(headers, "filename")?.or(query.remove("fileName"));
+    let content_type = header_text(headers, "filetype")?.or(query.remove("fileType"));
+    let size = parse_size(header_text(headers, "filesize")?.or(query.remove("fileSize")))?;
     let meta = UploadMeta {
         name: name.unwrap_or_default(),
         content_type: content_type.unwrap_or_default(),
