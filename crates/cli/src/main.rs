@@ -1,5 +1,7 @@
 //! The chunkvault binary: server, maintenance commands and client commands.
 
+mod bench;
+mod client_cmd;
 mod config;
 mod ops;
 mod serve;
@@ -37,6 +39,43 @@ enum Command {
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Upload files or directories to a server (progress bar; checks each file's SHA-256).
+    Upload {
+        #[command(flatten)]
+        client: client_cmd::ClientArgs,
+        #[command(flatten)]
+        args: client_cmd::UploadArgs,
+    },
+    /// Download a file; an interrupted download resumes where it stopped.
+    Download {
+        #[command(flatten)]
+        client: client_cmd::ClientArgs,
+        #[command(flatten)]
+        args: client_cmd::DownloadArgs,
+    },
+    /// List files, newest first.
+    Ls {
+        #[command(flatten)]
+        client: client_cmd::ClientArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show a file's metadata and manifest summary.
+    Stat {
+        #[command(flatten)]
+        client: client_cmd::ClientArgs,
+        id: String,
+    },
+    /// Delete files.
+    Rm {
+        #[command(flatten)]
+        client: client_cmd::ClientArgs,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Benchmark the server against a plain baseline (nginx WebDAV) on the same disk.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,6 +140,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging(config.log_format);
             ops::scrub(&config, &args).await
         }
+        Command::Upload { client, args } => client_cmd::upload(&client, &args).await,
+        Command::Download { client, args } => client_cmd::download(&client, &args).await,
+        Command::Ls { client, limit } => client_cmd::ls(&client, limit).await,
+        Command::Stat { client, id } => client_cmd::stat(&client, &id).await,
+        Command::Rm { client, ids } => client_cmd::rm(&client, &ids).await,
         Command::Config(ConfigCommand::Check(serve)) => {
             let config = Config::load(&cli.store, &serve)?;
             for line in config.summary() {
@@ -109,5 +153,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("configuration is valid");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(args) => bench::run(&cli.store, args).await,
     }
 }
