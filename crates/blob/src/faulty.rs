@@ -55,7 +55,8 @@ impl<S: BlobStore> FaultyBlobStore<S> {
     /// Lets `n` more puts through, then fails every later put as unreachable (until
     /// [`FaultyBlobStore::clear_countdown`]). Only puts count.
     pub fn fail_puts_after(&self, n: u64) {
-        self.puts_until_failure.store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::SeqCst);
+        self.puts_until_failure
+            .store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::SeqCst);
     }
 
     /// Stops the countdown of [`FaultyBlobStore::fail_puts_after`]: puts succeed again.
@@ -81,9 +82,11 @@ impl<S: BlobStore> FaultyBlobStore<S> {
         }
         if op == Op::Put {
             // Atomically take one put from the countdown; at zero every put fails.
-            let taken = self.puts_until_failure.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                (left > 0).then(|| left - 1).or((left < 0).then_some(left))
-            });
+            let taken =
+                self.puts_until_failure
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                        (left > 0).then(|| left - 1).or((left < 0).then_some(left))
+                    });
             if taken.is_err() {
                 return Err(down());
             }

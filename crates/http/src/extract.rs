@@ -6,8 +6,8 @@ use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use chunkvault_types::FileId;
 
-use crate::error::file_id;
 use crate::ApiError;
+use crate::error::file_id;
 
 /// The `{id}` path segment as a file id: 400 `invalid_id` for anything else, including
 /// segments that are not UTF-8.
@@ -19,7 +19,9 @@ impl<S: Send + Sync> FromRequestParts<S> for FileIdPath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map_err(|_| ApiError::bad_request("invalid_id", "the file id in the path is not valid"))?;
+            .map_err(|_| {
+                ApiError::bad_request("invalid_id", "the file id in the path is not valid")
+            })?;
         file_id(&raw).map(Self)
     }
 }
@@ -49,7 +51,10 @@ fn parse_query(raw: &str) -> Result<HashMap<String, String>, ApiError> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let (k, v) = (decode(k)?, decode(v)?);
         if out.contains_key(&k) {
-            return Err(ApiError::bad_request("invalid_query", format!("query parameter {k:?} is given twice")));
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("query parameter {k:?} is given twice"),
+            ));
         }
         out.insert(k, v);
     }
@@ -66,7 +71,13 @@ mod tests {
         assert_eq!(q["fileName"], "a b cé");
         assert_eq!(q["x"], "");
         assert!(parse_query("").unwrap().is_empty());
-        assert_eq!(parse_query("fileName=%FF").unwrap_err().code, "invalid_query");
-        assert_eq!(parse_query("limit=1&limit=2").unwrap_err().code, "invalid_query");
+        assert_eq!(
+            parse_query("fileName=%FF").unwrap_err().code,
+            "invalid_query"
+        );
+        assert_eq!(
+            parse_query("limit=1&limit=2").unwrap_err().code,
+            "invalid_query"
+        );
     }
 }

@@ -14,7 +14,6 @@ use crate::{ApiError, AppState};
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 
-
 pub(crate) async fn list(
     State(s): State<AppState>,
     StrictQuery(q): StrictQuery,

@@ -18,7 +18,6 @@ use crate::{ApiError, AppState};
 /// Text fields of a form are small; a longer one is refused rather than buffered.
 const MAX_FIELD_BYTES: usize = 8 * 1024;
 
-
 pub(crate) async fn upload(
     State(state): State<AppState>,
     StrictQuery(mut query): StrictQuery,
