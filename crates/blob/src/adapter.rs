@@ -11,6 +11,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use time::OffsetDateTime;
 
+use crate::pool::ChunkBuf;
 use crate::{BlobError, BlobMeta, BlobStore, CHUNK_PREFIX, Result, chunk_key, parse_chunk_key};
 
 /// Written at the root of every store chunkvault creates or opens. Its absence on a read that
@@ -243,7 +244,9 @@ impl BlobStore for ObjectStoreBlobs {
             Err(object_store::Error::NotFound { .. }) => return Err(self.not_found(key).await),
             Err(e) => return Err(self.classify(e, &key)),
         };
-        result.bytes().await.map_err(|e| self.classify(e, &key))
+        read_pooled(result)
+            .await
+            .map_err(|e| self.classify(e, &key))
     }
 
     async fn head(&self, id: &ChunkId) -> Result<Option<BlobMeta>> {
@@ -333,4 +336,43 @@ fn sweep_staging(dir: &std::path::Path, cutoff: std::time::SystemTime) -> Result
         }
     }
     Ok(removed)
+}
+
+/// Reads a whole object into a pooled buffer (see `pool.rs`): a local file straight from the
+/// file on a blocking thread, a remote object from its body stream.
+async fn read_pooled(result: object_store::GetResult) -> object_store::Result<Bytes> {
+    let len = result.range.end - result.range.start;
+    let capacity = usize::try_from(len).unwrap_or(usize::MAX);
+    match result.payload {
+        object_store::GetResultPayload::File(mut file, path) => {
+            let start = result.range.start;
+            tokio::task::spawn_blocking(move || {
+                use std::io::{Seek, SeekFrom};
+                let io = |source: std::io::Error| object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: format!("reading {}: {source}", path.display()).into(),
+                };
+                file.seek(SeekFrom::Start(start)).map_err(io)?;
+                let mut buf = ChunkBuf::with_capacity(capacity);
+                let read = buf.read_from(&mut file, len).map_err(io)?;
+                if read as u64 != len {
+                    // The file shrank under us: report it like object_store's own reader.
+                    return Err(io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("expected {len} bytes, read {read}"),
+                    )));
+                }
+                Ok(buf.freeze())
+            })
+            .await
+            .map_err(|e| object_store::Error::JoinError { source: e })?
+        }
+        object_store::GetResultPayload::Stream(mut stream) => {
+            let mut buf = ChunkBuf::with_capacity(capacity);
+            while let Some(part) = stream.next().await {
+                buf.extend_from_slice(&part?);
+            }
+            Ok(buf.freeze())
+        }
+    }
 }

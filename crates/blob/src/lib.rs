@@ -12,6 +12,7 @@ pub mod conformance;
 mod error;
 mod faulty;
 mod key;
+mod pool;
 
 use std::fmt::Debug;
 
@@ -27,6 +28,7 @@ pub use azure::AzureConfig;
 pub use error::{BlobError, Result};
 pub use faulty::{Fault, FaultyBlobStore};
 pub use key::{CHUNK_PREFIX, chunk_key, parse_chunk_key};
+pub use pool::{ChunkBuf, POOLED_MIN};
 
 /// What a store knows about one stored blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
