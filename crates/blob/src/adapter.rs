@@ -17,7 +17,7 @@ use crate::{BlobError, BlobMeta, BlobStore, CHUNK_PREFIX, Result, chunk_key, par
 /// Written at the root of every store chunkvault creates or opens. Its absence on a read that
 /// found no chunk tells a wiped or missing container from one missing chunk.
 const MARKER: &str = "chunkvault-store";
-const MARKER_CONTENT: &[u8] = b"chunkvault blob store, layout 1: chunks/ab/cd/<blake3 hex>\n";
+const MARKER_CONTENT: &[u8] = b"chunkvault blob store, layout 2: chunks/ab/<blake3 hex>\n";
 
 /// Timeouts and retries of the network backends (Azure, S3, GCS). Transient failures are
 /// retried with exponential backoff by object_store's client; what still fails after that

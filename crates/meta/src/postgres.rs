@@ -45,6 +45,18 @@ impl PostgresMeta {
             .max_connections(opts.max_connections.max(1))
             .acquire_timeout(opts.acquire_timeout)
             .idle_timeout(Duration::from_secs(300))
+            // sqlx pings every connection it hands out by default: one more round trip per
+            // transaction. A connection used in the last 30 s is trusted; an older one is
+            // pinged, which still catches a server that restarted while the pool was idle.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > Duration::from_secs(30) {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(connect.application_name("chunkvault"))
             .await?;
         Ok(Self {

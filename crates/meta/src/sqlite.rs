@@ -59,12 +59,17 @@ impl SqliteMeta {
             })
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // sqlx pings every connection it hands out by default: a round trip to the
+        // connection's worker thread per transaction, and an embedded database file has no
+        // peer that can hang up.
         let write = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(connect.clone())
             .await?;
         let read = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(opts.read_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(connect.read_only(true))

@@ -417,7 +417,7 @@ impl TestServer {
     }
 
     /// Overwrites the stored blob of `id` with `data`, bypassing the vault: on the local
-    /// backend by writing the file at chunks/ab/cd/<hex> under the blob directory, on Azurite
+    /// backend by writing the file at chunk_key(id) under the blob directory, on Azurite
     /// through the raw store's put under the same key (the store does not verify content).
     pub async fn overwrite_chunk(&self, id: &ChunkId, data: Bytes) {
         match &self.blob_dir {
