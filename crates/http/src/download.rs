@@ -166,7 +166,10 @@ pub(crate) fn content_disposition(name: &str) -> String {
     let fallback: String = name
         .chars()
         .map(|c| {
-            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+            // No quote or backslash (they would end or escape the quoted string) and no slash:
+            // RFC 6266 asks clients to strip paths, but not every script that saves by this
+            // name does.
+            if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '/') || c == ' ' {
                 c
             } else {
                 '_'
@@ -195,6 +198,11 @@ mod tests {
             "{cd}"
         );
         assert!(HeaderValue::from_str(&content_disposition("名前 ü ../../x;y=z")).is_ok());
+        let cd = content_disposition("../../etc/passwd");
+        assert!(
+            cd.starts_with("attachment; filename=\".._.._etc_passwd\";"),
+            "{cd}"
+        );
         let cd = content_disposition("rapport été.pdf");
         assert!(
             cd.contains("filename*=UTF-8''rapport%20%C3%A9t%C3%A9.pdf"),
