@@ -6,13 +6,14 @@ mod error;
 mod extract;
 mod files;
 mod observe;
+mod session;
 mod upload;
 
 use std::future::Future;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::serve::ListenerExt;
 use chunkvault_core::Vault;
 use tokio::net::TcpListener;
@@ -38,6 +39,14 @@ pub fn router(vault: Vault) -> Router {
                 .layer(DefaultBodyLimit::disable()),
         )
         .route("/download/{id}", get(download::download))
+        .route("/uploads", post(session::create))
+        .route("/uploads/{id}", get(session::status).delete(session::abort))
+        .route("/uploads/{id}/chunks", post(session::offer))
+        .route(
+            "/uploads/{id}/chunks/{index}",
+            put(session::put_chunk).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/uploads/{id}/commit", post(session::commit))
         .route("/files", get(files::list))
         .route("/files/{id}", get(files::detail).delete(files::delete))
         .route("/healthz", get(files::healthz))

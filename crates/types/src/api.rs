@@ -112,7 +112,7 @@ pub struct ChunkOffer {
 }
 
 /// `POST /uploads/{id}/chunks` request body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ChunkOffers {
     pub chunks: Vec<ChunkOffer>,
 }
