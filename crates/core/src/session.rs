@@ -520,3 +520,176 @@ async fn read_verified(blobs: &dyn BlobStore, e: ChunkEntry) -> Result<Bytes> {
     }
     Ok(data)
 }
+
+/// Digest algorithms a client may use to protect an appended body (tus checksum extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumAlgorithm {
+    Sha1,
+    Sha256,
+}
+
+impl ChecksumAlgorithm {
+    pub const ALL: [Self; 2] = [Self::Sha1, Self::Sha256];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Sha1 => "sha1",
+            Self::Sha256 => "sha256",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == s)
+    }
+
+    fn digest(&self, data: &[u8]) -> Vec<u8> {
+        match self {
+            Self::Sha1 => {
+                use sha1::Digest as _;
+                sha1::Sha1::digest(data).to_vec()
+            }
+            Self::Sha256 => Sha256::digest(data).to_vec(),
+        }
+    }
+}
+
+/// The checksum a client sent with an appended body.
+#[derive(Debug, Clone)]
+pub struct BodyChecksum {
+    pub algorithm: ChecksumAlgorithm,
+    pub digest: Vec<u8>,
+}
+
+/// Where a sequential (tus) upload stands after [`Vault::append_session`].
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub offset: u64,
+    /// Set when this append completed the upload, which is now a visible file.
+    pub committed: Option<FileRecord>,
+}
+
+impl Vault {
+    /// The resume offset of a sequential upload: bytes stored from the start without a gap
+    /// (recorded *and* written), or the whole size once committed.
+    pub async fn session_offset(&self, id: FileId) -> Result<(UploadRecord, u64)> {
+        let s = self.session(id).await?;
+        let offset = match s.upload.state {
+            chunkvault_meta::UploadState::Open => s.contiguous_bytes(),
+            chunkvault_meta::UploadState::Committed => s.upload.declared_size.unwrap_or(0),
+            other => {
+                return Err(CoreError::UploadClosed {
+                    state: other.as_str().into(),
+                });
+            }
+        };
+        Ok((s.upload, offset))
+    }
+
+    /// Appends `body` at `offset` to a sequential upload of declared size (tus PATCH). Bodies
+    /// need not align with chunks: a short last chunk is stored as a chunk of its own, and
+    /// the next append reads it back, verified, and stores it again completed. So nothing is
+    /// kept outside the two stores and a restart between appends loses nothing. When the
+    /// offset reaches the declared size the upload is committed (read back, SHA-256 computed).
+    ///
+    /// With `checksum`, the body is verified *before* anything is stored, so a mismatch leaves
+    /// the offset where it was; such a body may be at most one chunk long (memory stays one
+    /// chunk per request).
+    pub async fn append_session<S, E>(
+        &self,
+        id: FileId,
+        offset: u64,
+        body: S,
+        checksum: Option<BodyChecksum>,
+    ) -> Result<Appended>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
+        E: Display,
+    {
+        let (upload, current) = self.session_offset(id).await?;
+        if upload.state != chunkvault_meta::UploadState::Open {
+            return Err(CoreError::UploadClosed {
+                state: upload.state.as_str().into(),
+            });
+        }
+        let total = upload.declared_size.ok_or_else(|| {
+            invalid(
+                "size_unknown",
+                "this upload has no declared size and cannot be appended to",
+            )
+        })?;
+        if offset != current {
+            return Err(CoreError::Conflict {
+                code: "offset_mismatch",
+                message: format!("the upload's offset is {current}, not {offset}"),
+            });
+        }
+        let cs = upload.chunk_size;
+        let index = current / cs;
+        let prefix = if current % cs != 0 {
+            let tail = self
+                .meta
+                .upload_chunks(id, index, 1)
+                .await?
+                .into_iter()
+                .next()
+                .filter(|e| e.index == index)
+                .ok_or_else(|| CoreError::Internal("the partial chunk vanished".into()))?;
+            self.read_chunk(tail).await?
+        } else {
+            Bytes::new()
+        };
+        let remaining = total - current;
+        let consumed = match checksum {
+            None => {
+                self.store_stream(id, cs, index, prefix, body, remaining)
+                    .await?
+            }
+            Some(c) => {
+                let data = read_bounded(body, cs, &self.stats).await?;
+                let for_digest = data.clone();
+                let algorithm = c.algorithm;
+                let digest =
+                    tokio::task::spawn_blocking(move || algorithm.digest(&for_digest)).await?;
+                if digest != c.digest {
+                    return Err(invalid(
+                        "checksum_mismatch",
+                        format!("the body's {} does not match Upload-Checksum", algorithm.name()),
+                    ));
+                }
+                let one = stream::iter([Ok::<_, std::convert::Infallible>(data)]);
+                self.store_stream(id, cs, index, prefix, one, remaining)
+                    .await?
+            }
+        };
+        let offset = current + consumed;
+        let committed = if offset == total {
+            Some(self.commit_session(id, None).await?)
+        } else {
+            None
+        };
+        Ok(Appended { offset, committed })
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes.
+async fn read_bounded<S, E>(mut body: S, limit: u64, stats: &Stats) -> Result<Bytes>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
+    E: Display,
+{
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.next().await {
+        let frame = frame.map_err(|e| CoreError::BodyFailed {
+            message: e.to_string(),
+        })?;
+        Stats::add(&stats.bytes_in, frame.len() as u64);
+        if (buf.len() + frame.len()) as u64 > limit {
+            return Err(invalid(
+                "checksum_body_too_large",
+                format!("a body with a checksum may be at most {limit} bytes (one chunk)"),
+            ));
+        }
+        buf.extend_from_slice(&frame);
+    }
+    Ok(buf.freeze())
+}
