@@ -381,6 +381,7 @@ async fn tus_js_client_interrupted_and_resumed(backend: Backend) {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: Value = serde_json::from_str(stdout.trim()).expect("the script prints JSON");
+    eprintln!("tus-js-client: {report}");
     let url = report["url"].as_str().unwrap();
     assert_eq!(report["finalUrl"], url, "the second Upload resumed the same URL");
     let aborted = report["abortedAt"].as_u64().unwrap();
