@@ -137,7 +137,11 @@ async fn killed_upload_resumes_sending_only_missing_chunks() {
     assert_eq!(v["sha256"], sha);
     let body = client.download_bytes(&session).await.unwrap();
     assert!(body == data, "downloaded bytes differ");
-    assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0, "state removed");
+    assert_eq!(
+        std::fs::read_dir(&state).unwrap().count(),
+        0,
+        "state removed"
+    );
 
     // A copy under another name: every chunk is already there, nothing is sent.
     let copy = tmp.path().join("copy.bin");

@@ -182,7 +182,13 @@ impl Client {
 
     /// A session and the chunk indices the server has stored.
     pub async fn session(&self, id: &str) -> Result<SessionInfo> {
-        json(self.http.get(self.url(&format!("uploads/{id}"))).send().await?).await
+        json(
+            self.http
+                .get(self.url(&format!("uploads/{id}")))
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// Offers chunks by hash; the server records those it has and answers what to send.

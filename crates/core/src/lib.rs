@@ -20,9 +20,7 @@ use chunkvault_types::{ChunkEntry, FileId};
 pub use error::{CoreError, Result};
 pub use gc::{GcOptions, GcReport};
 pub use scrub::{ScrubFinding, ScrubOptions, ScrubReport};
-pub use session::{
-    Appended, BodyChecksum, ChecksumAlgorithm, MAX_OFFERS, PutChunk, Session,
-};
+pub use session::{Appended, BodyChecksum, ChecksumAlgorithm, MAX_OFFERS, PutChunk, Session};
 pub use stats::Stats;
 pub use upload::{MAX_NAME_BYTES, MAX_TYPE_BYTES, Received, UploadMeta};
 

@@ -75,10 +75,17 @@ fn invalid(code: &'static str, message: impl Into<String>) -> CoreError {
 }
 
 /// The length chunk `index` must have in an upload of `total` bytes (when known).
-pub(crate) fn expected_length(chunk_size: u64, total: Option<u64>, index: u64) -> Result<Option<u64>> {
-    let offset = index
-        .checked_mul(chunk_size)
-        .ok_or_else(|| invalid("invalid_index", format!("chunk index {index} is out of range")))?;
+pub(crate) fn expected_length(
+    chunk_size: u64,
+    total: Option<u64>,
+    index: u64,
+) -> Result<Option<u64>> {
+    let offset = index.checked_mul(chunk_size).ok_or_else(|| {
+        invalid(
+            "invalid_index",
+            format!("chunk index {index} is out of range"),
+        )
+    })?;
     match total {
         None => Ok(None),
         Some(total) if offset < total => Ok(Some(chunk_size.min(total - offset))),
@@ -250,7 +257,11 @@ impl Vault {
     /// server already stores, and returns the indices that must still be sent. Each offer is
     /// checked against the layout; the lengths and hashes are verified again at commit, when
     /// the chunks are read back.
-    pub async fn offer_chunks(&self, id: FileId, offers: &[ChunkOffer]) -> Result<(Vec<u64>, Vec<u64>)> {
+    pub async fn offer_chunks(
+        &self,
+        id: FileId,
+        offers: &[ChunkOffer],
+    ) -> Result<(Vec<u64>, Vec<u64>)> {
         if offers.len() > MAX_OFFERS {
             return Err(invalid(
                 "too_many_chunks",
@@ -460,17 +471,23 @@ impl Vault {
                     }
                     let vault = self.clone();
                     let i = index;
-                    puts.spawn(async move { vault.store_chunk(id, i, i * cs, full.freeze()).await });
+                    puts.spawn(
+                        async move { vault.store_chunk(id, i, i * cs, full.freeze()).await },
+                    );
                     index += 1;
                 }
             }
         }
-        if failure.as_ref().is_some_and(|f| matches!(f, CoreError::Invalid { .. })) {
+        if failure
+            .as_ref()
+            .is_some_and(|f| matches!(f, CoreError::Invalid { .. }))
+        {
             // Over-long: store nothing more of it.
             buf.clear();
         }
         if !buf.is_empty() {
-            self.store_chunk(id, index, index * cs, buf.freeze()).await?;
+            self.store_chunk(id, index, index * cs, buf.freeze())
+                .await?;
         }
         while let Some(done) = puts.join_next().await {
             join_put(Some(done.map(|r| r.map(|_| ()))))?;
@@ -507,7 +524,12 @@ async fn read_verified(blobs: &dyn BlobStore, e: ChunkEntry) -> Result<Bytes> {
         // The content is what the hash says; the length the client offered was wrong.
         return Err(invalid(
             "chunk_size_mismatch",
-            format!("chunk {} is {} bytes, not {}", e.index, data.len(), e.length),
+            format!(
+                "chunk {} is {} bytes, not {}",
+                e.index,
+                data.len(),
+                e.length
+            ),
         ));
     }
     if !ok {
@@ -653,7 +675,10 @@ impl Vault {
                 if digest != c.digest {
                     return Err(invalid(
                         "checksum_mismatch",
-                        format!("the body's {} does not match Upload-Checksum", algorithm.name()),
+                        format!(
+                            "the body's {} does not match Upload-Checksum",
+                            algorithm.name()
+                        ),
                     ));
                 }
                 let one = stream::iter([Ok::<_, std::convert::Infallible>(data)]);

@@ -316,7 +316,9 @@ impl Vault {
     }
 }
 
-pub(crate) fn join_put(done: Option<std::result::Result<Result<()>, tokio::task::JoinError>>) -> Result<()> {
+pub(crate) fn join_put(
+    done: Option<std::result::Result<Result<()>, tokio::task::JoinError>>,
+) -> Result<()> {
     match done {
         None => Ok(()),
         Some(Ok(r)) => r,

@@ -158,7 +158,10 @@ pub(crate) async fn commit(
     body: Body,
 ) -> Result<Response, ApiError> {
     let req: SessionCommit = json_body(body, false)?;
-    let record = state.vault.commit_session(id, req.sha256.as_deref()).await?;
+    let record = state
+        .vault
+        .commit_session(id, req.sha256.as_deref())
+        .await?;
     let info = file_info(record);
     let location = format!("/files/{}", info.id);
     Ok((

@@ -65,9 +65,10 @@ pub(crate) async fn options() -> Response {
 }
 
 /// Every request but OPTIONS must say which protocol version it speaks.
-fn check_version(headers: &HeaderMap) -> Result<(), Response> {
+/// The refusal when the request does not speak tus 1.0.0.
+fn check_version(headers: &HeaderMap) -> Option<Response> {
     match headers.get("tus-resumable").map(|v| v.as_bytes()) {
-        Some(v) if v == VERSION.as_bytes() => Ok(()),
+        Some(v) if v == VERSION.as_bytes() => None,
         _ => {
             let mut resp = ApiError::new(
                 StatusCode::PRECONDITION_FAILED,
@@ -76,7 +77,7 @@ fn check_version(headers: &HeaderMap) -> Result<(), Response> {
             )
             .into_response();
             set(&mut resp, "tus-version", VERSION);
-            Err(resp)
+            Some(resp)
         }
     }
 }
@@ -174,28 +175,49 @@ fn tus_error(e: CoreError) -> Response {
 
 /// `POST /tus`: creation (and creation-with-upload when a body comes along).
 pub(crate) async fn create(State(state): State<AppState>, req: Request) -> Response {
-    if let Err(r) = check_version(req.headers()) {
+    if let Some(r) = check_version(req.headers()) {
         return r;
     }
     match create_inner(&state, req).await {
         Ok(r) => r,
-        Err(r) => r,
+        Err(TusError::Api(e)) => e.into_response(),
+        Err(TusError::Core(e)) => tus_error(e),
     }
 }
 
-async fn create_inner(state: &AppState, req: Request) -> Result<Response, Response> {
+enum TusError {
+    Api(ApiError),
+    Core(CoreError),
+}
+
+impl From<ApiError> for TusError {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+impl From<CoreError> for TusError {
+    fn from(e: CoreError) -> Self {
+        Self::Core(e)
+    }
+}
+
+async fn create_inner(state: &AppState, req: Request) -> Result<Response, TusError> {
     let headers = req.headers();
     if headers.contains_key("upload-defer-length") || headers.contains_key("upload-concat") {
         return Err(ApiError::bad_request(
             "tus_extension_unsupported",
             "creation-defer-length and concatenation are not supported",
         )
-        .into_response());
+        .into());
     }
     let length = number(headers, "upload-length")
-        .map_err(IntoResponse::into_response)?
+        .map_err(TusError::from)?
         .ok_or_else(|| {
-            ApiError::bad_request("missing_length", "Upload-Length is required").into_response()
+            TusError::from(ApiError::bad_request(
+                "missing_length",
+                "Upload-Length is required",
+            ))
         })?;
     if length > MAX_SIZE {
         return Err(ApiError::new(
@@ -203,35 +225,34 @@ async fn create_inner(state: &AppState, req: Request) -> Result<Response, Respon
             "too_large",
             format!("Upload-Length is limited to {MAX_SIZE} bytes"),
         )
-        .into_response());
+        .into());
     }
-    let (name, ty) = metadata(headers).map_err(IntoResponse::into_response)?;
+    let (name, ty) = metadata(headers).map_err(TusError::from)?;
     let with_body = is_offset_stream(headers);
-    let sum = checksum(headers).map_err(IntoResponse::into_response)?;
+    let sum = checksum(headers).map_err(TusError::from)?;
     let vault = &state.vault;
     let upload = vault
         .create_session(UploadMeta {
             // A tus client need not name its file.
-            name: name.filter(|n| !n.is_empty()).unwrap_or_else(|| "unnamed".into()),
+            name: name
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "unnamed".into()),
             content_type: ty.unwrap_or_default(),
             expected_size: Some(length),
         })
-        .await
-        .map_err(tus_error)?;
+        .await?;
     let id = upload.id;
     let mut offset = None;
     if length == 0 {
-        vault.commit_session(id, None).await.map_err(tus_error)?;
+        vault.commit_session(id, None).await?;
         offset = Some(0);
     } else if with_body {
         let body = req.into_body().into_data_stream();
         // The upload exists now: a failed first PATCH still leaves a resource to resume.
         offset = Some(match vault.append_session(id, 0, body, sum).await {
             Ok(a) => a.offset,
-            Err(CoreError::BodyFailed { .. }) => {
-                vault.session_offset(id).await.map_err(tus_error)?.1
-            }
-            Err(e) => return Err(tus_error(e)),
+            Err(CoreError::BodyFailed { .. }) => vault.session_offset(id).await?.1,
+            Err(e) => return Err(e.into()),
         });
     }
     let mut resp = StatusCode::CREATED.into_response();
@@ -249,7 +270,7 @@ pub(crate) async fn head(
     FileIdPath(id): FileIdPath,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = check_version(&headers) {
+    if let Some(r) = check_version(&headers) {
         return r;
     }
     match state.vault.session_offset(id).await {
@@ -285,7 +306,7 @@ pub(crate) async fn patch(
     FileIdPath(id): FileIdPath,
     req: Request,
 ) -> Response {
-    if let Err(r) = check_version(req.headers()) {
+    if let Some(r) = check_version(req.headers()) {
         return r;
     }
     let headers = req.headers();
@@ -341,7 +362,7 @@ pub(crate) async fn delete(
     FileIdPath(id): FileIdPath,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = check_version(&headers) {
+    if let Some(r) = check_version(&headers) {
         return r;
     }
     match state.vault.abort_session(id).await {

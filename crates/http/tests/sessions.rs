@@ -120,7 +120,12 @@ async fn out_of_order_parallel_chunks_commit_with_server_digest(backend: Backend
         "upload_closed",
     )
     .await;
-    expect_error(commit(&s, &id, None).await, StatusCode::CONFLICT, "upload_closed").await;
+    expect_error(
+        commit(&s, &id, None).await,
+        StatusCode::CONFLICT,
+        "upload_closed",
+    )
+    .await;
 }
 
 async fn dedup_batch_skips_chunks_the_server_has(backend: Backend) {
@@ -249,7 +254,10 @@ async fn abort_ends_the_session(backend: Backend) {
     let data = random_bytes(2 * cs, fresh_seed());
     let v = create(&s, "abort.bin", Some(data.len())).await;
     let id = v["id"].as_str().unwrap().to_string();
-    assert_eq!(put_chunk(&s, &id, 0, &data[..cs]).await.status(), StatusCode::OK);
+    assert_eq!(
+        put_chunk(&s, &id, 0, &data[..cs]).await.status(),
+        StatusCode::OK
+    );
     let resp = s
         .http
         .delete(s.url(&format!("/uploads/{id}")))
@@ -264,7 +272,12 @@ async fn abort_ends_the_session(backend: Backend) {
         "upload_closed",
     )
     .await;
-    expect_error(commit(&s, &id, None).await, StatusCode::CONFLICT, "upload_closed").await;
+    expect_error(
+        commit(&s, &id, None).await,
+        StatusCode::CONFLICT,
+        "upload_closed",
+    )
+    .await;
     assert!(s.listed_ids().await.is_empty());
     // Its chunk is no longer referenced: GC may take it.
     assert!(s.referenced_chunks().await.is_empty());
@@ -278,16 +291,39 @@ async fn bad_input_is_a_clean_4xx(backend: Backend) {
     let id = v["id"].as_str().unwrap().to_string();
     let bad = StatusCode::BAD_REQUEST;
     // Lengths against the layout.
-    expect_error(put_chunk(&s, &id, 0, &data[..cs - 1]).await, bad, "chunk_size_mismatch").await;
-    expect_error(put_chunk(&s, &id, 0, &data[..cs + 1]).await, bad, "chunk_size_mismatch").await;
-    expect_error(put_chunk(&s, &id, 2, &data[..6]).await, bad, "chunk_size_mismatch").await;
-    expect_error(put_chunk(&s, &id, 3, &data[..5]).await, bad, "invalid_index").await;
+    expect_error(
+        put_chunk(&s, &id, 0, &data[..cs - 1]).await,
+        bad,
+        "chunk_size_mismatch",
+    )
+    .await;
+    expect_error(
+        put_chunk(&s, &id, 0, &data[..cs + 1]).await,
+        bad,
+        "chunk_size_mismatch",
+    )
+    .await;
+    expect_error(
+        put_chunk(&s, &id, 2, &data[..6]).await,
+        bad,
+        "chunk_size_mismatch",
+    )
+    .await;
+    expect_error(
+        put_chunk(&s, &id, 3, &data[..5]).await,
+        bad,
+        "invalid_index",
+    )
+    .await;
     expect_error(put_chunk(&s, &id, 0, &[]).await, bad, "chunk_size_mismatch").await;
     // Hashes.
     let wrong = s
         .http
         .put(s.url(&format!("/uploads/{id}/chunks/0")))
-        .header("chunk-hash", chunkvault_types::ChunkId::of(b"other").to_hex())
+        .header(
+            "chunk-hash",
+            chunkvault_types::ChunkId::of(b"other").to_hex(),
+        )
         .body(data[..cs].to_vec())
         .send()
         .await
@@ -348,8 +384,18 @@ async fn bad_input_is_a_clean_4xx(backend: Backend) {
             .body(body)
             .send()
     };
-    expect_error(post("/uploads".into(), "{").await.unwrap(), bad, "invalid_json").await;
-    expect_error(post("/uploads".into(), "").await.unwrap(), bad, "invalid_json").await;
+    expect_error(
+        post("/uploads".into(), "{").await.unwrap(),
+        bad,
+        "invalid_json",
+    )
+    .await;
+    expect_error(
+        post("/uploads".into(), "").await.unwrap(),
+        bad,
+        "invalid_json",
+    )
+    .await;
     expect_error(
         post("/uploads".into(), r#"{"name":""}"#).await.unwrap(),
         bad,
@@ -365,9 +411,12 @@ async fn bad_input_is_a_clean_4xx(backend: Backend) {
     )
     .await;
     expect_error(
-        post(format!("/uploads/{id}/chunks"), r#"{"chunks":[{"index":0}]}"#)
-            .await
-            .unwrap(),
+        post(
+            format!("/uploads/{id}/chunks"),
+            r#"{"chunks":[{"index":0}]}"#,
+        )
+        .await
+        .unwrap(),
         bad,
         "invalid_json",
     )
@@ -390,7 +439,10 @@ async fn bad_input_is_a_clean_4xx(backend: Backend) {
         "sha256_mismatch",
     )
     .await;
-    assert!(s.listed_ids().await.is_empty(), "nothing visible after failures");
+    assert!(
+        s.listed_ids().await.is_empty(),
+        "nothing visible after failures"
+    );
     let resp = commit(&s, &id, Some(&sha256_hex(&data).to_uppercase())).await;
     expect_created(resp, "bad.bin", "application/x-test", &data, &s).await;
 }
@@ -412,17 +464,29 @@ async fn empty_and_unsized_sessions(backend: Backend) {
     let data = random_bytes(2 * cs + 3, fresh_seed());
     let v = create(&s, "unsized.bin", None).await;
     let id = v["id"].as_str().unwrap().to_string();
-    assert_eq!(put_chunk(&s, &id, 2, &data[2 * cs..]).await.status(), StatusCode::OK);
-    assert_eq!(put_chunk(&s, &id, 0, &data[..cs]).await.status(), StatusCode::OK);
+    assert_eq!(
+        put_chunk(&s, &id, 2, &data[2 * cs..]).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        put_chunk(&s, &id, 0, &data[..cs]).await.status(),
+        StatusCode::OK
+    );
     // Chunk 1 short although not last: refused at commit.
-    assert_eq!(put_chunk(&s, &id, 1, &data[cs..2 * cs - 1]).await.status(), StatusCode::OK);
+    assert_eq!(
+        put_chunk(&s, &id, 1, &data[cs..2 * cs - 1]).await.status(),
+        StatusCode::OK
+    );
     expect_error(
         commit(&s, &id, None).await,
         StatusCode::BAD_REQUEST,
         "chunk_size_mismatch",
     )
     .await;
-    assert_eq!(put_chunk(&s, &id, 1, &data[cs..2 * cs]).await.status(), StatusCode::OK);
+    assert_eq!(
+        put_chunk(&s, &id, 1, &data[cs..2 * cs]).await.status(),
+        StatusCode::OK
+    );
     let resp = commit(&s, &id, None).await;
     expect_created(resp, "unsized.bin", "application/x-test", &data, &s).await;
 }

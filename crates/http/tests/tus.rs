@@ -123,7 +123,12 @@ async fn discovery_and_cors(backend: Backend) {
     assert!(header(h, "tus-checksum-algorithm").contains("sha1"));
     assert_eq!(header(h, "access-control-allow-origin"), "*");
     let expose = header(h, "access-control-expose-headers");
-    for name in ["Upload-Offset", "Location", "Upload-Length", "Tus-Resumable"] {
+    for name in [
+        "Upload-Offset",
+        "Location",
+        "Upload-Length",
+        "Tus-Resumable",
+    ] {
         assert!(expose.contains(name), "{expose} lacks {name}");
     }
     assert!(header(h, "access-control-allow-methods").contains("PATCH"));
@@ -137,7 +142,12 @@ async fn discovery_and_cors(backend: Backend) {
         .unwrap();
     assert_eq!(header(resp.headers(), "tus-resumable"), TUS);
     assert_eq!(header(resp.headers(), "tus-version"), TUS);
-    expect_error(resp, StatusCode::PRECONDITION_FAILED, "tus_version_unsupported").await;
+    expect_error(
+        resp,
+        StatusCode::PRECONDITION_FAILED,
+        "tus_version_unsupported",
+    )
+    .await;
     let resp = s
         .http
         .post(s.url("/tus"))
@@ -158,7 +168,10 @@ async fn discovery_and_cors(backend: Backend) {
         .unwrap();
     expect_error(resp, StatusCode::BAD_REQUEST, "invalid_metadata").await;
     let unknown = format!("/tus/{}", chunkvault_types::FileId::new());
-    assert_eq!(head(&s, &s.base, &unknown).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        head(&s, &s.base, &unknown).await.status(),
+        StatusCode::NOT_FOUND
+    );
     assert!(s.listed_ids().await.is_empty());
 }
 
@@ -169,7 +182,16 @@ async fn unaligned_patches_round_trip(backend: Backend) {
     let loc = create(&s, &s.base, data.len(), "unaligned ü.bin").await;
     assert_eq!(offset_of(&s, &s.base, &loc).await, 0);
     // Cuts inside chunks, across several chunks, a one-byte PATCH, an empty one.
-    let cuts = [0, 100, cs - 1, cs, cs + 1, 3 * cs + 5, 3 * cs + 5, data.len()];
+    let cuts = [
+        0,
+        100,
+        cs - 1,
+        cs,
+        cs + 1,
+        3 * cs + 5,
+        3 * cs + 5,
+        data.len(),
+    ];
     for w in cuts.windows(2) {
         let (a, b) = (w[0], w[1]);
         let resp = patch(&s, &s.base, &loc, a, &data[a..b], None).await;
@@ -178,7 +200,10 @@ async fn unaligned_patches_round_trip(backend: Backend) {
         assert_eq!(header(resp.headers(), "upload-offset"), b.to_string());
         if b < data.len() {
             assert_eq!(offset_of(&s, &s.base, &loc).await, b as u64);
-            assert!(s.listed_ids().await.is_empty(), "nothing visible before the end");
+            assert!(
+                s.listed_ids().await.is_empty(),
+                "nothing visible before the end"
+            );
         }
     }
     let id = file_id(&loc);
@@ -205,7 +230,10 @@ async fn unaligned_patches_round_trip(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
-    assert_eq!(header(resp.headers(), "upload-offset"), (cs + 3).to_string());
+    assert_eq!(
+        header(resp.headers(), "upload-offset"),
+        (cs + 3).to_string()
+    );
     let loc2 = header(resp.headers(), "location");
     let resp = patch(&s, &s.base, &loc2, cs + 3, &small[cs + 3..], None).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
@@ -236,7 +264,15 @@ async fn offset_mismatch_is_409_and_checksum_mismatch_is_460(backend: Backend) {
     expect_error(resp, StatusCode::CONFLICT, "offset_mismatch").await;
     let sha1 = |d: &[u8]| format!("sha1 {}", b64(&sha1::Sha1::digest(d)));
     // A correct checksum, ending mid-chunk.
-    let resp = patch(&s, &s.base, &loc, 0, &data[..cs / 2], Some(sha1(&data[..cs / 2]))).await;
+    let resp = patch(
+        &s,
+        &s.base,
+        &loc,
+        0,
+        &data[..cs / 2],
+        Some(sha1(&data[..cs / 2])),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     // A wrong one: 460, and the offset has not moved.
     let resp = patch(
@@ -252,7 +288,15 @@ async fn offset_mismatch_is_409_and_checksum_mismatch_is_460(backend: Backend) {
     assert_eq!(header(resp.headers(), "tus-resumable"), TUS);
     assert_eq!(offset_of(&s, &s.base, &loc).await, (cs / 2) as u64);
     // Unsupported algorithm and garbage: 400.
-    let resp = patch(&s, &s.base, &loc, cs / 2, &data[cs / 2..cs], Some("md5 AAAA".into())).await;
+    let resp = patch(
+        &s,
+        &s.base,
+        &loc,
+        cs / 2,
+        &data[cs / 2..cs],
+        Some("md5 AAAA".into()),
+    )
+    .await;
     expect_error(resp, StatusCode::BAD_REQUEST, "invalid_checksum").await;
     // Wrong content type: 415.
     let resp = s
@@ -264,13 +308,28 @@ async fn offset_mismatch_is_409_and_checksum_mismatch_is_460(backend: Backend) {
         .send()
         .await
         .unwrap();
-    expect_error(resp, StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_content_type").await;
+    expect_error(
+        resp,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid_content_type",
+    )
+    .await;
     // sha256 works too; then finish without checksums.
     let sha256 = format!(
         "sha256 {}",
-        b64(&<sha2::Sha256 as sha2::Digest>::digest(&data[cs / 2..cs + 9]))
+        b64(&<sha2::Sha256 as sha2::Digest>::digest(
+            &data[cs / 2..cs + 9]
+        ))
     );
-    let resp = patch(&s, &s.base, &loc, cs / 2, &data[cs / 2..cs + 9], Some(sha256)).await;
+    let resp = patch(
+        &s,
+        &s.base,
+        &loc,
+        cs / 2,
+        &data[cs / 2..cs + 9],
+        Some(sha256),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let resp = patch(&s, &s.base, &loc, cs + 9, &data[cs + 9..], None).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
@@ -293,7 +352,10 @@ async fn termination(backend: Backend) {
     let resp = del().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert_eq!(header(resp.headers(), "tus-resumable"), TUS);
-    assert_eq!(head(&s, &s.base, &loc).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        head(&s, &s.base, &loc).await.status(),
+        StatusCode::NOT_FOUND
+    );
     let resp = patch(&s, &s.base, &loc, cs + 1, &data[cs + 1..], None).await;
     expect_error(resp, StatusCode::NOT_FOUND, "not_found").await;
     expect_error(del().await.unwrap(), StatusCode::NOT_FOUND, "not_found").await;
@@ -337,7 +399,10 @@ async fn offset_survives_a_restart(backend: Backend) {
     let resp = head(&s, &base2, &loc).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(header(resp.headers(), "upload-offset"), cut.to_string());
-    assert_eq!(header(resp.headers(), "upload-length"), data.len().to_string());
+    assert_eq!(
+        header(resp.headers(), "upload-length"),
+        data.len().to_string()
+    );
     let resp = patch(&s, &base2, &loc, cut, &data[cut..], None).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let _ = stop.send(());
@@ -357,7 +422,9 @@ async fn tus_js_client_interrupted_and_resumed(backend: Backend) {
     let tools = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools");
     let script = tools.join("tus-interop.js");
     assert!(
-        tools.join("node_modules/tus-js-client/package.json").exists(),
+        tools
+            .join("node_modules/tus-js-client/package.json")
+            .exists(),
         "tus-js-client is not installed: run `npm ci --prefix tools` (scripts/test does)"
     );
     let s = TestServer::start(backend, DEFAULT_CHUNK).await;
@@ -383,7 +450,10 @@ async fn tus_js_client_interrupted_and_resumed(backend: Backend) {
     let report: Value = serde_json::from_str(stdout.trim()).expect("the script prints JSON");
     eprintln!("tus-js-client: {report}");
     let url = report["url"].as_str().unwrap();
-    assert_eq!(report["finalUrl"], url, "the second Upload resumed the same URL");
+    assert_eq!(
+        report["finalUrl"], url,
+        "the second Upload resumed the same URL"
+    );
     let aborted = report["abortedAt"].as_u64().unwrap();
     let resumed = report["resumedFrom"].as_u64().unwrap();
     assert!(aborted > 0 && resumed > 0, "{report}");

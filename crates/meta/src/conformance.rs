@@ -526,6 +526,14 @@ pub async fn open_upload_references_and_declared_size(m: &dyn MetaStore) {
     assert_eq!(m.upload_chunks(u.id, 0, 10).await.unwrap().len(), 3);
     let plain = new_upload("plain");
     m.create_upload(&plain).await.unwrap();
-    assert_eq!(m.upload(plain.id).await.unwrap().unwrap().declared_size, None);
-    assert!(m.upload_chunks(FileId::new(), 0, 10).await.unwrap().is_empty());
+    assert_eq!(
+        m.upload(plain.id).await.unwrap().unwrap().declared_size,
+        None
+    );
+    assert!(
+        m.upload_chunks(FileId::new(), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

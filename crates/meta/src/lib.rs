@@ -232,8 +232,12 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
     /// open one), from `from_index` on, in index order. A reference is recorded *before* its
     /// blob is written, so a caller that needs "stored" must check the blob too. Empty for an
     /// unknown upload.
-    async fn upload_chunks(&self, id: FileId, from_index: u64, limit: u32)
-    -> Result<Vec<ChunkEntry>>;
+    async fn upload_chunks(
+        &self,
+        id: FileId,
+        from_index: u64,
+        limit: u32,
+    ) -> Result<Vec<ChunkEntry>>;
 
     /// A committed file.
     async fn file(&self, id: FileId) -> Result<Option<FileRecord>>;
