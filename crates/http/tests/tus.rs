@@ -21,6 +21,7 @@ backend_tests!(
     offset_mismatch_is_409_and_checksum_mismatch_is_460,
     termination,
     offset_survives_a_restart,
+    interrupted_patch_keeps_what_arrived,
     tus_js_client_interrupted_and_resumed,
 );
 
@@ -462,4 +463,41 @@ async fn tus_js_client_interrupted_and_resumed(backend: Backend) {
     let id = url.rsplit('/').next().unwrap();
     assert_eq!(ids[0], id);
     expect_download(&s, id, &data, "interop ünï.bin", "application/x-tus-test").await;
+}
+
+async fn interrupted_patch_keeps_what_arrived(backend: Backend) {
+    let s = TestServer::start(backend, SMALL_CHUNK).await;
+    let cs = s.chunk_size();
+    let data = random_bytes(3 * cs, fresh_seed());
+    let loc = create(&s, &s.base, data.len(), "cut.bin").await;
+    // The client sends a chunk and a half, then its body fails (a dropped connection).
+    let sent = cs + cs / 2;
+    let first = bytes::Bytes::copy_from_slice(&data[..sent]);
+    let body = futures::stream::iter([
+        Ok::<_, std::io::Error>(first),
+        Err(std::io::Error::other("client went away")),
+    ]);
+    let resp = s
+        .http
+        .patch(format!("{}{loc}", s.base))
+        .header("tus-resumable", TUS)
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await;
+    assert!(resp.is_err() || !resp.unwrap().status().is_success());
+    // The server stores what arrived, the half chunk included, once the request ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let offset = loop {
+        let o = offset_of(&s, &s.base, &loc).await;
+        if o > 0 || std::time::Instant::now() > deadline {
+            break o as usize;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(offset > 0 && offset <= sent, "offset {offset} after sending {sent}");
+    let resp = patch(&s, &s.base, &loc, offset, &data[offset..], None).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    expect_download(&s, file_id(&loc), &data, "cut.bin", "application/x-tus").await;
 }
