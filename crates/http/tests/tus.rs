@@ -473,10 +473,21 @@ async fn interrupted_patch_keeps_what_arrived(backend: Backend) {
     // The client sends a chunk and a half, then its body fails (a dropped connection).
     let sent = cs + cs / 2;
     let first = bytes::Bytes::copy_from_slice(&data[..sent]);
-    let body = futures::stream::iter([
-        Ok::<_, std::io::Error>(first),
-        Err(std::io::Error::other("client went away")),
-    ]);
+    // The error comes after a pause, so the bytes before it are on the wire (hyper drops
+    // what it has buffered when a body fails).
+    let body = futures::stream::unfold(0, move |step| {
+        let first = first.clone();
+        async move {
+            match step {
+                0 => Some((Ok::<_, std::io::Error>(first), 1)),
+                1 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    Some((Err(std::io::Error::other("client went away")), 2))
+                }
+                _ => None,
+            }
+        }
+    });
     let resp = s
         .http
         .patch(format!("{}{loc}", s.base))
