@@ -63,6 +63,7 @@ pub struct Vault {
     config: Arc<VaultConfig>,
     stats: Arc<Stats>,
     last_scrub: Arc<std::sync::Mutex<Option<ScrubReport>>>,
+    upload_locks: Arc<session::UploadLocks>,
 }
 
 impl Vault {
@@ -77,6 +78,7 @@ impl Vault {
             config: Arc::new(config),
             stats: Arc::default(),
             last_scrub: Arc::default(),
+            upload_locks: Arc::default(),
         }
     }
 

@@ -590,10 +590,57 @@ pub struct Appended {
     pub committed: Option<FileRecord>,
 }
 
+/// One lock per sequential upload on this node: an append runs alone, and an offset query
+/// waits for the append in progress (whose body may have just failed) to finish storing.
+/// Entries live only while someone holds or waits for them.
+#[derive(Debug, Default)]
+pub(crate) struct UploadLocks(
+    std::sync::Mutex<std::collections::HashMap<FileId, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+);
+
+pub(crate) struct UploadLockGuard {
+    locks: std::sync::Arc<UploadLocks>,
+    id: FileId,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl UploadLocks {
+    async fn lock(self: &std::sync::Arc<Self>, id: FileId) -> UploadLockGuard {
+        let m = {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(id).or_default().clone()
+        };
+        UploadLockGuard {
+            locks: self.clone(),
+            id,
+            guard: Some(m.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for UploadLockGuard {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map
+            .get(&self.id)
+            .is_some_and(|m| std::sync::Arc::strong_count(m) == 1)
+        {
+            map.remove(&self.id);
+        }
+    }
+}
+
 impl Vault {
     /// The resume offset of a sequential upload: bytes stored from the start without a gap
-    /// (recorded *and* written), or the whole size once committed.
+    /// (recorded *and* written), or the whole size once committed. Waits for an append to the
+    /// same upload on this node to finish.
     pub async fn session_offset(&self, id: FileId) -> Result<(UploadRecord, u64)> {
+        let _lock = self.upload_locks.lock(id).await;
+        self.offset_unlocked(id).await
+    }
+
+    async fn offset_unlocked(&self, id: FileId) -> Result<(UploadRecord, u64)> {
         let s = self.session(id).await?;
         let offset = match s.upload.state {
             chunkvault_meta::UploadState::Open => s.contiguous_bytes(),
@@ -613,6 +660,9 @@ impl Vault {
     /// kept outside the two stores and a restart between appends loses nothing. When the
     /// offset reaches the declared size the upload is committed (read back, SHA-256 computed).
     ///
+    /// Appends to one upload run one at a time on this node (several nodes behind a load
+    /// balancer need sticky routing per upload for that guarantee).
+    ///
     /// With `checksum`, the body is verified *before* anything is stored, so a mismatch leaves
     /// the offset where it was; such a body may be at most one chunk long (memory stays one
     /// chunk per request).
@@ -627,7 +677,8 @@ impl Vault {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: Display,
     {
-        let (upload, current) = self.session_offset(id).await?;
+        let _lock = self.upload_locks.lock(id).await;
+        let (upload, current) = self.offset_unlocked(id).await?;
         if upload.state != chunkvault_meta::UploadState::Open {
             return Err(CoreError::UploadClosed {
                 state: upload.state.as_str().into(),

@@ -507,7 +507,10 @@ async fn interrupted_patch_keeps_what_arrived(backend: Backend) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
-    assert!(offset > 0 && offset <= sent, "offset {offset} after sending {sent}");
+    assert!(
+        offset > 0 && offset <= sent,
+        "offset {offset} after sending {sent}"
+    );
     let resp = patch(&s, &s.base, &loc, offset, &data[offset..], None).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     expect_download(&s, file_id(&loc), &data, "cut.bin", "application/x-tus").await;
