@@ -183,6 +183,7 @@ impl Vault {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: Display,
     {
+        let _lock = self.upload_locks.shared(id).await;
         let upload = self.open_upload(id).await?;
         let cs = upload.chunk_size;
         let expected = expected_length(cs, upload.declared_size, index)?;
@@ -268,6 +269,7 @@ impl Vault {
                 format!("at most {MAX_OFFERS} chunks per call"),
             ));
         }
+        let _lock = self.upload_locks.shared(id).await;
         let upload = self.open_upload(id).await?;
         let cs = upload.chunk_size;
         let mut pending = Vec::with_capacity(offers.len());
@@ -313,11 +315,18 @@ impl Vault {
 
     /// Makes a session a visible file: reads every chunk back in order, verifies it, and
     /// computes the SHA-256 here. `client_sha256`, when given, must match (400 otherwise).
+    /// Chunk PUTs to the same upload on this node wait for it, so the digest and the manifest
+    /// committed are of the same chunks.
     pub async fn commit_session(
         &self,
         id: FileId,
         client_sha256: Option<&str>,
     ) -> Result<FileRecord> {
+        let _lock = self.upload_locks.lock(id).await;
+        self.commit_unlocked(id, client_sha256).await
+    }
+
+    async fn commit_unlocked(&self, id: FileId, client_sha256: Option<&str>) -> Result<FileRecord> {
         if let Some(s) = client_sha256
             && (s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()))
         {
@@ -595,26 +604,44 @@ pub struct Appended {
 /// Entries live only while someone holds or waits for them.
 #[derive(Debug, Default)]
 pub(crate) struct UploadLocks(
-    std::sync::Mutex<std::collections::HashMap<FileId, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    std::sync::Mutex<std::collections::HashMap<FileId, std::sync::Arc<tokio::sync::RwLock<()>>>>,
 );
+
+enum Held {
+    Shared(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>),
+    Exclusive(#[allow(dead_code)] tokio::sync::OwnedRwLockWriteGuard<()>),
+}
 
 pub(crate) struct UploadLockGuard {
     locks: std::sync::Arc<UploadLocks>,
     id: FileId,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    guard: Option<Held>,
 }
 
 impl UploadLocks {
+    /// Exclusive: appends, offset queries, commits.
     async fn lock(self: &std::sync::Arc<Self>, id: FileId) -> UploadLockGuard {
-        let m = {
-            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            map.entry(id).or_default().clone()
-        };
+        let m = self.entry(id);
         UploadLockGuard {
             locks: self.clone(),
             id,
-            guard: Some(m.lock_owned().await),
+            guard: Some(Held::Exclusive(m.write_owned().await)),
         }
+    }
+
+    /// Shared: chunk PUTs and offers, which may run in parallel but not during a commit.
+    async fn shared(self: &std::sync::Arc<Self>, id: FileId) -> UploadLockGuard {
+        let m = self.entry(id);
+        UploadLockGuard {
+            locks: self.clone(),
+            id,
+            guard: Some(Held::Shared(m.read_owned().await)),
+        }
+    }
+
+    fn entry(&self, id: FileId) -> std::sync::Arc<tokio::sync::RwLock<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(id).or_default().clone()
     }
 }
 
@@ -739,7 +766,7 @@ impl Vault {
         };
         let offset = current + consumed;
         let committed = if offset == total {
-            Some(self.commit_session(id, None).await?)
+            Some(self.commit_unlocked(id, None).await?)
         } else {
             None
         };

@@ -135,11 +135,25 @@ pub(crate) async fn put_chunk(
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
     req: Request,
 ) -> Result<Json<ChunkStored>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let mut body = body.into_data_stream();
+    let result = put_chunk_inner(&state, path, &parts.headers, &mut body).await;
+    if result.is_err() {
+        crate::tus::drain(&mut body).await;
+    }
+    result
+}
+
+async fn put_chunk_inner(
+    state: &AppState,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+    headers: &HeaderMap,
+    body: &mut axum::body::BodyDataStream,
+) -> Result<Json<ChunkStored>, ApiError> {
     let Path(raw) =
         path.map_err(|_| ApiError::bad_request("invalid_id", "the path is not valid"))?;
     let (id, index) = chunk_path(raw)?;
-    let claimed = chunk_hash(req.headers())?;
-    let body = req.into_body().into_data_stream();
+    let claimed = chunk_hash(headers)?;
     let put = state
         .vault
         .put_session_chunk(id, index, body, claimed)

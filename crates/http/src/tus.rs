@@ -306,10 +306,40 @@ pub(crate) async fn patch(
     FileIdPath(id): FileIdPath,
     req: Request,
 ) -> Response {
-    if let Some(r) = check_version(req.headers()) {
+    let (parts, body) = req.into_parts();
+    let mut body = body.into_data_stream();
+    let resp = patch_inner(&state, id, &parts.headers, &mut body).await;
+    if !resp.status().is_success() {
+        drain(&mut body).await;
+    }
+    resp
+}
+
+/// Reads what is left of a refused body, up to a bound, so the connection stays usable for
+/// the client's next request (hyper closes it when a body is left unread).
+pub(crate) async fn drain(body: &mut axum::body::BodyDataStream) {
+    use futures::StreamExt;
+    let mut left: usize = 1 << 20;
+    let read = async {
+        while let Some(Ok(frame)) = body.next().await {
+            left = left.saturating_sub(frame.len());
+            if left == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read).await;
+}
+
+async fn patch_inner(
+    state: &AppState,
+    id: chunkvault_types::FileId,
+    headers: &HeaderMap,
+    body: &mut axum::body::BodyDataStream,
+) -> Response {
+    if let Some(r) = check_version(headers) {
         return r;
     }
-    let headers = req.headers();
     if !is_offset_stream(headers) {
         return ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -330,7 +360,6 @@ pub(crate) async fn patch(
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
-    let body = req.into_body().into_data_stream();
     let vault = &state.vault;
     match vault.append_session(id, offset, body, sum).await {
         Ok(a) => {
