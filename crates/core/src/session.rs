@@ -213,7 +213,9 @@ impl Vault {
                 format!("chunk {index} hashes to {hash}, not {claimed}"),
             ));
         }
-        let (length, written) = self.store_chunk(id, index, index * cs, data).await?;
+        let (length, written) = self
+            .store_chunk(id, index, index * cs, data, Some(hash))
+            .await?;
         Ok(PutChunk {
             index,
             length,
@@ -223,17 +225,24 @@ impl Vault {
     }
 
     /// Records the reference, then writes the blob unless a committed upload already has it.
-    /// Returns the length and whether it wrote.
+    /// `hash` is the chunk's, when the caller computed it already. Returns the length and
+    /// whether it wrote.
     pub(crate) async fn store_chunk(
         &self,
         id: FileId,
         index: u64,
         offset: u64,
         data: Bytes,
+        hash: Option<ChunkId>,
     ) -> Result<(u64, bool)> {
         let length = data.len() as u64;
-        let for_hash = data.clone();
-        let hash = tokio::task::spawn_blocking(move || ChunkId::of(&for_hash)).await?;
+        let hash = match hash {
+            Some(h) => h,
+            None => {
+                let for_hash = data.clone();
+                tokio::task::spawn_blocking(move || ChunkId::of(&for_hash)).await?
+            }
+        };
         let state = self
             .add_chunk_waiting_for_gc(
                 id,
@@ -480,9 +489,9 @@ impl Vault {
                     }
                     let vault = self.clone();
                     let i = index;
-                    puts.spawn(
-                        async move { vault.store_chunk(id, i, i * cs, full.freeze()).await },
-                    );
+                    puts.spawn(async move {
+                        vault.store_chunk(id, i, i * cs, full.freeze(), None).await
+                    });
                     index += 1;
                 }
             }
@@ -495,7 +504,7 @@ impl Vault {
             buf.clear();
         }
         if !buf.is_empty() {
-            self.store_chunk(id, index, index * cs, buf.freeze())
+            self.store_chunk(id, index, index * cs, buf.freeze(), None)
                 .await?;
         }
         while let Some(done) = puts.join_next().await {
