@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use chunkvault_client::Client;
-use chunkvault_types::FileInfo;
+use chunkvault_types::{ChunkId, ChunkOffer, FileInfo, SessionCreate};
 use clap::Args;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -43,6 +43,20 @@ pub struct UploadArgs {
     /// Media type for every file (default: application/octet-stream).
     #[arg(long = "type")]
     pub content_type: Option<String>,
+    /// Chunks in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Where interrupted uploads are remembered, to resume them
+    /// (default: ~/.cache/chunkvault/uploads).
+    #[arg(long, env = "CHUNKVAULT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+struct UploadOpts<'a> {
+    server: &'a str,
+    content_type: &'a str,
+    parallel: usize,
+    state_dir: &'a Path,
 }
 
 #[derive(Args, Debug)]
@@ -116,19 +130,18 @@ pub async fn upload(args: &ClientArgs, up: &UploadArgs) -> Result<ExitCode> {
         total += std::fs::metadata(p)?.len();
     }
     let pb = bar(args, total);
+    let state_dir = up.state_dir.clone().unwrap_or_else(default_state_dir);
+    let opts = UploadOpts {
+        server: &args.server,
+        content_type: up.content_type.as_deref().unwrap_or(""),
+        parallel: up.parallel,
+        state_dir: &state_dir,
+    };
     let mut failed = 0;
     for (path, name) in &files {
         pb.set_message(name.clone());
-        match upload_one(
-            &client,
-            path,
-            name,
-            up.content_type.as_deref().unwrap_or(""),
-            &pb,
-        )
-        .await
-        {
-            Ok(info) => pb.suspend(|| print_info(args, &info)),
+        match upload_one(&client, &opts, path, name, &pb).await {
+            Ok(u) => pb.suspend(|| print_uploaded(args, &u)),
             Err(e) => {
                 failed += 1;
                 pb.suspend(|| eprintln!("error: {}: {e:#}", path.display()));
@@ -143,74 +156,195 @@ pub async fn upload(args: &ClientArgs, up: &UploadArgs) -> Result<ExitCode> {
     })
 }
 
+/// What uploading one file did.
+struct Uploaded {
+    info: FileInfo,
+    sent: u64,
+    skipped: u64,
+    resumed: bool,
+}
+
+/// Where the session of an interrupted upload is remembered: one small file per
+/// (server, path, size, mtime), so a changed file never resumes a stale session.
+fn state_path(dir: &Path, server: &str, path: &Path, meta: &std::fs::Metadata) -> PathBuf {
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut h = Sha256::new();
+    h.update(server.as_bytes());
+    h.update([0]);
+    h.update(canonical.as_os_str().as_encoded_bytes());
+    h.update([0]);
+    h.update(meta.len().to_le_bytes());
+    h.update(mtime.to_le_bytes());
+    dir.join(format!("{}.json", &hex::encode(h.finalize())[..32]))
+}
+
+/// The default state directory: `$XDG_CACHE_HOME/chunkvault/uploads` or
+/// `~/.cache/chunkvault/uploads`.
+pub fn default_state_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("chunkvault/uploads")
+}
+
+/// Reads chunk `index` of a file.
+async fn read_chunk(path: &Path, offset: u64, len: usize) -> Result<Bytes> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path).await?;
+    f.seek(std::io::SeekFrom::Start(offset)).await?;
+    let mut buf = vec![0u8; len];
+    f.read_exact(&mut buf).await?;
+    Ok(Bytes::from(buf))
+}
+
+/// Uploads one file through an upload session: hash every chunk (BLAKE3) and the whole file
+/// (SHA-256) first, resume the session remembered for this file or open one, offer the
+/// hashes so the server records what it already has, send only the missing chunks with
+/// `parallel` in flight, commit, and compare the server's SHA-256 with the local one.
 async fn upload_one(
     client: &Client,
+    opts: &UploadOpts<'_>,
     path: &Path,
     name: &str,
-    content_type: &str,
     pb: &ProgressBar,
-) -> Result<FileInfo> {
-    let file = tokio::fs::File::open(path).await?;
-    let size = file.metadata().await?.len();
-    // Hash what is sent, as it is sent, and compare with what the server computed.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<[u8; 32]>(1);
-    let pb2 = pb.clone();
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).map(move |chunk| {
-        let chunk = chunk?;
-        pb2.inc(chunk.len() as u64);
-        Ok::<Bytes, std::io::Error>(chunk)
-    });
-    let stream = HashOnEnd {
-        inner: Box::pin(stream),
-        sha: Some(Sha256::new()),
-        tx: Some(tx),
+) -> Result<Uploaded> {
+    let meta = tokio::fs::metadata(path).await?;
+    let size = meta.len();
+    let state = state_path(opts.state_dir, opts.server, path, &meta);
+    let mut resumed = false;
+    let mut session = None;
+    if let Ok(text) = tokio::fs::read_to_string(&state).await
+        && let Ok(id) = serde_json::from_str::<serde_json::Value>(&text)
+            .map(|v| v["session"].as_str().unwrap_or_default().to_string())
+        && let Ok(s) = client.session(&id).await
+        && s.state == "open"
+        && s.size == Some(size)
+    {
+        resumed = true;
+        session = Some(s);
+    }
+    let session = match session {
+        Some(s) => s,
+        None => {
+            let s = client
+                .create_session(&SessionCreate {
+                    name: name.to_string(),
+                    content_type: opts.content_type.to_string(),
+                    size: Some(size),
+                })
+                .await?;
+            tokio::fs::create_dir_all(opts.state_dir).await?;
+            tokio::fs::write(
+                &state,
+                serde_json::json!({"session": s.id, "path": path, "size": size}).to_string(),
+            )
+            .await
+            .with_context(|| format!("cannot write {}", state.display()))?;
+            s
+        }
     };
-    let info = client
-        .upload_stream(name, content_type, Some(size), stream)
-        .await?;
-    let local = rx
-        .recv()
-        .await
-        .ok_or_else(|| anyhow!("the upload ended before the whole file was read"))?;
-    if hex::encode(local) != info.sha256 {
+    let id = session.id.to_string();
+    let cs = session.chunk_size;
+
+    // Hash pass: one chunk in memory at a time.
+    let mut hashes = Vec::with_capacity(size.div_ceil(cs) as usize);
+    let mut sha = Sha256::new();
+    {
+        use tokio::io::AsyncReadExt;
+        let mut f = tokio::fs::File::open(path).await?;
+        let mut buf = vec![0u8; cs as usize];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(cs) as usize;
+            f.read_exact(&mut buf[..n]).await?;
+            let chunk = Bytes::copy_from_slice(&buf[..n]);
+            let (id, s2) = tokio::task::spawn_blocking(move || {
+                sha.update(&chunk);
+                (ChunkId::of(&chunk), sha)
+            })
+            .await?;
+            sha = s2;
+            hashes.push(id);
+            left -= n as u64;
+        }
+    }
+    let local_sha = hex::encode(sha.finalize());
+    let length = |i: u64| cs.min(size - i * cs);
+
+    // Dedup before transfer: offer what the server does not list as stored.
+    let stored: std::collections::HashSet<u64> = session.stored.iter().copied().collect();
+    let offers: Vec<ChunkOffer> = hashes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (i as u64, h))
+        .filter(|(i, _)| !stored.contains(i))
+        .map(|(i, h)| ChunkOffer {
+            index: i,
+            length: length(i),
+            hash: *h,
+        })
+        .collect();
+    let mut missing = Vec::new();
+    for batch in offers.chunks(chunkvault_core::MAX_OFFERS) {
+        missing.extend(client.offer_chunks(&id, batch.to_vec()).await?.missing);
+    }
+    let total = hashes.len() as u64;
+    let sent = missing.len() as u64;
+    pb.inc(size - missing.iter().map(|i| length(*i)).sum::<u64>());
+
+    let mut puts = futures::stream::iter(missing)
+        .map(|i| {
+            let hash = hashes[i as usize];
+            let id = id.clone();
+            async move {
+                let data = read_chunk(path, i * cs, length(i) as usize).await?;
+                client.put_chunk(&id, i, data, &hash).await?;
+                pb.inc(length(i));
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(opts.parallel.max(1));
+    while let Some(r) = puts.next().await {
+        r?;
+    }
+    let info = client.commit_session(&id, Some(&local_sha)).await?;
+    let _ = tokio::fs::remove_file(&state).await;
+    if info.sha256 != local_sha {
         bail!(
-            "the server's SHA-256 {} differs from the file's {}",
-            info.sha256,
-            hex::encode(local)
+            "the server's SHA-256 {} differs from the file's {local_sha}",
+            info.sha256
         );
     }
-    Ok(info)
+    Ok(Uploaded {
+        info,
+        sent,
+        skipped: total - sent,
+        resumed,
+    })
 }
 
-/// Passes a byte stream through and sends its SHA-256 when it ends.
-struct HashOnEnd<S> {
-    inner: std::pin::Pin<Box<S>>,
-    sha: Option<Sha256>,
-    tx: Option<tokio::sync::mpsc::Sender<[u8; 32]>>,
-}
-
-impl<S: futures::Stream<Item = std::io::Result<Bytes>>> futures::Stream for HashOnEnd<S> {
-    type Item = std::io::Result<Bytes>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        match this.inner.as_mut().poll_next(cx) {
-            std::task::Poll::Ready(Some(Ok(b))) => {
-                if let Some(h) = this.sha.as_mut() {
-                    h.update(&b);
-                }
-                std::task::Poll::Ready(Some(Ok(b)))
-            }
-            std::task::Poll::Ready(None) => {
-                if let (Some(h), Some(tx)) = (this.sha.take(), this.tx.take()) {
-                    let _ = tx.try_send(h.finalize().into());
-                }
-                std::task::Poll::Ready(None)
-            }
-            other => other,
-        }
+fn print_uploaded(args: &ClientArgs, u: &Uploaded) {
+    if args.json {
+        let mut v = serde_json::to_value(&u.info).unwrap_or_default();
+        v["chunks_sent"] = u.sent.into();
+        v["chunks_skipped"] = u.skipped.into();
+        v["resumed"] = u.resumed.into();
+        println!("{v}");
+    } else {
+        print_info(args, &u.info);
+        eprintln!(
+            "  {} chunks sent, {} skipped (already on the server){}",
+            u.sent,
+            u.skipped,
+            if u.resumed { ", resumed" } else { "" }
+        );
     }
 }
 

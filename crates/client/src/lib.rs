@@ -1,7 +1,10 @@
 //! A typed client for the chunkvault HTTP API.
 
 use bytes::Bytes;
-use chunkvault_types::{ErrorBody, FileDetail, FileInfo, FileList};
+use chunkvault_types::{
+    ChunkId, ChunkOffer, ChunkOffers, ChunkStored, ErrorBody, FileDetail, FileInfo, FileList,
+    OfferResult, SessionCommit, SessionCreate, SessionInfo,
+};
 use futures::{Stream, TryStreamExt};
 use reqwest::{Body, StatusCode};
 
@@ -170,6 +173,79 @@ impl Client {
                 .await?,
         )
         .await
+    }
+
+    /// Opens an upload session (`POST /uploads`).
+    pub async fn create_session(&self, req: &SessionCreate) -> Result<SessionInfo> {
+        json(self.http.post(self.url("uploads")).json(req).send().await?).await
+    }
+
+    /// A session and the chunk indices the server has stored.
+    pub async fn session(&self, id: &str) -> Result<SessionInfo> {
+        json(
+            self.http
+                .get(self.url(&format!("uploads/{id}")))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Offers chunks by hash; the server records those it has and answers what to send.
+    pub async fn offer_chunks(&self, id: &str, chunks: Vec<ChunkOffer>) -> Result<OfferResult> {
+        json(
+            self.http
+                .post(self.url(&format!("uploads/{id}/chunks")))
+                .json(&ChunkOffers { chunks })
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Sends chunk `index`; the server checks it against `hash`.
+    pub async fn put_chunk(
+        &self,
+        id: &str,
+        index: u64,
+        data: Bytes,
+        hash: &ChunkId,
+    ) -> Result<ChunkStored> {
+        json(
+            self.http
+                .put(self.url(&format!("uploads/{id}/chunks/{index}")))
+                .header("chunk-hash", hash.to_hex())
+                .body(data)
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Commits a session; the server computes the SHA-256 and compares it with `sha256`.
+    pub async fn commit_session(&self, id: &str, sha256: Option<&str>) -> Result<FileInfo> {
+        json(
+            self.http
+                .post(self.url(&format!("uploads/{id}/commit")))
+                .json(&SessionCommit {
+                    sha256: sha256.map(str::to_string),
+                })
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Aborts a session.
+    pub async fn abort_session(&self, id: &str) -> Result<()> {
+        check(
+            self.http
+                .delete(self.url(&format!("uploads/{id}")))
+                .send()
+                .await?,
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn delete(&self, id: &str) -> Result<()> {

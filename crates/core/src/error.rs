@@ -18,6 +18,10 @@ pub enum CoreError {
     /// The upload is no longer open (committed, aborted or expired).
     #[error("the upload is {state}")]
     UploadClosed { state: String },
+    /// The request conflicts with the upload's current state (e.g. a resumable upload's
+    /// offset moved on); `code` is stable.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     /// A chunk stayed claimed by GC for longer than an upload waits.
     #[error("a chunk of this upload is being garbage-collected; retry")]
     Busy,

@@ -6,6 +6,7 @@ mod download;
 mod error;
 mod gc;
 mod scrub;
+mod session;
 mod stats;
 mod upload;
 
@@ -19,6 +20,7 @@ use chunkvault_types::{ChunkEntry, FileId};
 pub use error::{CoreError, Result};
 pub use gc::{GcOptions, GcReport};
 pub use scrub::{ScrubFinding, ScrubOptions, ScrubReport};
+pub use session::{Appended, BodyChecksum, ChecksumAlgorithm, MAX_OFFERS, PutChunk, Session};
 pub use stats::Stats;
 pub use upload::{MAX_NAME_BYTES, MAX_TYPE_BYTES, Received, UploadMeta};
 
@@ -61,6 +63,7 @@ pub struct Vault {
     config: Arc<VaultConfig>,
     stats: Arc<Stats>,
     last_scrub: Arc<std::sync::Mutex<Option<ScrubReport>>>,
+    upload_locks: Arc<session::UploadLocks>,
 }
 
 impl Vault {
@@ -75,6 +78,7 @@ impl Vault {
             config: Arc::new(config),
             stats: Arc::default(),
             last_scrub: Arc::default(),
+            upload_locks: Arc::default(),
         }
     }
 

@@ -157,6 +157,7 @@ impl Vault {
                 chunk_size: self.config.chunk_size as u64,
                 created_at: now,
                 expires_at: now + self.config.upload_ttl,
+                declared_size: None,
             })
             .await?;
         let guard = AbortGuard {
@@ -297,16 +298,25 @@ impl Vault {
 
     /// Records a pending reference; when GC is deleting that very chunk, waits for it to
     /// finish (the blob is then written again) rather than failing the upload.
-    async fn add_chunk_waiting_for_gc(
+    pub(crate) async fn add_chunk_waiting_for_gc(
         &self,
         id: FileId,
         chunk: PendingChunk,
     ) -> Result<ChunkState> {
+        Ok(self.add_chunks_waiting_for_gc(id, &[chunk]).await?[0])
+    }
+
+    /// [`Vault::add_chunk_waiting_for_gc`] for several chunks in one transaction.
+    pub(crate) async fn add_chunks_waiting_for_gc(
+        &self,
+        id: FileId,
+        chunks: &[PendingChunk],
+    ) -> Result<Vec<ChunkState>> {
         let mut wait = Duration::from_millis(20);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            match self.meta.add_chunks(id, &[chunk]).await {
-                Ok(states) => return Ok(states[0]),
+            match self.meta.add_chunks(id, chunks).await {
+                Ok(states) => return Ok(states),
                 Err(MetaError::ChunkBusy { .. }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(1));
@@ -317,7 +327,9 @@ impl Vault {
     }
 }
 
-fn join_put(done: Option<std::result::Result<Result<()>, tokio::task::JoinError>>) -> Result<()> {
+pub(crate) fn join_put(
+    done: Option<std::result::Result<Result<()>, tokio::task::JoinError>>,
+) -> Result<()> {
     match done {
         None => Ok(()),
         Some(Ok(r)) => r,

@@ -63,6 +63,7 @@ impl From<CoreError> for ApiError {
                 "upload_closed",
                 format!("the upload is {state}"),
             ),
+            CoreError::Conflict { code, message } => Self::new(S::CONFLICT, code, message),
             CoreError::Busy => Self::new(
                 S::SERVICE_UNAVAILABLE,
                 "busy",

@@ -6,13 +6,15 @@ mod error;
 mod extract;
 mod files;
 mod observe;
+mod session;
+mod tus;
 mod upload;
 
 use std::future::Future;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, head, post, put};
 use axum::serve::ListenerExt;
 use chunkvault_core::Vault;
 use tokio::net::TcpListener;
@@ -38,6 +40,15 @@ pub fn router(vault: Vault) -> Router {
                 .layer(DefaultBodyLimit::disable()),
         )
         .route("/download/{id}", get(download::download))
+        .route("/uploads", post(session::create))
+        .route("/uploads/{id}", get(session::status).delete(session::abort))
+        .route("/uploads/{id}/chunks", post(session::offer))
+        .route(
+            "/uploads/{id}/chunks/{index}",
+            put(session::put_chunk).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/uploads/{id}/commit", post(session::commit))
+        .merge(tus_routes())
         .route("/files", get(files::list))
         .route("/files/{id}", get(files::detail).delete(files::delete))
         .route("/healthz", get(files::healthz))
@@ -48,6 +59,21 @@ pub fn router(vault: Vault) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .route_layer(axum::middleware::from_fn(observe::track))
         .with_state(state)
+}
+
+/// tus 1.0.0 at `/tus`, with the headers every tus response carries.
+fn tus_routes() -> Router<AppState> {
+    Router::new()
+        .route("/tus", post(tus::create).options(tus::options))
+        .route(
+            "/tus/{id}",
+            head(tus::head)
+                .patch(tus::patch)
+                .delete(tus::delete)
+                .options(tus::options),
+        )
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::map_response(tus::common_headers))
 }
 
 /// Serves `router` on an already-bound listener until `shutdown` completes, then finishes the

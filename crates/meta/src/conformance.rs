@@ -25,6 +25,7 @@ fn new_upload(name: &str) -> NewUpload {
         chunk_size: CS,
         created_at: t,
         expires_at: t + Duration::from_secs(3600),
+        declared_size: None,
     }
 }
 
@@ -80,6 +81,7 @@ pub async fn run_all(m: &dyn MetaStore) {
     manifest_pages(m).await;
     leases_exclude_other_holders(m).await;
     concurrent_uploads_of_the_same_chunks(m).await;
+    open_upload_references_and_declared_size(m).await;
 }
 
 pub async fn schema_is_current(m: &dyn MetaStore) {
@@ -493,4 +495,45 @@ pub async fn concurrent_uploads_of_the_same_chunks(m: &dyn MetaStore) {
         assert_eq!(m.manifest(id, 0, 100).await.unwrap().len(), 10);
     }
     assert_eq!(m.files_with_chunk(&hash(3000), 100).await.unwrap().len(), 8);
+}
+
+/// Upload sessions read back what an open upload recorded (any order, replaced indices) and
+/// the size announced when it was opened.
+pub async fn open_upload_references_and_declared_size(m: &dyn MetaStore) {
+    let mut u = new_upload("session");
+    u.declared_size = Some(10);
+    m.create_upload(&u).await.unwrap();
+    let rec = m.upload(u.id).await.unwrap().unwrap();
+    assert_eq!(rec.declared_size, Some(10));
+    assert_eq!(rec.state, UploadState::Open);
+    assert!(m.upload_chunks(u.id, 0, 10).await.unwrap().is_empty());
+    let chunks = chunks_for(10, 600);
+    // Out of order, and index 1 first with other content, then replaced.
+    let mut wrong = chunks[1];
+    wrong.hash = hash(699);
+    m.add_chunks(u.id, &[chunks[2], wrong]).await.unwrap();
+    m.add_chunks(u.id, &[chunks[1]]).await.unwrap();
+    let got = m.upload_chunks(u.id, 0, 10).await.unwrap();
+    assert_eq!(
+        got.iter().map(|e| (e.index, e.hash)).collect::<Vec<_>>(),
+        vec![(1, hash(601)), (2, hash(602))]
+    );
+    assert_eq!(got[1].length, 2);
+    m.add_chunks(u.id, &[chunks[0]]).await.unwrap();
+    assert_eq!(m.upload_chunks(u.id, 1, 1).await.unwrap()[0].index, 1);
+    assert_eq!(m.upload(u.id).await.unwrap().unwrap().chunks_recorded, 3);
+    m.commit_upload(u.id, &commit(10)).await.unwrap();
+    assert_eq!(m.upload_chunks(u.id, 0, 10).await.unwrap().len(), 3);
+    let plain = new_upload("plain");
+    m.create_upload(&plain).await.unwrap();
+    assert_eq!(
+        m.upload(plain.id).await.unwrap().unwrap().declared_size,
+        None
+    );
+    assert!(
+        m.upload_chunks(FileId::new(), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -98,6 +98,8 @@ pub struct NewUpload {
     pub created_at: OffsetDateTime,
     /// After this, an upload still open is expired and its chunks become collectable.
     pub expires_at: OffsetDateTime,
+    /// The total size the client announced, when it did (resumable uploads).
+    pub declared_size: Option<u64>,
 }
 
 /// A chunk an upload is about to store (or has stored).
@@ -183,6 +185,8 @@ pub struct UploadRecord {
     pub expires_at: OffsetDateTime,
     /// Chunks recorded so far.
     pub chunks_recorded: u64,
+    /// The total size announced when the upload was opened.
+    pub declared_size: Option<u64>,
 }
 
 /// One chunk row, for scrub and GC walks.
@@ -223,6 +227,17 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
 
     /// An upload in any state.
     async fn upload(&self, id: FileId) -> Result<Option<UploadRecord>>;
+
+    /// Up to `limit` chunk references of an upload in any state (the pending references of an
+    /// open one), from `from_index` on, in index order. A reference is recorded *before* its
+    /// blob is written, so a caller that needs "stored" must check the blob too. Empty for an
+    /// unknown upload.
+    async fn upload_chunks(
+        &self,
+        id: FileId,
+        from_index: u64,
+        limit: u32,
+    ) -> Result<Vec<ChunkEntry>>;
 
     /// A committed file.
     async fn file(&self, id: FileId) -> Result<Option<FileRecord>>;

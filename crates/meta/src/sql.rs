@@ -109,8 +109,8 @@ macro_rules! impl_meta_store {
         impl MetaStore for $store {
             async fn create_upload(&self, u: &NewUpload) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO files (id, state, name, content_type, chunk_size, created_at, expires_at)
-                     VALUES ($1, 'open', $2, $3, $4, $5, $6)",
+                    "INSERT INTO files (id, state, name, content_type, chunk_size, created_at, expires_at, declared_size)
+                     VALUES ($1, 'open', $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(u.id.as_uuid())
                 .bind(&u.name)
@@ -118,6 +118,7 @@ macro_rules! impl_meta_store {
                 .bind(to_i64(u.chunk_size, "chunk size")?)
                 .bind(micros(u.created_at))
                 .bind(micros(u.expires_at))
+                .bind(u.declared_size.map(|d| to_i64(d, "declared size")).transpose()?)
                 .execute(&self.write)
                 .await?;
                 Ok(())
@@ -277,7 +278,7 @@ macro_rules! impl_meta_store {
             async fn upload(&self, id: FileId) -> Result<Option<UploadRecord>> {
                 let row = sqlx::query(
                     "SELECT state, name, content_type, chunk_size, created_at, expires_at,
-                            (SELECT COUNT(*) FROM file_chunks WHERE file_id = $1)
+                            (SELECT COUNT(*) FROM file_chunks WHERE file_id = $1), declared_size
                      FROM files WHERE id = $1",
                 )
                 .bind(id.as_uuid())
@@ -295,7 +296,30 @@ macro_rules! impl_meta_store {
                     created_at: from_micros(row.try_get(4)?),
                     expires_at: from_micros(row.try_get(5)?),
                     chunks_recorded: row.try_get::<i64, _>(6)? as u64,
+                    declared_size: row.try_get::<Option<i64>, _>(7)?.map(|d| d as u64),
                 }))
+            }
+
+            async fn upload_chunks(&self, id: FileId, from_index: u64, limit: u32) -> Result<Vec<ChunkEntry>> {
+                let rows = sqlx::query(
+                    "SELECT idx, byte_offset, byte_length, hash FROM file_chunks
+                     WHERE file_id = $1 AND idx >= $2 ORDER BY idx LIMIT $3",
+                )
+                .bind(id.as_uuid())
+                .bind(to_i64(from_index, "chunk index")?)
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(ChunkEntry {
+                            index: r.try_get::<i64, _>(0)? as u64,
+                            offset: r.try_get::<i64, _>(1)? as u64,
+                            length: r.try_get::<i64, _>(2)? as u64,
+                            hash: chunk_id(r.try_get(3)?)?,
+                        })
+                    })
+                    .collect()
             }
 
             async fn file(&self, id: FileId) -> Result<Option<FileRecord>> {

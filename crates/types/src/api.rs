@@ -69,3 +69,75 @@ pub struct ErrorDetail {
     pub code: String,
     pub message: String,
 }
+
+/// `POST /uploads`: open an upload session.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionCreate {
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub content_type: String,
+    /// The whole file's size, when known: chunk lengths are then checked as they arrive.
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
+/// An upload session: what the server has truly stored (recorded *and* written).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub id: FileId,
+    /// `open`, `committed`, `aborted` or `expired`.
+    pub state: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub content_type: String,
+    pub size: Option<u64>,
+    pub chunk_size: u64,
+    /// Indices whose chunk is stored, ascending.
+    pub stored: Vec<u64>,
+    /// Bytes in the stored chunks.
+    pub stored_bytes: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// One chunk a client has, offered before sending it (`POST /uploads/{id}/chunks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkOffer {
+    pub index: u64,
+    pub length: u64,
+    /// BLAKE3 of the chunk, hex.
+    pub hash: ChunkId,
+}
+
+/// `POST /uploads/{id}/chunks` request body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChunkOffers {
+    pub chunks: Vec<ChunkOffer>,
+}
+
+/// `POST /uploads/{id}/chunks` answer: offers the server already stores were recorded; the
+/// `missing` indices must be sent with `PUT /uploads/{id}/chunks/{index}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferResult {
+    pub missing: Vec<u64>,
+    pub present: Vec<u64>,
+}
+
+/// `PUT /uploads/{id}/chunks/{index}` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkStored {
+    pub index: u64,
+    pub length: u64,
+    pub hash: ChunkId,
+    /// False when the server already had the chunk's content (the write was skipped).
+    pub written: bool,
+}
+
+/// `POST /uploads/{id}/commit` body (optional): the digest the client expects.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionCommit {
+    #[serde(default)]
+    pub sha256: Option<String>,
+}

@@ -1,0 +1,195 @@
+//! The upload-session API (`/uploads`): open a session, send chunks by index in any order
+//! and in parallel, offer chunk hashes first to skip what the server has, ask what is stored,
+//! commit, abort. Thin: every rule lives in `core/session.rs`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chunkvault_core::{Session, UploadMeta};
+use chunkvault_types::{
+    ChunkId, ChunkOffers, ChunkStored, FileId, OfferResult, SessionCommit, SessionCreate,
+    SessionInfo,
+};
+use serde::de::DeserializeOwned;
+
+use crate::error::file_id;
+use crate::extract::FileIdPath;
+use crate::upload::file_info;
+use crate::{ApiError, AppState};
+
+/// The header carrying a chunk's BLAKE3 hash (hex), checked by the server when present.
+pub(crate) const CHUNK_HASH_HEADER: &str = "chunk-hash";
+
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+fn json_body<T: DeserializeOwned + Default>(body: Body, required: bool) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the JSON body could not be read: {}", e.body_text()),
+        )
+    })?;
+    if body.is_empty() && !required {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
+}
+
+pub(crate) fn session_info(s: &Session) -> SessionInfo {
+    let u = &s.upload;
+    SessionInfo {
+        id: u.id,
+        state: u.state.as_str().into(),
+        name: u.name.clone(),
+        content_type: u.content_type.clone(),
+        size: u.declared_size,
+        chunk_size: u.chunk_size,
+        stored: s.stored.iter().map(|c| c.index).collect(),
+        stored_bytes: s.stored_bytes(),
+        created_at: u.created_at,
+        expires_at: u.expires_at,
+    }
+}
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: SessionCreate = json_body(body, true)?;
+    let upload = state
+        .vault
+        .create_session(UploadMeta {
+            name: req.name,
+            content_type: req.content_type,
+            expected_size: req.size,
+        })
+        .await?;
+    let info = session_info(&Session {
+        upload,
+        stored: Vec::new(),
+    });
+    let location = format!("/uploads/{}", info.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(info),
+    )
+        .into_response())
+}
+
+pub(crate) async fn status(
+    State(state): State<AppState>,
+    FileIdPath(id): FileIdPath,
+) -> Result<Json<SessionInfo>, ApiError> {
+    let s = state.vault.session(id).await?;
+    Ok(Json(session_info(&s)))
+}
+
+pub(crate) async fn offer(
+    State(state): State<AppState>,
+    FileIdPath(id): FileIdPath,
+    body: Body,
+) -> Result<Json<OfferResult>, ApiError> {
+    let req: ChunkOffers = json_body(body, true)?;
+    let (missing, present) = state.vault.offer_chunks(id, &req.chunks).await?;
+    Ok(Json(OfferResult { missing, present }))
+}
+
+/// `{id}` and `{index}` of `/uploads/{id}/chunks/{index}`.
+fn chunk_path(raw: (String, String)) -> Result<(FileId, u64), ApiError> {
+    let id = file_id(&raw.0)?;
+    let index = raw
+        .1
+        .parse::<u64>()
+        .ok()
+        .filter(|_| raw.1.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_index", "the chunk index must be a whole number")
+        })?;
+    Ok((id, index))
+}
+
+fn chunk_hash(headers: &HeaderMap) -> Result<Option<ChunkId>, ApiError> {
+    match headers.get(CHUNK_HASH_HEADER) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<ChunkId>().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_header",
+                    "Chunk-Hash must be a BLAKE3 hash in 64 hex digits",
+                )
+            }),
+    }
+}
+
+pub(crate) async fn put_chunk(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+    req: Request,
+) -> Result<Json<ChunkStored>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let mut body = body.into_data_stream();
+    let result = put_chunk_inner(&state, path, &parts.headers, &mut body).await;
+    if result.is_err() {
+        crate::tus::drain(&mut body).await;
+    }
+    result
+}
+
+async fn put_chunk_inner(
+    state: &AppState,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+    headers: &HeaderMap,
+    body: &mut axum::body::BodyDataStream,
+) -> Result<Json<ChunkStored>, ApiError> {
+    let Path(raw) =
+        path.map_err(|_| ApiError::bad_request("invalid_id", "the path is not valid"))?;
+    let (id, index) = chunk_path(raw)?;
+    let claimed = chunk_hash(headers)?;
+    let put = state
+        .vault
+        .put_session_chunk(id, index, body, claimed)
+        .await?;
+    Ok(Json(ChunkStored {
+        index: put.index,
+        length: put.length,
+        hash: put.hash,
+        written: put.written,
+    }))
+}
+
+pub(crate) async fn commit(
+    State(state): State<AppState>,
+    FileIdPath(id): FileIdPath,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: SessionCommit = json_body(body, false)?;
+    let record = state
+        .vault
+        .commit_session(id, req.sha256.as_deref())
+        .await?;
+    let info = file_info(record);
+    let location = format!("/files/{}", info.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(info),
+    )
+        .into_response())
+}
+
+pub(crate) async fn abort(
+    State(state): State<AppState>,
+    FileIdPath(id): FileIdPath,
+) -> Result<StatusCode, ApiError> {
+    state.vault.abort_session(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
