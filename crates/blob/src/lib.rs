@@ -2,7 +2,8 @@
 //!
 //! [`BlobStore`] is the one trait every chunk store implements: the [`ObjectStoreBlobs`]
 //! adapter over the `object_store` crate (local directory, memory, Azure Blob, S3, GCS), and
-//! wrappers that implement the same trait over another store ([`FaultyBlobStore`] for tests).
+//! wrappers that implement the same trait over other stores ([`FaultyBlobStore`] for tests,
+//! [`ReplicatedBlobStore`] for several locations with a placement policy).
 //! [`conformance`] is the suite every implementation must pass.
 
 mod adapter;
@@ -12,6 +13,7 @@ pub mod conformance;
 mod error;
 mod faulty;
 mod key;
+mod replicated;
 
 use std::fmt::Debug;
 
@@ -27,6 +29,10 @@ pub use azure::AzureConfig;
 pub use error::{BlobError, Result};
 pub use faulty::{Fault, FaultyBlobStore};
 pub use key::{CHUNK_PREFIX, chunk_key, parse_chunk_key};
+pub use replicated::{
+    ChunkHealth, CopyState, Location, Policy, RepairOutcome, ReplicaStats, ReplicatedBlobStore,
+    placement,
+};
 
 /// What a store knows about one stored blob.
 #[derive(Debug, Clone, PartialEq, Eq)]

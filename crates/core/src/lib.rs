@@ -1,10 +1,12 @@
 //! The pipeline of chunkvault: chunking, hashing, verification, upload sessions, streaming
-//! reads, garbage collection and scrub. It knows only the [`BlobStore`] and [`MetaStore`]
-//! traits, so every front end (HTTP, tus, CLI tools) and every backend pair share it.
+//! reads, garbage collection, scrub, and repair and drain of replicated locations. It knows
+//! only the [`BlobStore`] and [`MetaStore`] traits (and the location-aware API of
+//! [`ReplicatedBlobStore`] for repair), so every front end and every backend pair share it.
 
 mod download;
 mod error;
 mod gc;
+mod repair;
 mod scrub;
 mod stats;
 mod upload;
@@ -12,12 +14,13 @@ mod upload;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chunkvault_blob::BlobStore;
+use chunkvault_blob::{BlobStore, ReplicatedBlobStore};
 use chunkvault_meta::{FileRecord, MetaStore};
 use chunkvault_types::{ChunkEntry, FileId};
 
 pub use error::{CoreError, Result};
 pub use gc::{GcOptions, GcReport};
+pub use repair::{RepairReport, RestoredChunk, UnrestoredChunk};
 pub use scrub::{ScrubFinding, ScrubOptions, ScrubReport};
 pub use stats::Stats;
 pub use upload::{MAX_NAME_BYTES, MAX_TYPE_BYTES, Received, UploadMeta};
@@ -61,6 +64,8 @@ pub struct Vault {
     config: Arc<VaultConfig>,
     stats: Arc<Stats>,
     last_scrub: Arc<std::sync::Mutex<Option<ScrubReport>>>,
+    /// The blob store seen as locations, when it is a [`ReplicatedBlobStore`].
+    replicas: Option<ReplicatedBlobStore>,
 }
 
 impl Vault {
@@ -75,6 +80,7 @@ impl Vault {
             config: Arc::new(config),
             stats: Arc::default(),
             last_scrub: Arc::default(),
+            replicas: None,
         }
     }
 

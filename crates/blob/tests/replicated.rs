@@ -1,0 +1,409 @@
+//! The replicated store over real locations: local directories, and Azurite containers mixed
+//! with a local directory. One location is made to fail (a `FaultyBlobStore` around it, or its
+//! files overwritten) in the middle of a stream of puts and gets.
+//!
+//! The Azurite tests need `CHUNKVAULT_TEST_AZURITE_ENDPOINT` (scripts/test sets it); without it
+//! they fail, saying so.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chunkvault_blob::{
+    BlobConfig, BlobError, BlobStore, CopyState, Fault, FaultyBlobStore, Location,
+    ObjectStoreBlobs, Policy, ReplicatedBlobStore, RetryOptions, conformance,
+};
+use chunkvault_types::ChunkId;
+use futures::TryStreamExt;
+
+async fn local(dir: &std::path::Path, name: &str) -> ObjectStoreBlobs {
+    ObjectStoreBlobs::open(
+        &BlobConfig::Local {
+            root: dir.join(name),
+            fsync: false,
+        },
+        &RetryOptions::default(),
+    )
+    .await
+    .expect("open a local location")
+}
+
+#[cfg(feature = "azure")]
+async fn azurite() -> ObjectStoreBlobs {
+    let endpoint = std::env::var("CHUNKVAULT_TEST_AZURITE_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "CHUNKVAULT_TEST_AZURITE_ENDPOINT is not set: these tests need Azurite. Run the \
+             suite with scripts/test, which starts it."
+        )
+    });
+    let account = std::env::var("CHUNKVAULT_TEST_AZURITE_ACCOUNT")
+        .unwrap_or_else(|_| "devstoreaccount1".into());
+    let key = std::env::var("CHUNKVAULT_TEST_AZURITE_KEY").unwrap_or_else(|_| {
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+            .into()
+    });
+    ObjectStoreBlobs::open(
+        &BlobConfig::Azure(chunkvault_blob::AzureConfig {
+            account,
+            access_key: key,
+            container: format!("t{}", uuid::Uuid::new_v4().simple()),
+            endpoint: Some(endpoint),
+        }),
+        &RetryOptions::default(),
+    )
+    .await
+    .expect("open an Azurite container")
+}
+
+/// Three locations, each behind a fault wrapper the test controls.
+struct Three {
+    store: ReplicatedBlobStore,
+    faults: Vec<FaultyBlobStore<ObjectStoreBlobs>>,
+    _dir: tempfile::TempDir,
+}
+
+const NAMES: [&str; 3] = ["a", "b", "c"];
+
+async fn three_local(replicas: usize, write_quorum: usize) -> Three {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stores = Vec::new();
+    for n in NAMES {
+        stores.push(local(dir.path(), n).await);
+    }
+    build(stores, dir, replicas, write_quorum)
+}
+
+#[cfg(feature = "azure")]
+async fn two_azurite_one_local(replicas: usize, write_quorum: usize) -> Three {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = vec![azurite().await, azurite().await, local(dir.path(), "c").await];
+    build(stores, dir, replicas, write_quorum)
+}
+
+fn build(
+    stores: Vec<ObjectStoreBlobs>,
+    dir: tempfile::TempDir,
+    replicas: usize,
+    write_quorum: usize,
+) -> Three {
+    let faults: Vec<_> = stores.into_iter().map(FaultyBlobStore::new).collect();
+    let locations = faults
+        .iter()
+        .zip(NAMES)
+        .map(|(f, n)| Location {
+            name: n.to_string(),
+            store: Arc::new(f.clone()),
+            draining: false,
+        })
+        .collect();
+    let store = ReplicatedBlobStore::new(
+        locations,
+        Policy {
+            replicas,
+            write_quorum,
+        },
+    )
+    .expect("valid policy");
+    Three {
+        store,
+        faults,
+        _dir: dir,
+    }
+}
+
+fn chunk(n: u32, len: usize) -> (ChunkId, Bytes) {
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(n) as u8)
+        .collect();
+    (ChunkId::of(&data), Bytes::from(data))
+}
+
+fn position(name: &str) -> usize {
+    NAMES.iter().position(|n| *n == name).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_local_dirs_conform() {
+    for (r, w) in [(2, 1), (2, 2), (3, 2)] {
+        let t = three_local(r, w).await;
+        conformance::run_all(&t.store).await;
+    }
+}
+
+#[cfg(feature = "azure")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_azurite_and_local_conform() {
+    let t = two_azurite_one_local(2, 1).await;
+    conformance::run_all(&t.store).await;
+    let t = two_azurite_one_local(3, 2).await;
+    conformance::run_all(&t.store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_is_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = |name: &str, store: ObjectStoreBlobs| Location {
+        name: name.into(),
+        store: Arc::new(store),
+        draining: false,
+    };
+    let a = local(dir.path(), "a").await;
+    let b = local(dir.path(), "b").await;
+    let bad = |locs: Vec<Location>, replicas, write_quorum, word: &str| {
+        match ReplicatedBlobStore::new(
+            locs,
+            Policy {
+                replicas,
+                write_quorum,
+            },
+        ) {
+            Err(BlobError::Config { message }) => assert!(message.contains(word), "{message}"),
+            other => panic!("expected a config error about {word}, got {other:?}"),
+        }
+    };
+    bad(
+        vec![loc("a", a.clone()), loc("b", b.clone())],
+        3,
+        1,
+        "replicas",
+    );
+    bad(
+        vec![loc("a", a.clone()), loc("b", b.clone())],
+        2,
+        3,
+        "write_quorum",
+    );
+    bad(
+        vec![loc("a", a.clone()), loc("a", b.clone())],
+        1,
+        1,
+        "twice",
+    );
+}
+
+/// replicas=2 W=1: one location goes down in the middle of a stream of puts and gets; no call
+/// fails, every read is byte-identical; what was written meanwhile is repaired afterwards.
+async fn one_location_down_mid_stream(t: Three) {
+    let mut written = Vec::new();
+    for n in 0..120u32 {
+        if n == 40 {
+            t.faults[1].set(Fault::Down);
+        }
+        let (id, data) = chunk(n, 1000 + n as usize);
+        t.store
+            .put(&id, data.clone())
+            .await
+            .unwrap_or_else(|e| panic!("put {n} with one location down: {e:?}"));
+        written.push((id, data));
+        // Read back everything so far, every tenth step.
+        if n % 10 == 9 {
+            for (id, data) in &written {
+                let got = t.store.get(id).await.expect("get with one location down");
+                assert_eq!(&got, data, "byte-identical read");
+            }
+        }
+    }
+    assert!(
+        t.store.stats().read_failovers.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "reads of chunks placed on the down location failed over"
+    );
+    t.faults[1].set(Fault::None);
+    // Let background copies settle, then repair everything and check full policy.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut restored = 0;
+    for (id, _) in &written {
+        let o = t.store.repair_chunk(id, None).await.expect("repair");
+        assert!(o.complete(), "{o:?}");
+        restored += o.restored.len();
+    }
+    assert!(restored >= 20, "copies missed while down were restored: {restored}");
+    for (id, _) in &written {
+        let h = t.store.inspect(id).await;
+        assert_eq!(h.healthy(), 2, "{h:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_one_location_down_mid_stream() {
+    one_location_down_mid_stream(three_local(2, 1).await).await;
+}
+
+#[cfg(feature = "azure")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azurite_one_location_down_mid_stream() {
+    one_location_down_mid_stream(two_azurite_one_local(2, 1).await).await;
+}
+
+/// replicas=2 W=2: a put whose placement includes the down location fails as unavailable;
+/// puts placed on the two healthy ones still succeed.
+async fn quorum_not_met_fails_cleanly(t: Three) {
+    t.faults[0].set(Fault::Down);
+    let (mut failed, mut ok) = (0, 0);
+    for n in 0..60u32 {
+        let (id, data) = chunk(n, 500);
+        let placed = t.store.placement_of(&id);
+        match t.store.put(&id, data.clone()).await {
+            Ok(()) => {
+                assert!(!placed.contains(&"a".to_string()));
+                assert_eq!(t.store.get(&id).await.unwrap(), data);
+                ok += 1;
+            }
+            Err(e) => {
+                assert!(placed.contains(&"a".to_string()), "{placed:?}: {e:?}");
+                assert!(e.is_unavailable(), "{e:?}");
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 20 && ok > 10, "failed {failed}, ok {ok}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_quorum_not_met_fails_cleanly() {
+    quorum_not_met_fails_cleanly(three_local(2, 2).await).await;
+}
+
+#[cfg(feature = "azure")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azurite_quorum_not_met_fails_cleanly() {
+    quorum_not_met_fails_cleanly(two_azurite_one_local(2, 2).await).await;
+}
+
+/// A corrupt copy is skipped on read and rewritten by repair.
+async fn corrupt_copy_is_skipped_and_repaired(t: Three) {
+    let mut chunks = Vec::new();
+    for n in 0..30u32 {
+        let (id, data) = chunk(n, 4096);
+        t.store.put(&id, data.clone()).await.unwrap();
+        chunks.push((id, data));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Overwrite the first placed copy of every chunk with wrong bytes, in the real store.
+    for (id, data) in &chunks {
+        let first = &t.store.placement_of(id)[0];
+        let raw = t.faults[position(first)].inner();
+        let mut bad = data.to_vec();
+        bad[7] ^= 0xff;
+        raw.put(id, Bytes::from(bad)).await.unwrap();
+    }
+    for (id, data) in &chunks {
+        assert_eq!(&t.store.get(id).await.unwrap(), data, "the good copy is served");
+        let h = t.store.inspect(id).await;
+        assert_eq!(h.copies[0].1, CopyState::Corrupt);
+        assert_eq!(h.healthy(), 1);
+    }
+    assert_eq!(
+        t.store
+            .stats()
+            .corrupt_copies_seen
+            .load(std::sync::atomic::Ordering::Relaxed),
+        30
+    );
+    let queued = t.store.take_repair_queue();
+    assert_eq!(queued.len(), 30, "every failed-over read queued its chunk");
+    for id in queued {
+        let o = t.store.repair_chunk(&id, None).await.unwrap();
+        assert_eq!(o.restored.len(), 1, "{o:?}");
+    }
+    for (id, _) in &chunks {
+        assert_eq!(t.store.inspect(id).await.healthy(), 2);
+    }
+    // Every copy corrupt: the store returns one, so the caller reports damage, not absence.
+    let (id, data) = &chunks[0];
+    for f in &t.faults {
+        f.set(Fault::CorruptReads);
+    }
+    let got = t.store.get(id).await.unwrap();
+    assert_ne!(&got, data);
+    assert!(!id.matches(&got));
+    let o = t.store.repair_chunk(id, None).await.unwrap();
+    assert!(o.lost, "no healthy copy: nothing to restore from");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_corrupt_copy_is_skipped_and_repaired() {
+    corrupt_copy_is_skipped_and_repaired(three_local(2, 1).await).await;
+}
+
+#[cfg(feature = "azure")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azurite_corrupt_copy_is_skipped_and_repaired() {
+    corrupt_copy_is_skipped_and_repaired(two_azurite_one_local(2, 1).await).await;
+}
+
+/// A wiped location (its directory removed) reads through the other copies; repair refills it
+/// once the location exists again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_location_reads_through_and_refills() {
+    let t = three_local(2, 1).await;
+    let mut chunks = Vec::new();
+    for n in 0..50u32 {
+        let (id, data) = chunk(n, 2000);
+        t.store.put(&id, data.clone()).await.unwrap();
+        chunks.push((id, data));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let root = t._dir.path().join("b");
+    std::fs::remove_dir_all(&root).unwrap();
+    for (id, data) in &chunks {
+        assert_eq!(&t.store.get(id).await.unwrap(), data);
+    }
+    // The operator recreates the location (open writes the marker again).
+    local(t._dir.path(), "b").await;
+    let mut restored = 0;
+    for (id, _) in &chunks {
+        let o = t.store.repair_chunk(id, None).await.unwrap();
+        assert!(o.complete(), "{o:?}");
+        restored += o.restored.len();
+    }
+    let on_b = chunks
+        .iter()
+        .filter(|(id, _)| t.store.placement_of(id).contains(&"b".to_string()))
+        .count();
+    assert_eq!(restored, on_b);
+    for (id, _) in &chunks {
+        assert_eq!(t.store.inspect(id).await.healthy(), 2);
+    }
+}
+
+/// Draining a location moves each of its copies to the placement that excludes it, then
+/// deletes it there; every chunk stays at full policy and readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_every_copy_off_a_location() {
+    let t = three_local(2, 2).await;
+    let mut chunks = HashMap::new();
+    for n in 0..60u32 {
+        let (id, data) = chunk(n, 1500);
+        t.store.put(&id, data.clone()).await.unwrap();
+        chunks.insert(id, data);
+    }
+    let on_c: Vec<ChunkId> = t
+        .store
+        .list_location("c")
+        .unwrap()
+        .map_ok(|m| m.id)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(on_c.len() > 20, "c holds its share: {}", on_c.len());
+    for id in &on_c {
+        let o = t.store.repair_chunk(id, Some("c")).await.unwrap();
+        assert!(o.complete(), "{o:?}");
+    }
+    let left: Vec<ChunkId> = t
+        .store
+        .list_location("c")
+        .unwrap()
+        .map_ok(|m| m.id)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "c is empty after the drain: {left:?}");
+    // With c gone, a and b hold both copies of everything.
+    t.faults[2].set(Fault::Down);
+    for (id, data) in &chunks {
+        assert_eq!(&t.faults[0].get(id).await.unwrap(), data);
+        assert_eq!(&t.faults[1].get(id).await.unwrap(), data);
+        assert_eq!(&t.store.get(id).await.unwrap(), data);
+    }
+}
