@@ -240,10 +240,9 @@ impl ReplicatedBlobStore {
         match store.get(id).await {
             Ok(data) => {
                 let hash = *id;
-                let (ok, data) =
-                    tokio::task::spawn_blocking(move || (hash.matches(&data), data))
-                        .await
-                        .unwrap_or_else(|_| (false, Bytes::new()));
+                let (ok, data) = tokio::task::spawn_blocking(move || (hash.matches(&data), data))
+                    .await
+                    .unwrap_or_else(|_| (false, Bytes::new()));
                 if ok {
                     (CopyState::Healthy, Some(data))
                 } else {
@@ -305,8 +304,7 @@ impl ReplicatedBlobStore {
                 if placed.contains(&i) {
                     continue;
                 }
-                if let (CopyState::Healthy, Some(d)) = Self::read_copy(l.store.as_ref(), id).await
-                {
+                if let (CopyState::Healthy, Some(d)) = Self::read_copy(l.store.as_ref(), id).await {
                     good = Some(d);
                     break;
                 }
@@ -395,7 +393,9 @@ impl BlobStore for ReplicatedBlobStore {
                 Ok(()) => ok += 1,
                 Err(e) => {
                     tracing::warn!(chunk = %id, location = %self.locations[i].name, error = %e, "chunk copy not written");
-                    self.stats.copies_not_written.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .copies_not_written
+                        .fetch_add(1, Ordering::Relaxed);
                     errors.push(format!("{}: {e}", self.locations[i].name));
                 }
             }
@@ -436,7 +436,9 @@ impl BlobStore for ReplicatedBlobStore {
                 while let Some((i, r)) = writes.next().await {
                     if let Err(e) = r {
                         tracing::warn!(chunk = %id, location = %this.locations[i].name, error = %e, "background chunk copy not written; queued for repair");
-                        this.stats.copies_not_written.fetch_add(1, Ordering::Relaxed);
+                        this.stats
+                            .copies_not_written
+                            .fetch_add(1, Ordering::Relaxed);
                         this.enqueue(id);
                     }
                 }
@@ -457,9 +459,10 @@ impl BlobStore for ReplicatedBlobStore {
     /// is returned so the caller reports damage rather than a missing chunk.
     async fn get(&self, id: &ChunkId) -> Result<Bytes> {
         let placed = self.placed(id, None);
-        let order = placed.iter().copied().chain(
-            (0..self.locations.len()).filter(|i| !placed.contains(i)),
-        );
+        let order = placed
+            .iter()
+            .copied()
+            .chain((0..self.locations.len()).filter(|i| !placed.contains(i)));
         let mut corrupt = None;
         let mut unreachable = Vec::new();
         let mut skipped = false;
@@ -475,13 +478,17 @@ impl BlobStore for ReplicatedBlobStore {
                 }
                 (CopyState::Corrupt, data) => {
                     tracing::warn!(chunk = %id, location = %l.name, "corrupt copy skipped; queued for repair");
-                    self.stats.corrupt_copies_seen.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .corrupt_copies_seen
+                        .fetch_add(1, Ordering::Relaxed);
                     corrupt = corrupt.or(data);
                     skipped = true;
                 }
                 (CopyState::Missing, _) => {
                     if placed.contains(&i) {
-                        self.stats.missing_copies_seen.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .missing_copies_seen
+                            .fetch_add(1, Ordering::Relaxed);
                         skipped = true;
                     }
                 }
@@ -508,9 +515,10 @@ impl BlobStore for ReplicatedBlobStore {
 
     async fn head(&self, id: &ChunkId) -> Result<Option<BlobMeta>> {
         let placed = self.placed(id, None);
-        let order = placed.iter().copied().chain(
-            (0..self.locations.len()).filter(|i| !placed.contains(i)),
-        );
+        let order = placed
+            .iter()
+            .copied()
+            .chain((0..self.locations.len()).filter(|i| !placed.contains(i)));
         let mut last_err = None;
         for i in order {
             match self.locations[i].store.head(id).await {
@@ -663,6 +671,9 @@ mod tests {
                 moved += 1;
             }
         }
-        assert!((2_000..3_000).contains(&moved), "about a quarter moved: {moved}");
+        assert!(
+            (2_000..3_000).contains(&moved),
+            "about a quarter moved: {moved}"
+        );
     }
 }

@@ -76,7 +76,11 @@ async fn three_local(replicas: usize, write_quorum: usize) -> Three {
 #[cfg(feature = "azure")]
 async fn two_azurite_one_local(replicas: usize, write_quorum: usize) -> Three {
     let dir = tempfile::tempdir().unwrap();
-    let stores = vec![azurite().await, azurite().await, local(dir.path(), "c").await];
+    let stores = vec![
+        azurite().await,
+        azurite().await,
+        local(dir.path(), "c").await,
+    ];
     build(stores, dir, replicas, write_quorum)
 }
 
@@ -149,8 +153,8 @@ async fn policy_is_validated() {
     };
     let a = local(dir.path(), "a").await;
     let b = local(dir.path(), "b").await;
-    let bad = |locs: Vec<Location>, replicas, write_quorum, word: &str| {
-        match ReplicatedBlobStore::new(
+    let bad =
+        |locs: Vec<Location>, replicas, write_quorum, word: &str| match ReplicatedBlobStore::new(
             locs,
             Policy {
                 replicas,
@@ -159,8 +163,7 @@ async fn policy_is_validated() {
         ) {
             Err(BlobError::Config { message }) => assert!(message.contains(word), "{message}"),
             other => panic!("expected a config error about {word}, got {other:?}"),
-        }
-    };
+        };
     bad(
         vec![loc("a", a.clone()), loc("b", b.clone())],
         3,
@@ -204,7 +207,11 @@ async fn one_location_down_mid_stream(t: Three) {
         }
     }
     assert!(
-        t.store.stats().read_failovers.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        t.store
+            .stats()
+            .read_failovers
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
         "reads of chunks placed on the down location failed over"
     );
     t.faults[1].set(Fault::None);
@@ -216,7 +223,10 @@ async fn one_location_down_mid_stream(t: Three) {
         assert!(o.complete(), "{o:?}");
         restored += o.restored.len();
     }
-    assert!(restored >= 20, "copies missed while down were restored: {restored}");
+    assert!(
+        restored >= 20,
+        "copies missed while down were restored: {restored}"
+    );
     for (id, _) in &written {
         let h = t.store.inspect(id).await;
         assert_eq!(h.healthy(), 2, "{h:?}");
@@ -287,7 +297,11 @@ async fn corrupt_copy_is_skipped_and_repaired(t: Three) {
         raw.put(id, Bytes::from(bad)).await.unwrap();
     }
     for (id, data) in &chunks {
-        assert_eq!(&t.store.get(id).await.unwrap(), data, "the good copy is served");
+        assert_eq!(
+            &t.store.get(id).await.unwrap(),
+            data,
+            "the good copy is served"
+        );
         let h = t.store.inspect(id).await;
         assert_eq!(h.copies[0].1, CopyState::Corrupt);
         assert_eq!(h.healthy(), 1);

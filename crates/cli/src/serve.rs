@@ -27,13 +27,20 @@ pub async fn run(config: Config) -> Result<()> {
         "chunkvault listening on http://{addr}"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
-    let gc = tokio::spawn(gc_loop(vault.clone(), config.clone(), stop_rx));
+    let gc = tokio::spawn(gc_loop(vault.clone(), config.clone(), stop_rx.clone()));
+    let repair = vault
+        .replicas()
+        .is_some()
+        .then(|| tokio::spawn(repair_loop(vault.clone(), config.repair_interval, stop_rx)));
     let router = chunkvault_http::router(vault);
     chunkvault_http::serve(listener, router, shutdown_signal())
         .await
         .context("server failed")?;
     let _ = stop_tx.send(true);
     let _ = gc.await;
+    if let Some(r) = repair {
+        let _ = r.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -86,6 +93,38 @@ async fn gc_loop(vault: Vault, config: Config, mut stop: watch::Receiver<bool>) 
                 "gc finished"
             ),
             Err(e) => tracing::warn!(error = %e, "gc failed; retrying next interval"),
+        }
+    }
+}
+
+/// With several locations: every few seconds repairs the chunks reads and writes found below
+/// policy, and every `interval` checks every chunk. Repairs are idempotent, so several nodes
+/// may run this at once without a lease.
+async fn repair_loop(vault: Vault, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut last_full = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let full = last_full.elapsed() >= interval;
+        let result = if full {
+            last_full = tokio::time::Instant::now();
+            vault.repair().await
+        } else {
+            vault.repair_queued().await
+        };
+        match result {
+            Ok(r) if r.chunks_checked == 0 => {}
+            Ok(r) => tracing::info!(
+                full,
+                checked = r.chunks_checked,
+                restored = r.restored.len(),
+                below_policy = r.unrestored.len(),
+                "repair finished"
+            ),
+            Err(e) => tracing::warn!(error = %e, "repair failed; retrying"),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use chunkvault_blob::{BlobConfig, BlobStore, ObjectStoreBlobs};
+use chunkvault_blob::{BlobConfig, BlobStore, Location, ObjectStoreBlobs, ReplicatedBlobStore};
 use chunkvault_core::Vault;
 use chunkvault_meta::{
     MetaStore, PostgresMeta, PostgresOptions, SchemaStatus, SqliteMeta, SqliteOptions,
@@ -74,15 +74,45 @@ pub async fn open_meta(config: &Config, schema: Schema) -> Result<Arc<dyn MetaSt
     Ok(meta)
 }
 
-pub async fn open_blobs(config: &Config) -> Result<Arc<dyn BlobStore>> {
-    let what = match &config.blob {
+/// The blob store, and when the configuration names several locations, the same store seen
+/// through its location-aware API (for repair, drain and scrub).
+pub async fn open_blob_stores(
+    config: &Config,
+) -> Result<(Arc<dyn BlobStore>, Option<ReplicatedBlobStore>)> {
+    if config.locations.is_empty() {
+        let store = open_one(&config.blob, &config.retry, "").await?;
+        return Ok((Arc::new(store), None));
+    }
+    // Every location must open at start-up: a typo in a URL or a credential fails here, naming
+    // the location, rather than at the first write placed there.
+    let opened = futures::future::join_all(config.locations.iter().map(|l| async move {
+        open_one(&l.blob, &config.retry, &format!("location {:?}: ", l.name))
+            .await
+            .map(|store| Location {
+                name: l.name.clone(),
+                store: Arc::new(store),
+                draining: l.draining,
+            })
+    }))
+    .await;
+    let locations = opened.into_iter().collect::<Result<Vec<_>>>()?;
+    let replicated = ReplicatedBlobStore::new(locations, config.policy)
+        .map_err(|e| anyhow::anyhow!("invalid setting locations: {e}"))?;
+    Ok((Arc::new(replicated.clone()), Some(replicated)))
+}
+
+async fn open_one(
+    blob: &BlobConfig,
+    retry: &chunkvault_blob::RetryOptions,
+    prefix: &str,
+) -> Result<ObjectStoreBlobs> {
+    let what = match blob {
         BlobConfig::Local { root, .. } => format!("the local blob directory {}", root.display()),
         other => format!("the blob store ({other:?})"),
     };
-    let store = ObjectStoreBlobs::open(&config.blob, &config.retry)
+    ObjectStoreBlobs::open(blob, retry)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot open {what}: {e}{}", source_text(&e)))?;
-    Ok(Arc::new(store))
+        .map_err(|e| anyhow::anyhow!("{prefix}cannot open {what}: {e}{}", source_text(&e)))
 }
 
 fn source_text(e: &dyn std::error::Error) -> String {
@@ -97,8 +127,12 @@ fn source_text(e: &dyn std::error::Error) -> String {
 
 pub async fn open_vault(config: &Config, schema: Schema) -> Result<Vault> {
     let meta = open_meta(config, schema).await?;
-    let blobs = open_blobs(config).await?;
-    Ok(Vault::new(blobs, meta, config.vault.clone()))
+    let (blobs, replicas) = open_blob_stores(config).await?;
+    let vault = Vault::new(blobs, meta, config.vault.clone());
+    Ok(match replicas {
+        Some(r) => vault.with_replicas(r),
+        None => vault,
+    })
 }
 
 /// A name for this process in leases: host, pid and a random suffix.

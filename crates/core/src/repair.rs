@@ -106,7 +106,8 @@ impl Vault {
             let Some(last) = page.last() else { break };
             after = Some(last.hash);
             for c in page.into_iter().filter(|c| c.live) {
-                self.repair_one(replicas, &c.hash, None, &mut report).await?;
+                self.repair_one(replicas, &c.hash, None, &mut report)
+                    .await?;
             }
         }
         Ok(report)
