@@ -30,8 +30,8 @@ pub use error::{BlobError, Result};
 pub use faulty::{Fault, FaultyBlobStore};
 pub use key::{CHUNK_PREFIX, chunk_key, parse_chunk_key};
 pub use replicated::{
-    ChunkHealth, CopyState, Location, Policy, RepairOutcome, ReplicaStats, ReplicatedBlobStore,
-    placement,
+    ChunkHealth, CopyState, HEDGE_AFTER, Location, Policy, RepairOutcome, ReplicaStats,
+    ReplicatedBlobStore, placement,
 };
 
 /// What a store knows about one stored blob.

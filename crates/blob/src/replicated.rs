@@ -18,6 +18,9 @@ use serde::Serialize;
 
 use crate::{BlobError, BlobMeta, BlobStore, Result};
 
+/// How long a read waits for one location before asking the next one as well.
+pub const HEDGE_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// One named location: a container, bucket or directory.
 #[derive(Debug, Clone)]
 pub struct Location {
@@ -39,6 +42,8 @@ pub struct Policy {
 pub struct ReplicaStats {
     /// Reads that had to skip at least one copy.
     pub read_failovers: AtomicU64,
+    /// Reads that asked another location because one was slow to answer.
+    pub read_hedges: AtomicU64,
     /// Copies found with the wrong content on read.
     pub corrupt_copies_seen: AtomicU64,
     /// Copies missing from a location placement names, found on read.
@@ -455,20 +460,48 @@ impl BlobStore for ReplicatedBlobStore {
     }
 
     /// Tries the placed locations in preference order, then the others; skips copies that are
-    /// missing, unreachable or fail `ChunkId::matches`. When every copy found is corrupt, one
-    /// is returned so the caller reports damage rather than a missing chunk.
+    /// missing, unreachable or fail `ChunkId::matches`. A location that has not answered after
+    /// [`HEDGE_AFTER`] gets company: the next one is asked too, and the first healthy copy wins,
+    /// so one slow or hanging location costs a read at most that delay. When every copy found is
+    /// corrupt, one is returned so the caller reports damage rather than a missing chunk.
     async fn get(&self, id: &ChunkId) -> Result<Bytes> {
         let placed = self.placed(id, None);
-        let order = placed
+        let order: Vec<usize> = placed
             .iter()
             .copied()
-            .chain((0..self.locations.len()).filter(|i| !placed.contains(i)));
+            .chain((0..self.locations.len()).filter(|i| !placed.contains(i)))
+            .collect();
         let mut corrupt = None;
         let mut unreachable = Vec::new();
         let mut skipped = false;
-        for i in order {
+        let mut next = 0;
+        let mut pending = FuturesUnordered::new();
+        let read = |i: usize| {
+            let store = self.locations[i].store.clone();
+            let id = *id;
+            async move { (i, Self::read_copy(store.as_ref(), &id).await) }
+        };
+        loop {
+            if pending.is_empty() {
+                if next == order.len() {
+                    break;
+                }
+                pending.push(read(order[next]));
+                next += 1;
+            }
+            let hedge = tokio::time::sleep(HEDGE_AFTER);
+            let answered = tokio::select! {
+                Some(answer) = pending.next() => Some(answer),
+                () = hedge, if next < order.len() => None,
+            };
+            let Some((i, (state, data))) = answered else {
+                self.stats.read_hedges.fetch_add(1, Ordering::Relaxed);
+                pending.push(read(order[next]));
+                next += 1;
+                continue;
+            };
             let l = &self.locations[i];
-            match Self::read_copy(l.store.as_ref(), id).await {
+            match (state, data) {
                 (CopyState::Healthy, Some(data)) => {
                     if skipped {
                         self.stats.read_failovers.fetch_add(1, Ordering::Relaxed);

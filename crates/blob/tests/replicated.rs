@@ -421,3 +421,186 @@ async fn drain_moves_every_copy_off_a_location() {
         assert_eq!(&t.store.get(id).await.unwrap(), data);
     }
 }
+
+/// A second Azurite process of our own, killed in the middle of the test.
+#[cfg(feature = "azure")]
+struct OwnAzurite {
+    child: tokio::process::Child,
+    endpoint: String,
+}
+
+#[cfg(feature = "azure")]
+impl OwnAzurite {
+    async fn start() -> Self {
+        use tokio::io::AsyncBufReadExt;
+        // scripts/test installs Azurite here.
+        let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tools/node_modules/.bin/azurite-blob");
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/test once (it installs Azurite with npm ci)",
+            bin.display()
+        );
+        let workdir = std::env::temp_dir().join(format!("azurite-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&workdir).unwrap();
+        let mut child = tokio::process::Command::new(bin)
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                "0",
+                "--inMemoryPersistence",
+                "--skipApiVersionCheck",
+                "--loose",
+                "--disableTelemetry",
+            ])
+            .current_dir(&workdir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start a second Azurite");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(rest) = line.split("listens on http://127.0.0.1:").nth(1) {
+                    return rest.trim().parse::<u16>().unwrap();
+                }
+            }
+            panic!("Azurite exited before listening");
+        })
+        .await
+        .expect("Azurite starts within 30 s");
+        // Keep reading its output: Node exits when stdout's pipe is closed.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}/devstoreaccount1"),
+        }
+    }
+
+    async fn open(&self) -> ObjectStoreBlobs {
+        ObjectStoreBlobs::open(
+            &BlobConfig::Azure(chunkvault_blob::AzureConfig {
+                account: "devstoreaccount1".into(),
+                access_key: "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==".into(),
+                container: format!("t{}", uuid::Uuid::new_v4().simple()),
+                endpoint: Some(self.endpoint.clone()),
+            }),
+            &RetryOptions {
+                connect_timeout: std::time::Duration::from_millis(500),
+                request_timeout: std::time::Duration::from_secs(2),
+                max_retries: 1,
+                retry_timeout: std::time::Duration::from_secs(3),
+            },
+        )
+        .await
+        .expect("open a container on the second Azurite")
+    }
+}
+
+/// replicas=2 W=1 over [a second Azurite process, the shared Azurite, a directory]: the second
+/// Azurite is killed in the middle of a stream of puts and gets; nothing fails, every read is
+/// byte-identical. Then with W=2, puts placed on the dead location fail as unavailable.
+#[cfg(feature = "azure")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azurite_process_killed_mid_stream() {
+    let mut own = OwnAzurite::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stores = vec![
+        own.open().await,
+        azurite().await,
+        local(dir.path(), "c").await,
+    ];
+    let t = build(stores, dir, 2, 1);
+    let mut written = Vec::new();
+    let started = std::time::Instant::now();
+    let mut gets = 0;
+    for n in 0..90u32 {
+        if n == 30 {
+            own.child.kill().await.expect("kill the second Azurite");
+        }
+        let (id, data) = chunk(n, 20_000 + n as usize);
+        t.store
+            .put(&id, data.clone())
+            .await
+            .unwrap_or_else(|e| panic!("put {n}: {e:?}"));
+        written.push((id, data));
+        if n % 15 == 14 {
+            for (id, data) in &written {
+                assert_eq!(&t.store.get(id).await.expect("get"), data);
+                gets += 1;
+            }
+        }
+    }
+    eprintln!(
+        "90 puts and {gets} gets with a killed location took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        t.store
+            .stats()
+            .read_failovers
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    // W=2 over the same locations: a put placed on the dead one fails cleanly.
+    let strict = ReplicatedBlobStore::new(
+        t.store.locations().to_vec(),
+        Policy {
+            replicas: 2,
+            write_quorum: 2,
+        },
+    )
+    .unwrap();
+    let mut refused = 0;
+    for n in 1000..1030u32 {
+        let (id, data) = chunk(n, 1000);
+        let on_dead = strict.placement_of(&id).contains(&"a".to_string());
+        match strict.put(&id, data).await {
+            Ok(()) => assert!(!on_dead),
+            Err(e) => {
+                assert!(on_dead && e.is_unavailable(), "{e:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 5, "{refused}");
+}
+
+/// A location that hangs costs a read about `HEDGE_AFTER`, not its timeout: the next copy is
+/// asked in parallel and the first healthy answer wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_location_is_hedged() {
+    let t = three_local(2, 2).await;
+    let mut chunks = Vec::new();
+    for n in 0..12u32 {
+        let (id, data) = chunk(n, 3000);
+        t.store.put(&id, data.clone()).await.unwrap();
+        chunks.push((id, data));
+    }
+    t.faults[0].set(Fault::Stall(std::time::Duration::from_secs(10)));
+    let started = std::time::Instant::now();
+    for (id, data) in &chunks {
+        assert_eq!(&t.store.get(id).await.unwrap(), data);
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < std::time::Duration::from_secs(8),
+        "12 reads with one location hanging for 10 s took {elapsed:?}"
+    );
+    let hedges = t
+        .store
+        .stats()
+        .read_hedges
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let first_on_a = chunks
+        .iter()
+        .filter(|(id, _)| t.store.placement_of(id)[0] == "a")
+        .count();
+    assert_eq!(
+        hedges as usize, first_on_a,
+        "one hedge per chunk preferring a"
+    );
+    assert!(first_on_a > 0);
+}
