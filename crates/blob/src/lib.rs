@@ -10,6 +10,7 @@ mod adapter;
 #[cfg(feature = "azure")]
 mod azure;
 pub mod conformance;
+mod erasure;
 mod error;
 mod faulty;
 mod key;

@@ -110,6 +110,9 @@ pub struct ReplicatedBlobStore {
     /// Writes still running after their put returned (beyond the quorum), per chunk. A delete
     /// waits for them, or a late copy would bring a deleted chunk back.
     background: Arc<Mutex<HashMap<ChunkId, Vec<tokio::sync::watch::Receiver<()>>>>>,
+    /// Erasure coding instead of copies: (data, parity) shards, shard `i` on the `i`-th placed
+    /// location; `policy.replicas` is then `data + parity`.
+    erasure: Option<(usize, usize)>,
 }
 
 /// The rendezvous (highest random weight) score of `id` on location `name`: BLAKE3 of both,
@@ -180,7 +183,250 @@ impl ReplicatedBlobStore {
             stats: Arc::default(),
             queue: Arc::default(),
             background: Arc::default(),
+            erasure: None,
         })
+    }
+
+    /// Erasure coding as the policy: each chunk cut in `data` shards plus `parity` parity
+    /// shards on `data + parity` distinct locations; any `data` shards rebuild it. A put needs
+    /// `write_quorum` shards written (from `data` to `data + parity`).
+    pub fn erasure(
+        locations: Vec<Location>,
+        data: usize,
+        parity: usize,
+        write_quorum: usize,
+    ) -> Result<Self> {
+        if data == 0 || parity == 0 || data + parity > 255 {
+            return Err(BlobError::Config {
+                message: format!(
+                    "erasure coding needs at least 1 data and 1 parity shard (255 in all), got {data} + {parity}"
+                ),
+            });
+        }
+        if write_quorum < data || write_quorum > data + parity {
+            return Err(BlobError::Config {
+                message: format!(
+                    "write_quorum = {write_quorum} must be from data shards ({data}) to data + parity ({})",
+                    data + parity
+                ),
+            });
+        }
+        let mut store = Self::new(
+            locations,
+            Policy {
+                replicas: data + parity,
+                write_quorum,
+            },
+        )?;
+        store.erasure = Some((data, parity));
+        Ok(store)
+    }
+
+    /// `(data, parity)` when the policy is erasure coding.
+    pub fn erasure_coding(&self) -> Option<(usize, usize)> {
+        self.erasure
+    }
+
+    /// Reads one stored shard and says what it is: healthy when it parses, its checksum holds,
+    /// and (when `expect` is given) it is that shard index of this layout.
+    async fn read_shard(
+        store: &dyn BlobStore,
+        id: &ChunkId,
+        expect: Option<(usize, usize, usize)>,
+    ) -> (CopyState, Option<crate::erasure::Shard>) {
+        match store.get(id).await {
+            Ok(stored) => {
+                let shard = tokio::task::spawn_blocking(move || crate::erasure::parse(&stored))
+                    .await
+                    .ok()
+                    .flatten();
+                match shard {
+                    Some(s)
+                        if expect.is_none_or(|(i, d, p)| {
+                            s.index == i && s.data == d && s.parity == p
+                        }) =>
+                    {
+                        (CopyState::Healthy, Some(s))
+                    }
+                    Some(s) => (CopyState::Corrupt, Some(s)),
+                    None => (CopyState::Corrupt, None),
+                }
+            }
+            Err(BlobError::NotFound { .. }) => (CopyState::Missing, None),
+            Err(_) => (CopyState::Unreachable, None),
+        }
+    }
+
+    /// Reads shards from the placed locations at once (then the others), and rebuilds the
+    /// chunk from the first `data` intact ones.
+    async fn get_erasure(&self, id: &ChunkId, data: usize) -> Result<Bytes> {
+        let placed = self.placed(id, None);
+        let mut shards: HashMap<usize, crate::erasure::Shard> = HashMap::new();
+        let mut unreachable = Vec::new();
+        let mut damaged = false;
+        let groups = [
+            placed.clone(),
+            (0..self.locations.len())
+                .filter(|i| !placed.contains(i))
+                .collect::<Vec<_>>(),
+        ];
+        for group in groups {
+            let mut reads: FuturesUnordered<_> = group
+                .iter()
+                .map(|&i| {
+                    let store = self.locations[i].store.clone();
+                    let id = *id;
+                    async move { (i, Self::read_shard(store.as_ref(), &id, None).await) }
+                })
+                .collect();
+            while let Some((i, (state, shard))) = reads.next().await {
+                match (state, shard) {
+                    (CopyState::Healthy, Some(s)) => {
+                        shards.entry(s.index).or_insert(s);
+                    }
+                    (CopyState::Missing, _) if !placed.contains(&i) => {}
+                    (CopyState::Unreachable, _) => {
+                        unreachable.push(self.locations[i].name.clone());
+                        damaged = true;
+                    }
+                    (CopyState::Corrupt, _) => {
+                        self.stats
+                            .corrupt_copies_seen
+                            .fetch_add(1, Ordering::Relaxed);
+                        damaged = true;
+                    }
+                    _ => {
+                        self.stats
+                            .missing_copies_seen
+                            .fetch_add(1, Ordering::Relaxed);
+                        damaged = true;
+                    }
+                }
+                if shards.len() >= data {
+                    break;
+                }
+            }
+            if shards.len() >= data {
+                let list: Vec<_> = shards.into_values().collect();
+                let hash = *id;
+                let rebuilt = tokio::task::spawn_blocking(move || {
+                    crate::erasure::decode(&list).map(|c| (hash.matches(&c), c))
+                })
+                .await
+                .map_err(|e| BlobError::Other {
+                    source: Box::new(e),
+                })?;
+                if damaged {
+                    self.stats.read_failovers.fetch_add(1, Ordering::Relaxed);
+                    self.enqueue(*id);
+                }
+                return match rebuilt {
+                    Ok((_, chunk)) => Ok(chunk),
+                    Err(e) => Err(BlobError::Other {
+                        source: format!("chunk {id} could not be rebuilt from its shards: {e}")
+                            .into(),
+                    }),
+                };
+            }
+        }
+        self.enqueue(*id);
+        if !unreachable.is_empty() {
+            return Err(unavailable(format!(
+                "chunk {id}: {} of {data} shards readable; unreachable: {}",
+                shards.len(),
+                unreachable.join(", ")
+            )));
+        }
+        Err(BlobError::NotFound {
+            key: crate::chunk_key(id),
+        })
+    }
+
+    /// [`Self::repair_chunk`] for erasure coding: rebuild the chunk from any `data` intact
+    /// shards, re-encode, and write every placed shard that is missing or damaged.
+    async fn repair_erasure(
+        &self,
+        id: &ChunkId,
+        excluded: Option<usize>,
+        (data, parity): (usize, usize),
+    ) -> Result<RepairOutcome> {
+        let placed = self.placed(id, excluded);
+        let mut states = HashMap::new();
+        let mut shards: HashMap<usize, crate::erasure::Shard> = HashMap::new();
+        for (pos, &i) in placed.iter().enumerate() {
+            let (state, shard) = Self::read_shard(
+                self.locations[i].store.as_ref(),
+                id,
+                Some((pos, data, parity)),
+            )
+            .await;
+            // An intact shard at the wrong position (placement changed) still helps rebuild.
+            if let Some(s) = shard
+                && s.data == data
+                && s.parity == parity
+            {
+                shards.entry(s.index).or_insert(s);
+            }
+            states.insert(pos, state);
+        }
+        for (i, l) in self.locations.iter().enumerate() {
+            if shards.len() >= data || placed.contains(&i) {
+                continue;
+            }
+            if let (CopyState::Healthy, Some(s)) =
+                Self::read_shard(l.store.as_ref(), id, None).await
+                && s.data == data
+                && s.parity == parity
+            {
+                shards.entry(s.index).or_insert(s);
+            }
+        }
+        let mut outcome = RepairOutcome {
+            chunk: *id,
+            restored: Vec::new(),
+            failed: Vec::new(),
+            lost: false,
+        };
+        let hash = *id;
+        let list: Vec<_> = shards.into_values().collect();
+        let encoded = tokio::task::spawn_blocking(move || {
+            let chunk = crate::erasure::decode(&list)?;
+            if !hash.matches(&chunk) {
+                return Err("rebuilt chunk does not match its hash".to_string());
+            }
+            crate::erasure::encode(&chunk, data, parity)
+        })
+        .await
+        .map_err(|e| BlobError::Other {
+            source: Box::new(e),
+        })?;
+        let Ok(encoded) = encoded else {
+            outcome.lost = true;
+            outcome.failed = placed
+                .iter()
+                .map(|&i| self.locations[i].name.clone())
+                .collect();
+            return Ok(outcome);
+        };
+        for (pos, &i) in placed.iter().enumerate() {
+            if states.get(&pos) == Some(&CopyState::Healthy) {
+                continue;
+            }
+            let l = &self.locations[i];
+            match l.store.put(id, encoded[pos].clone()).await {
+                Ok(()) => outcome.restored.push(l.name.clone()),
+                Err(e) => {
+                    tracing::warn!(chunk = %id, location = %l.name, error = %e, "repair could not write a shard");
+                    outcome.failed.push(l.name.clone());
+                }
+            }
+        }
+        if let Some(x) = excluded
+            && outcome.failed.is_empty()
+        {
+            self.locations[x].store.delete(id).await?;
+        }
+        Ok(outcome)
     }
 
     pub fn policy(&self) -> Policy {
@@ -263,8 +509,12 @@ impl ReplicatedBlobStore {
     pub async fn inspect(&self, id: &ChunkId) -> ChunkHealth {
         let placed = self.placed(id, None);
         let mut copies = Vec::with_capacity(placed.len());
-        for &i in &placed {
-            let (state, _) = Self::read_copy(self.locations[i].store.as_ref(), id).await;
+        for (pos, &i) in placed.iter().enumerate() {
+            let store = self.locations[i].store.as_ref();
+            let state = match self.erasure {
+                Some((d, p)) => Self::read_shard(store, id, Some((pos, d, p))).await.0,
+                None => Self::read_copy(store, id).await.0,
+            };
             copies.push((self.locations[i].name.clone(), state));
         }
         let mut extra_healthy = Vec::new();
@@ -293,6 +543,24 @@ impl ReplicatedBlobStore {
             })?),
             None => None,
         };
+        let writable = self
+            .locations
+            .iter()
+            .enumerate()
+            .filter(|(i, l)| !l.draining && Some(*i) != excluded)
+            .count();
+        if writable < self.policy.replicas {
+            return Err(BlobError::Config {
+                message: format!(
+                    "the policy needs {} locations; without {} only {writable} take writes: add a location first",
+                    self.policy.replicas,
+                    exclude.unwrap_or("the draining ones")
+                ),
+            });
+        }
+        if let Some(layout) = self.erasure {
+            return self.repair_erasure(id, excluded, layout).await;
+        }
         let placed = self.placed(id, excluded);
         let mut states = HashMap::new();
         let mut good: Option<Bytes> = None;
@@ -372,11 +640,23 @@ impl BlobStore for ReplicatedBlobStore {
     /// for repair. Fewer than `write_quorum` successes: `Unavailable`.
     async fn put(&self, id: &ChunkId, data: Bytes) -> Result<()> {
         let placed = self.placed(id, None);
+        // What each placed location stores: the chunk, or its shard.
+        let payloads: Vec<Bytes> = match self.erasure {
+            None => vec![data; placed.len()],
+            Some((d, p)) => {
+                tokio::task::spawn_blocking(move || crate::erasure::encode(&data, d, p))
+                    .await
+                    .map_err(|e| BlobError::Other {
+                        source: Box::new(e),
+                    })?
+                    .map_err(|e| BlobError::Other { source: e.into() })?
+            }
+        };
         let mut writes: FuturesUnordered<_> = placed
             .iter()
-            .map(|&i| {
+            .zip(payloads)
+            .map(|(&i, data)| {
                 let store = self.locations[i].store.clone();
-                let data = data.clone();
                 let id = *id;
                 // Spawned, so writes beyond the quorum finish after this call returns.
                 let task = tokio::spawn(async move { store.put(&id, data).await });
@@ -465,6 +745,9 @@ impl BlobStore for ReplicatedBlobStore {
     /// so one slow or hanging location costs a read at most that delay. When every copy found is
     /// corrupt, one is returned so the caller reports damage rather than a missing chunk.
     async fn get(&self, id: &ChunkId) -> Result<Bytes> {
+        if let Some((data, _)) = self.erasure {
+            return self.get_erasure(id, data).await;
+        }
         let placed = self.placed(id, None);
         let order: Vec<usize> = placed
             .iter()
@@ -554,7 +837,15 @@ impl BlobStore for ReplicatedBlobStore {
             .chain((0..self.locations.len()).filter(|i| !placed.contains(i)));
         let mut last_err = None;
         for i in order {
-            match self.locations[i].store.head(id).await {
+            let store = self.locations[i].store.as_ref();
+            match store.head(id).await {
+                // A shard's size is not the chunk's: its header says what the chunk's is.
+                Ok(Some(mut m)) if self.erasure.is_some() => {
+                    if let (_, Some(s)) = Self::read_shard(store, id, None).await {
+                        m.size = s.chunk_len;
+                        return Ok(Some(m));
+                    }
+                }
                 Ok(Some(m)) => return Ok(Some(m)),
                 Ok(None) => {}
                 Err(e) => last_err = Some(e),
@@ -650,6 +941,13 @@ impl BlobStore for ReplicatedBlobStore {
                 )
             })
             .collect();
+        if let Some((d, p)) = self.erasure {
+            return format!(
+                "erasure coded ({d} data + {p} parity shards, write quorum {}) over [{}]",
+                self.policy.write_quorum,
+                locs.join(", ")
+            );
+        }
         format!(
             "replicated (replicas {}, write quorum {}) over [{}]",
             self.policy.replicas,

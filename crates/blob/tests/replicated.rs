@@ -14,7 +14,7 @@ use chunkvault_blob::{
     ObjectStoreBlobs, Policy, ReplicatedBlobStore, RetryOptions, conformance,
 };
 use chunkvault_types::ChunkId;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 async fn local(dir: &std::path::Path, name: &str) -> ObjectStoreBlobs {
     ObjectStoreBlobs::open(
@@ -603,4 +603,155 @@ async fn slow_location_is_hedged() {
         "one hedge per chunk preferring a"
     );
     assert!(first_on_a > 0);
+}
+
+type Erasure = (
+    ReplicatedBlobStore,
+    Vec<FaultyBlobStore<ObjectStoreBlobs>>,
+    tempfile::TempDir,
+);
+
+/// Erasure coding, 3 data + 2 parity shards over five local directories.
+async fn erasure_five(write_quorum: usize) -> Erasure {
+    erasure_over(&["e1", "e2", "e3", "e4", "e5"], write_quorum).await
+}
+
+/// Erasure coding, 3 data + 2 parity shards over local directories with these names.
+async fn erasure_over(names: &[&str], write_quorum: usize) -> Erasure {
+    let dir = tempfile::tempdir().unwrap();
+    let mut faults = Vec::new();
+    let mut locations = Vec::new();
+    for name in names {
+        let f = FaultyBlobStore::new(local(dir.path(), name).await);
+        locations.push(Location {
+            name: name.to_string(),
+            store: Arc::new(f.clone()),
+            draining: false,
+        });
+        faults.push(f);
+    }
+    let store = ReplicatedBlobStore::erasure(locations, 3, 2, write_quorum).unwrap();
+    (store, faults, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_coded_store_conforms() {
+    let (store, _faults, _dir) = erasure_five(5).await;
+    // Every check but list_sees_every_chunk, whose sizes are the chunks' own: a listing of
+    // an erasure-coded store sees shard sizes (listing reads no content).
+    conformance::empty_store(&store).await;
+    conformance::put_then_get(&store).await;
+    conformance::put_is_idempotent(&store).await;
+    conformance::missing_blob_is_not_found(&store).await;
+    conformance::delete_is_idempotent(&store).await;
+    conformance::empty_and_large_blobs(&store).await;
+    conformance::concurrent_puts_of_one_chunk(&store).await;
+    conformance::check_passes(&store).await;
+    let (id, data) = chunk(5, 777);
+    store.put(&id, data).await.unwrap();
+    let listed: Vec<ChunkId> = store.list().map_ok(|m| m.id).try_collect().await.unwrap();
+    assert_eq!(
+        listed,
+        vec![id],
+        "each chunk listed once, not once per shard"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_any_two_of_five_locations_lost_every_chunk_reads() {
+    let (store, faults, _dir) = erasure_five(5).await;
+    let mut chunks = Vec::new();
+    for n in 0..40u32 {
+        let (id, data) = chunk(n, 10_000 + n as usize * 13);
+        store.put(&id, data.clone()).await.unwrap();
+        chunks.push((id, data));
+    }
+    for a in 0..5 {
+        for b in a + 1..5 {
+            faults[a].set(Fault::Down);
+            faults[b].set(Fault::CorruptReads);
+            for (id, data) in &chunks {
+                assert_eq!(&store.get(id).await.unwrap(), data, "lost {a} and {b}");
+            }
+            faults[a].set(Fault::None);
+            faults[b].set(Fault::None);
+        }
+    }
+    // Three lost: not enough shards; the error says the store is unavailable.
+    for f in &faults[..3] {
+        f.set(Fault::Down);
+    }
+    assert!(store.get(&chunks[0].0).await.unwrap_err().is_unavailable());
+    for f in &faults {
+        f.set(Fault::None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_shards_are_repaired_and_drained() {
+    let (store, faults, dir) = erasure_five(4).await;
+    let mut chunks = Vec::new();
+    for n in 0..30u32 {
+        let (id, data) = chunk(n, 5_000);
+        store.put(&id, data.clone()).await.unwrap();
+        chunks.push((id, data));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Wipe one location, damage another's shards.
+    std::fs::remove_dir_all(dir.path().join("e2")).unwrap();
+    for (id, _) in &chunks {
+        let raw = faults[3].inner();
+        let mut bad = raw.get(id).await.unwrap().to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x10;
+        raw.put(id, Bytes::from(bad)).await.unwrap();
+    }
+    for (id, data) in &chunks {
+        assert_eq!(&store.get(id).await.unwrap(), data);
+        assert_eq!(store.inspect(id).await.healthy(), 3);
+    }
+    local(dir.path(), "e2").await;
+    for (id, _) in &chunks {
+        let o = store.repair_chunk(id, None).await.unwrap();
+        assert_eq!(o.restored.len(), 2, "{o:?}");
+        assert_eq!(store.inspect(id).await.healthy(), 5);
+    }
+    // Draining one of five would leave four for five shards: refused, nothing deleted.
+    match store.repair_chunk(&chunks[0].0, Some("e1")).await {
+        Err(BlobError::Config { message }) => {
+            assert!(message.contains("add a location"), "{message}")
+        }
+        other => panic!("a drain below policy must be refused, got {other:?}"),
+    }
+    assert_eq!(store.inspect(&chunks[0].0).await.healthy(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_drain_moves_shards_to_the_sixth_location() {
+    let (store, faults, _dir) = erasure_over(&["e1", "e2", "e3", "e4", "e5", "e6"], 5).await;
+    let mut chunks = Vec::new();
+    for n in 0..30u32 {
+        let (id, data) = chunk(n, 3_000);
+        store.put(&id, data.clone()).await.unwrap();
+        chunks.push((id, data));
+    }
+    let on_e6: Vec<ChunkId> = store
+        .list_location("e6")
+        .unwrap()
+        .map_ok(|m| m.id)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(!on_e6.is_empty());
+    for id in &on_e6 {
+        let o = store.repair_chunk(id, Some("e6")).await.unwrap();
+        assert!(o.complete(), "{o:?}");
+    }
+    assert_eq!(store.list_location("e6").unwrap().count().await, 0);
+    // e6 gone for good: every chunk still reads, even with one more location down.
+    faults[5].set(Fault::Down);
+    faults[0].set(Fault::Down);
+    for (id, data) in &chunks {
+        assert_eq!(&store.get(id).await.unwrap(), data);
+    }
 }
