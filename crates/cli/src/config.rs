@@ -49,6 +49,9 @@ pub struct StoreArgs {
     /// Copies that must be durable before a chunk write succeeds (1 to replicas).
     #[arg(long, env = "CHUNKVAULT_WRITE_QUORUM", global = true)]
     pub write_quorum: Option<usize>,
+    /// Erasure coding instead of copies: DATA+PARITY shards, e.g. 4+2 (needs that many locations).
+    #[arg(long, env = "CHUNKVAULT_ERASURE", global = true)]
+    pub erasure: Option<String>,
 
     // The original service's variables.
     #[arg(long, env = "DB_HOST", global = true, hide = true)]
@@ -128,7 +131,16 @@ pub struct FileSettings {
     pub locations: Option<Vec<LocationFileSettings>>,
     pub replicas: Option<usize>,
     pub write_quorum: Option<usize>,
+    pub erasure: Option<ErasureFileSettings>,
     pub repair_interval: Option<String>,
+}
+
+/// `erasure = { data = 4, parity = 2 }`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureFileSettings {
+    pub data: usize,
+    pub parity: usize,
 }
 
 /// One `[[locations]]` table.
@@ -183,6 +195,8 @@ pub struct Config {
     /// Several locations with a placement policy; empty: the single `blob` store.
     pub locations: Vec<LocationConfig>,
     pub policy: chunkvault_blob::Policy,
+    /// Erasure coding `(data, parity)` instead of copies; `policy.replicas` is then their sum.
+    pub erasure: Option<(usize, usize)>,
     pub repair_interval: Duration,
     pub retry: RetryOptions,
     pub vault: VaultConfig,
@@ -281,11 +295,12 @@ impl Config {
             endpoint: pick(store.azure_endpoint.clone(), azure_file.endpoint),
         };
         let explicit_blob_url = store.blob_url.is_some() || file.blob_url.is_some();
-        let (locations, policy) = load_locations(
+        let (locations, policy, erasure) = load_locations(
             store,
             file.locations,
             file.replicas,
             file.write_quorum,
+            file.erasure,
             explicit_blob_url,
             fsync,
             &azure,
@@ -392,6 +407,7 @@ impl Config {
             blob,
             locations,
             policy,
+            erasure,
             repair_interval,
             retry: RetryOptions::default(),
             vault: VaultConfig {
@@ -433,9 +449,12 @@ impl Config {
                         )
                     })
                     .collect();
+                let layout = match self.erasure {
+                    Some((d, p)) => format!("erasure {d}+{p}"),
+                    None => format!("replicas {}", self.policy.replicas),
+                };
                 format!(
-                    "blobs = replicas {}, write_quorum {} over [{}]",
-                    self.policy.replicas,
+                    "blobs = {layout}, write_quorum {} over [{}]",
                     self.policy.write_quorum,
                     locs.join(", ")
                 )
@@ -463,11 +482,16 @@ fn load_locations(
     file_locations: Option<Vec<LocationFileSettings>>,
     file_replicas: Option<usize>,
     file_write_quorum: Option<usize>,
+    file_erasure: Option<ErasureFileSettings>,
     explicit_blob_url: bool,
     fsync: bool,
     azure: &AzureParts,
     azure_file: &AzureFileSettings,
-) -> Result<(Vec<LocationConfig>, chunkvault_blob::Policy)> {
+) -> Result<(
+    Vec<LocationConfig>,
+    chunkvault_blob::Policy,
+    Option<(usize, usize)>,
+)> {
     let loc_err = |e: String| setting_error("locations", "CHUNKVAULT_LOCATIONS", e);
     // (name, url, draining, per-location azure settings)
     let raw: Vec<(String, String, bool, AzureFileSettings)> = match &store.locations {
@@ -507,6 +531,25 @@ fn load_locations(
     };
     let replicas = pick(store.replicas, file_replicas);
     let write_quorum = pick(store.write_quorum, file_write_quorum);
+    let ec_err = |e: String| setting_error("erasure", "CHUNKVAULT_ERASURE", e);
+    let erasure = match (&store.erasure, file_erasure) {
+        (Some(text), _) => {
+            let parsed = text.split_once('+').and_then(|(d, p)| {
+                Some((
+                    d.trim().parse::<usize>().ok()?,
+                    p.trim().parse::<usize>().ok()?,
+                ))
+            });
+            Some(parsed.ok_or_else(|| ec_err(format!("{text:?} is not DATA+PARITY, e.g. 4+2")))?)
+        }
+        (None, Some(e)) => Some((e.data, e.parity)),
+        (None, None) => None,
+    };
+    if raw.is_empty() && erasure.is_some() {
+        return Err(ec_err(
+            "needs several locations ([[locations]] or CHUNKVAULT_LOCATIONS)".into(),
+        ));
+    }
     if raw.is_empty() {
         if replicas.is_some_and(|r| r != 1) {
             return Err(setting_error(
@@ -528,6 +571,7 @@ fn load_locations(
                 replicas: 1,
                 write_quorum: 1,
             },
+            None,
         ));
     }
     if explicit_blob_url {
@@ -569,6 +613,38 @@ fn load_locations(
         });
     }
     let writable = locations.iter().filter(|l| !l.draining).count();
+    if let Some((data, parity)) = erasure {
+        if replicas.is_some() {
+            return Err(ec_err(
+                "set either replicas (copies) or erasure (shards), not both".into(),
+            ));
+        }
+        if data == 0 || parity == 0 || data + parity > writable.min(255) {
+            return Err(ec_err(format!(
+                "{data}+{parity}: needs at least 1 data and 1 parity shard, and data + parity \
+                 locations not draining (there are {writable})"
+            )));
+        }
+        let write_quorum = write_quorum.unwrap_or(data + parity);
+        if write_quorum < data || write_quorum > data + parity {
+            return Err(setting_error(
+                "write_quorum",
+                "CHUNKVAULT_WRITE_QUORUM",
+                format!(
+                    "{write_quorum}: with erasure {data}+{parity} must be from {data} to {}",
+                    data + parity
+                ),
+            ));
+        }
+        return Ok((
+            locations,
+            chunkvault_blob::Policy {
+                replicas: data + parity,
+                write_quorum,
+            },
+            Some((data, parity)),
+        ));
+    }
     let replicas = replicas.unwrap_or(writable.min(2));
     if replicas == 0 || replicas > writable {
         return Err(setting_error(
@@ -593,6 +669,7 @@ fn load_locations(
             replicas,
             write_quorum,
         },
+        None,
     ))
 }
 
@@ -956,6 +1033,38 @@ draining = true
             },
             "replicas",
         );
+        bad(
+            StoreArgs {
+                erasure: Some("2+2".into()),
+                ..with("a=file:///x,b=file:///y,c=file:///z")
+            },
+            "erasure",
+        );
+        bad(
+            StoreArgs {
+                erasure: Some("two".into()),
+                ..with("a=file:///x,b=file:///y,c=file:///z")
+            },
+            "DATA+PARITY",
+        );
+        bad(
+            StoreArgs {
+                erasure: Some("2+1".into()),
+                write_quorum: Some(1),
+                ..with("a=file:///x,b=file:///y,c=file:///z")
+            },
+            "write_quorum",
+        );
+        let c = Config::load(
+            &StoreArgs {
+                erasure: Some("2+1".into()),
+                ..with("a=file:///x,b=file:///y,c=file:///z")
+            },
+            &ServeArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(c.erasure, Some((2, 1)));
+        assert_eq!((c.policy.replicas, c.policy.write_quorum), (3, 3));
     }
 
     #[test]

@@ -96,8 +96,13 @@ pub async fn open_blob_stores(
     }))
     .await;
     let locations = opened.into_iter().collect::<Result<Vec<_>>>()?;
-    let replicated = ReplicatedBlobStore::new(locations, config.policy)
-        .map_err(|e| anyhow::anyhow!("invalid setting locations: {e}"))?;
+    let replicated = match config.erasure {
+        Some((data, parity)) => {
+            ReplicatedBlobStore::erasure(locations, data, parity, config.policy.write_quorum)
+        }
+        None => ReplicatedBlobStore::new(locations, config.policy),
+    }
+    .map_err(|e| anyhow::anyhow!("invalid setting locations: {e}"))?;
     Ok((Arc::new(replicated.clone()), Some(replicated)))
 }
 

@@ -74,7 +74,16 @@ impl Vault {
         report: &mut RepairReport,
     ) -> Result<()> {
         report.chunks_checked += 1;
-        let outcome = replicas.repair_chunk(id, exclude).await?;
+        let outcome = replicas
+            .repair_chunk(id, exclude)
+            .await
+            .map_err(|e| match e {
+                BlobError::Config { message } => CoreError::Invalid {
+                    code: "policy_not_met",
+                    message,
+                },
+                e => e.into(),
+            })?;
         if !outcome.restored.is_empty() {
             tracing::info!(chunk = %id, locations = ?outcome.restored, "chunk copies restored");
             report.restored.push(RestoredChunk {

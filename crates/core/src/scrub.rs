@@ -71,7 +71,9 @@ impl Vault {
                     // reported even though reads still succeed.
                     let health = replicas.inspect(&c.hash).await;
                     let healthy = health.healthy();
-                    report.bytes_checked += c.size * healthy as u64;
+                    // A shard holds 1/data of the chunk; a copy all of it.
+                    let per = replicas.erasure_coding().map_or(1, |(d, _)| d as u64);
+                    report.bytes_checked += c.size * healthy as u64 / per;
                     let has = |s| health.copies.iter().any(|(_, x)| *x == s);
                     let problem = if healthy == health.copies.len() {
                         Stats::add(&self.stats.chunks_verified, 1);
