@@ -474,6 +474,13 @@ impl Config {
     }
 }
 
+/// The locations, the policy, and the erasure layout `(data, parity)` if any.
+type LoadedLocations = (
+    Vec<LocationConfig>,
+    chunkvault_blob::Policy,
+    Option<(usize, usize)>,
+);
+
 /// Reads `[[locations]]` (or `CHUNKVAULT_LOCATIONS`) and the placement policy; validates names,
 /// URLs and `1 <= write_quorum <= replicas <= locations`.
 #[allow(clippy::too_many_arguments)]
@@ -487,11 +494,7 @@ fn load_locations(
     fsync: bool,
     azure: &AzureParts,
     azure_file: &AzureFileSettings,
-) -> Result<(
-    Vec<LocationConfig>,
-    chunkvault_blob::Policy,
-    Option<(usize, usize)>,
-)> {
+) -> Result<LoadedLocations> {
     let loc_err = |e: String| setting_error("locations", "CHUNKVAULT_LOCATIONS", e);
     // (name, url, draining, per-location azure settings)
     let raw: Vec<(String, String, bool, AzureFileSettings)> = match &store.locations {
