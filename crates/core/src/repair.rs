@@ -129,6 +129,19 @@ impl Vault {
         let mut report = RepairReport::default();
         let queued = replicas.take_repair_queue();
         for (n, id) in queued.iter().enumerate() {
+            // A chunk of a failed upload, or one GC just deleted: not ours to bring back.
+            let referenced = match self.meta.files_with_chunk(id, 1).await {
+                Ok(files) => !files.is_empty(),
+                Err(e) => {
+                    for id in &queued[n..] {
+                        replicas.requeue(*id);
+                    }
+                    return Err(e.into());
+                }
+            };
+            if !referenced {
+                continue;
+            }
             if let Err(e) = self.repair_one(replicas, id, None, &mut report).await {
                 // Put the rest back for the next round.
                 for id in &queued[n..] {
