@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use chunkvault_blob::{BlobConfig, BlobStore, Location, ObjectStoreBlobs, ReplicatedBlobStore};
+use chunkvault_blob::{
+    BlobConfig, BlobError, BlobStore, Location, ObjectStoreBlobs, ReplicatedBlobStore,
+};
 use chunkvault_core::Vault;
 use chunkvault_meta::{
     MetaStore, PostgresMeta, PostgresOptions, SchemaStatus, SqliteMeta, SqliteOptions,
@@ -83,19 +85,43 @@ pub async fn open_blob_stores(
         let store = open_one(&config.blob, &config.retry, "").await?;
         return Ok((Arc::new(store), None));
     }
-    // Every location must open at start-up: a typo in a URL or a credential fails here, naming
-    // the location, rather than at the first write placed there.
+    // A wrong URL or credential fails start-up here, naming the location, rather than at the
+    // first write placed there. A location that merely does not answer is let through, as long
+    // as `write_quorum` others do: restarting must not need every location up. Its reads and
+    // writes fail over until it answers again, and repair fills it in.
     let opened = futures::future::join_all(config.locations.iter().map(|l| async move {
-        open_one(&l.blob, &config.retry, &format!("location {:?}: ", l.name))
-            .await
-            .map(|store| Location {
-                name: l.name.clone(),
-                store: Arc::new(store),
-                draining: l.draining,
-            })
+        let location = |store: ObjectStoreBlobs| Location {
+            name: l.name.clone(),
+            store: Arc::new(store),
+            draining: l.draining,
+        };
+        match ObjectStoreBlobs::open(&l.blob, &config.retry).await {
+            Ok(store) => Ok((true, location(store))),
+            Err(e @ (BlobError::Unavailable { .. } | BlobError::ContainerMissing { .. })) => {
+                tracing::warn!(location = %l.name, error = %e, "blob location does not answer at start-up; reads and writes fail over until it does");
+                ObjectStoreBlobs::connect(&l.blob, &config.retry)
+                    .map(|store| (false, location(store)))
+                    .map_err(|e| location_error(&l.name, &e))
+            }
+            Err(e) => Err(location_error(&l.name, &e)),
+        }
     }))
     .await;
-    let locations = opened.into_iter().collect::<Result<Vec<_>>>()?;
+    let opened = opened.into_iter().collect::<Result<Vec<_>>>()?;
+    let answering = opened.iter().filter(|(ok, l)| *ok && !l.draining).count();
+    if answering < config.policy.write_quorum {
+        let down: Vec<&str> = opened
+            .iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, l)| l.name.as_str())
+            .collect();
+        bail!(
+            "only {answering} blob locations answer, write_quorum is {}; not answering: {}",
+            config.policy.write_quorum,
+            down.join(", ")
+        );
+    }
+    let locations: Vec<Location> = opened.into_iter().map(|(_, l)| l).collect();
     let replicated = match config.erasure {
         Some((data, parity)) => {
             ReplicatedBlobStore::erasure(locations, data, parity, config.policy.write_quorum)
@@ -118,6 +144,13 @@ async fn open_one(
     ObjectStoreBlobs::open(blob, retry)
         .await
         .map_err(|e| anyhow::anyhow!("{prefix}cannot open {what}: {e}{}", source_text(&e)))
+}
+
+fn location_error(name: &str, e: &BlobError) -> anyhow::Error {
+    anyhow::anyhow!(
+        "invalid setting locations: location {name:?}: cannot open the blob store: {e}{}",
+        source_text(e)
+    )
 }
 
 fn source_text(e: &dyn std::error::Error) -> String {
