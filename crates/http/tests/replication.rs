@@ -229,3 +229,37 @@ async fn corrupt_copies_are_served_around_then_repaired() {
             .is_clean()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_deletes_every_copy_on_every_location() {
+    use futures::TryStreamExt;
+    let s = start(1).await;
+    let data = random(3, 6 * (64 << 10));
+    let id = s.upload_ok("f", &data).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resp = s
+        .http
+        .delete(format!("{}/files/{id}", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let report = s
+        .vault
+        .gc(&chunkvault_core::GcOptions {
+            grace: Duration::ZERO,
+            holder: "test".into(),
+            lease_ttl: Duration::from_secs(60),
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.deleted_unreferenced.len(), 6);
+    for f in &s.faults {
+        let left: Vec<_> = f.inner().list().try_collect().await.unwrap();
+        assert!(
+            left.is_empty(),
+            "{} still holds {left:?}",
+            f.inner().describe()
+        );
+    }
+}
