@@ -98,14 +98,18 @@ async fn gc_loop(vault: Vault, config: Config, mut stop: watch::Receiver<bool>) 
 }
 
 /// With several locations: every few seconds repairs the chunks reads and writes found below
-/// policy, and every `interval` checks every chunk. Repairs are idempotent, so several nodes
-/// may run this at once without a lease.
+/// policy, and every `interval` checks every chunk. While a location stays down the queued
+/// chunks cannot be completed; the pause then doubles up to 5 minutes, so an outage does not
+/// turn into reading every queued chunk every few seconds. Repairs are idempotent, so several
+/// nodes may run this at once without a lease.
 async fn repair_loop(vault: Vault, interval: Duration, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    const QUICK: Duration = Duration::from_secs(5);
+    const SLOWEST: Duration = Duration::from_secs(300);
+    let mut pause = QUICK;
     let mut last_full = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => return,
         }
         let full = last_full.elapsed() >= interval;
@@ -116,15 +120,26 @@ async fn repair_loop(vault: Vault, interval: Duration, mut stop: watch::Receiver
             vault.repair_queued().await
         };
         match result {
-            Ok(r) if r.chunks_checked == 0 => {}
-            Ok(r) => tracing::info!(
-                full,
-                checked = r.chunks_checked,
-                restored = r.restored.len(),
-                below_policy = r.unrestored.len(),
-                "repair finished"
-            ),
-            Err(e) => tracing::warn!(error = %e, "repair failed; retrying"),
+            Ok(r) => {
+                pause = if r.is_complete() {
+                    QUICK
+                } else {
+                    (pause * 2).min(SLOWEST)
+                };
+                if r.chunks_checked > 0 {
+                    tracing::info!(
+                        full,
+                        checked = r.chunks_checked,
+                        restored = r.restored.len(),
+                        below_policy = r.unrestored.len(),
+                        "repair finished"
+                    );
+                }
+            }
+            Err(e) => {
+                pause = (pause * 2).min(SLOWEST);
+                tracing::warn!(error = %e, "repair failed; retrying");
+            }
         }
     }
 }
