@@ -2,6 +2,9 @@
 //! `replicas` of them chosen by rendezvous hashing, a put acknowledged once `write_quorum`
 //! copies are durable, reads failing over past missing, unreachable and corrupt copies.
 //!
+//! The second policy, erasure coding ([`ReplicatedBlobStore::erasure`]), places `data + parity`
+//! shards the same way, shard `i` on the `i`-th placed location (see `erasure.rs`).
+//!
 //! It is a wrapper like [`crate::FaultyBlobStore`], so core and every front end use it through
 //! the same trait. Repair, health checks and drains need to see locations; those are methods of
 //! this type (not of the trait), used by core's repair and scrub and by the CLI.
