@@ -911,7 +911,8 @@ impl BlobStore for ReplicatedBlobStore {
         }
         if ok >= self.policy.write_quorum {
             if !errors.is_empty() {
-                tracing::warn!(failing = %errors.join("; "), "some blob locations do not answer");
+                // Debug, not warn: readiness probes call this every few seconds.
+                tracing::debug!(failing = %errors.join("; "), "some blob locations do not answer");
             }
             Ok(())
         } else {
