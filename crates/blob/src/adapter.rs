@@ -171,6 +171,43 @@ impl ObjectStoreBlobs {
         Ok(store)
     }
 
+    /// Builds the store `config` names without sending a request: no container is created,
+    /// no marker written. For a replicated deployment whose location does not answer at
+    /// start-up; [`ObjectStoreBlobs::open`] is the normal way in.
+    pub fn connect(config: &BlobConfig, retry: &RetryOptions) -> Result<Self> {
+        let _ = retry;
+        match config {
+            BlobConfig::Local { root, fsync } => Self::local(root, *fsync),
+            BlobConfig::Memory => Ok(Self::memory()),
+            #[cfg(feature = "azure")]
+            BlobConfig::Azure(az) => az.client(retry),
+            #[cfg(feature = "aws")]
+            BlobConfig::S3 { bucket } => {
+                let s3 = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_client_options(retry.client_options())
+                    .with_retry(retry.retry_config())
+                    .build()
+                    .map_err(|e| BlobError::Config {
+                        message: e.to_string(),
+                    })?;
+                Ok(Self::new(Arc::new(s3), format!("s3 bucket {bucket}")))
+            }
+            #[cfg(feature = "gcp")]
+            BlobConfig::Gcs { bucket } => {
+                let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_client_options(retry.client_options())
+                    .with_retry(retry.retry_config())
+                    .build()
+                    .map_err(|e| BlobError::Config {
+                        message: e.to_string(),
+                    })?;
+                Ok(Self::new(Arc::new(gcs), format!("gcs bucket {bucket}")))
+            }
+        }
+    }
+
     /// Writes the layout marker unless it is there. Called once when a store is opened.
     pub async fn ensure_marker(&self) -> Result<()> {
         let marker = Path::from(MARKER);

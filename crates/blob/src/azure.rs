@@ -73,6 +73,13 @@ impl AzureConfig {
         let key = self.validate()?;
         let endpoint = self.endpoint();
         self.create_container(&endpoint, &key, retry).await?;
+        self.client(retry)
+    }
+
+    /// The client alone, without a request: for a location that does not answer at start-up.
+    pub(crate) fn client(&self, retry: &RetryOptions) -> Result<ObjectStoreBlobs> {
+        self.validate()?;
+        let endpoint = self.endpoint();
         let mut builder = object_store::azure::MicrosoftAzureBuilder::new()
             .with_account(&self.account)
             .with_access_key(self.access_key.trim())

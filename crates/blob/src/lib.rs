@@ -2,17 +2,20 @@
 //!
 //! [`BlobStore`] is the one trait every chunk store implements: the [`ObjectStoreBlobs`]
 //! adapter over the `object_store` crate (local directory, memory, Azure Blob, S3, GCS), and
-//! wrappers that implement the same trait over another store ([`FaultyBlobStore`] for tests).
+//! wrappers that implement the same trait over other stores ([`FaultyBlobStore`] for tests,
+//! [`ReplicatedBlobStore`] for several locations with a placement policy).
 //! [`conformance`] is the suite every implementation must pass.
 
 mod adapter;
 #[cfg(feature = "azure")]
 mod azure;
 pub mod conformance;
+mod erasure;
 mod error;
 mod faulty;
 mod key;
 mod pool;
+mod replicated;
 
 use std::fmt::Debug;
 
@@ -29,6 +32,10 @@ pub use error::{BlobError, Result};
 pub use faulty::{Fault, FaultyBlobStore};
 pub use key::{CHUNK_PREFIX, chunk_key, parse_chunk_key};
 pub use pool::{ChunkBuf, POOLED_MIN};
+pub use replicated::{
+    ChunkHealth, CopyState, HEDGE_AFTER, Location, Policy, RepairOutcome, ReplicaStats,
+    ReplicatedBlobStore, placement,
+};
 
 /// What a store knows about one stored blob.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -39,6 +39,19 @@ pub struct StoreArgs {
     /// PostgreSQL connections per node.
     #[arg(long, env = "CHUNKVAULT_DB_MAX_CONNECTIONS", global = true)]
     pub db_max_connections: Option<u32>,
+    /// Several blob locations instead of blob_url: NAME=URL,NAME=URL (Azure ones use the [azure]
+    /// credentials; per-location credentials need the file's [[locations]]).
+    #[arg(long, env = "CHUNKVAULT_LOCATIONS", global = true)]
+    pub locations: Option<String>,
+    /// Copies of each chunk, on that many distinct locations (needs locations).
+    #[arg(long, env = "CHUNKVAULT_REPLICAS", global = true)]
+    pub replicas: Option<usize>,
+    /// Copies that must be durable before a chunk write succeeds (1 to replicas).
+    #[arg(long, env = "CHUNKVAULT_WRITE_QUORUM", global = true)]
+    pub write_quorum: Option<usize>,
+    /// Erasure coding instead of copies: DATA+PARITY shards, e.g. 4+2 (needs that many locations).
+    #[arg(long, env = "CHUNKVAULT_ERASURE", global = true)]
+    pub erasure: Option<String>,
 
     // The original service's variables.
     #[arg(long, env = "DB_HOST", global = true, hide = true)]
@@ -92,6 +105,10 @@ pub struct ServeArgs {
     /// Apply pending migrations at start-up (SQLite databases that are new are always migrated).
     #[arg(long, env = "CHUNKVAULT_MIGRATE")]
     pub migrate: Option<bool>,
+    /// With several locations: how often the server checks every chunk's copies and repairs
+    /// them, e.g. 24h (chunks seen below policy on reads and writes are repaired within seconds).
+    #[arg(long, env = "CHUNKVAULT_REPAIR_INTERVAL")]
+    pub repair_interval: Option<String>,
 }
 
 /// The TOML file: the same settings, snake_case.
@@ -111,9 +128,34 @@ pub struct FileSettings {
     pub log_format: Option<String>,
     pub migrate: Option<bool>,
     pub azure: Option<AzureFileSettings>,
+    pub locations: Option<Vec<LocationFileSettings>>,
+    pub replicas: Option<usize>,
+    pub write_quorum: Option<usize>,
+    pub erasure: Option<ErasureFileSettings>,
+    pub repair_interval: Option<String>,
 }
 
+/// `erasure = { data = 4, parity = 2 }`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureFileSettings {
+    pub data: usize,
+    pub parity: usize,
+}
+
+/// One `[[locations]]` table.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocationFileSettings {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    /// Excluded from placement: still read, no new copies (before `location drain`).
+    pub draining: Option<bool>,
+    /// Credentials and endpoint of this location; unset keys fall back to the global [azure].
+    pub azure: Option<AzureFileSettings>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AzureFileSettings {
     pub account: Option<String>,
@@ -134,13 +176,28 @@ pub enum LogFormat {
     Json,
 }
 
+/// One named blob location of a replicated deployment.
+#[derive(Debug, Clone)]
+pub struct LocationConfig {
+    pub name: String,
+    pub blob: BlobConfig,
+    pub draining: bool,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub meta: MetaConfig,
+    /// The single blob store; unused when `locations` is not empty.
     pub blob: BlobConfig,
+    /// Several locations with a placement policy; empty: the single `blob` store.
+    pub locations: Vec<LocationConfig>,
+    pub policy: chunkvault_blob::Policy,
+    /// Erasure coding `(data, parity)` instead of copies; `policy.replicas` is then their sum.
+    pub erasure: Option<(usize, usize)>,
+    pub repair_interval: Duration,
     pub retry: RetryOptions,
     pub vault: VaultConfig,
     pub fsync: bool,
@@ -175,6 +232,7 @@ impl Config {
             None => FileSettings::default(),
         };
         let azure_file = file.azure.unwrap_or_default();
+        let azure_file_copy = azure_file.clone();
 
         let listen_raw =
             pick(serve.listen.clone(), file.listen).unwrap_or_else(|| "127.0.0.1:3000".into());
@@ -236,6 +294,18 @@ impl Config {
             container: pick(store.azure_container.clone(), azure_file.container),
             endpoint: pick(store.azure_endpoint.clone(), azure_file.endpoint),
         };
+        let explicit_blob_url = store.blob_url.is_some() || file.blob_url.is_some();
+        let (locations, policy, erasure) = load_locations(
+            store,
+            file.locations,
+            file.replicas,
+            file.write_quorum,
+            file.erasure,
+            explicit_blob_url,
+            fsync,
+            &azure,
+            &azure_file_copy,
+        )?;
         let blob_url = pick(store.blob_url.clone(), file.blob_url)
             .or_else(|| azure.container.as_ref().map(|c| format!("az://{c}")));
         let blob = match blob_url {
@@ -297,6 +367,19 @@ impl Config {
             pick(serve.gc_grace.clone(), file.gc_grace),
             Duration::from_secs(3600),
         )?;
+        let repair_interval = duration(
+            "repair_interval",
+            "CHUNKVAULT_REPAIR_INTERVAL",
+            pick(serve.repair_interval.clone(), file.repair_interval),
+            Duration::from_secs(24 * 3600),
+        )?;
+        if repair_interval.is_zero() {
+            return Err(setting_error(
+                "repair_interval",
+                "CHUNKVAULT_REPAIR_INTERVAL",
+                "must be positive",
+            ));
+        }
         let log_format = match pick(serve.log_format.clone(), file.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -322,6 +405,10 @@ impl Config {
             data_dir,
             meta,
             blob,
+            locations,
+            policy,
+            erasure,
+            repair_interval,
             retry: RetryOptions::default(),
             vault: VaultConfig {
                 chunk_size,
@@ -347,7 +434,31 @@ impl Config {
             format!("listen = {}", self.listen),
             format!("data_dir = {}", self.data_dir.display()),
             format!("metadata = {meta}"),
-            format!("blobs = {}", describe_blob(&self.blob)),
+            if self.locations.is_empty() {
+                format!("blobs = {}", describe_blob(&self.blob))
+            } else {
+                let locs: Vec<String> = self
+                    .locations
+                    .iter()
+                    .map(|l| {
+                        format!(
+                            "{}{} = {}",
+                            l.name,
+                            if l.draining { " (draining)" } else { "" },
+                            describe_blob(&l.blob)
+                        )
+                    })
+                    .collect();
+                let layout = match self.erasure {
+                    Some((d, p)) => format!("erasure {d}+{p}"),
+                    None => format!("replicas {}", self.policy.replicas),
+                };
+                format!(
+                    "blobs = {layout}, write_quorum {} over [{}]",
+                    self.policy.write_quorum,
+                    locs.join(", ")
+                )
+            },
             format!("chunk_size = {}", self.vault.chunk_size),
             format!("fsync = {}", self.fsync),
             format!(
@@ -361,6 +472,208 @@ impl Config {
             format!("gc_grace = {}", humantime::format_duration(self.gc_grace)),
         ]
     }
+}
+
+/// The locations, the policy, and the erasure layout `(data, parity)` if any.
+type LoadedLocations = (
+    Vec<LocationConfig>,
+    chunkvault_blob::Policy,
+    Option<(usize, usize)>,
+);
+
+/// Reads `[[locations]]` (or `CHUNKVAULT_LOCATIONS`) and the placement policy; validates names,
+/// URLs and `1 <= write_quorum <= replicas <= locations`.
+#[allow(clippy::too_many_arguments)]
+fn load_locations(
+    store: &StoreArgs,
+    file_locations: Option<Vec<LocationFileSettings>>,
+    file_replicas: Option<usize>,
+    file_write_quorum: Option<usize>,
+    file_erasure: Option<ErasureFileSettings>,
+    explicit_blob_url: bool,
+    fsync: bool,
+    azure: &AzureParts,
+    azure_file: &AzureFileSettings,
+) -> Result<LoadedLocations> {
+    let loc_err = |e: String| setting_error("locations", "CHUNKVAULT_LOCATIONS", e);
+    // (name, url, draining, per-location azure settings)
+    let raw: Vec<(String, String, bool, AzureFileSettings)> = match &store.locations {
+        Some(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|item| {
+                let (name, url) = item.trim().split_once('=').ok_or_else(|| {
+                    loc_err(format!("{item:?} is not NAME=URL (e.g. east=az://chunks)"))
+                })?;
+                Ok((
+                    name.trim().to_string(),
+                    url.trim().to_string(),
+                    false,
+                    AzureFileSettings::default(),
+                ))
+            })
+            .collect::<Result<_>>()?,
+        _ => file_locations
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let name = l.name.ok_or_else(|| {
+                    loc_err(format!("[[locations]] number {} has no name", i + 1))
+                })?;
+                let url = l
+                    .url
+                    .ok_or_else(|| loc_err(format!("location {name:?} has no url")))?;
+                Ok((
+                    name,
+                    url,
+                    l.draining.unwrap_or(false),
+                    l.azure.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<_>>()?,
+    };
+    let replicas = pick(store.replicas, file_replicas);
+    let write_quorum = pick(store.write_quorum, file_write_quorum);
+    let ec_err = |e: String| setting_error("erasure", "CHUNKVAULT_ERASURE", e);
+    let erasure = match (&store.erasure, file_erasure) {
+        (Some(text), _) => {
+            let parsed = text.split_once('+').and_then(|(d, p)| {
+                Some((
+                    d.trim().parse::<usize>().ok()?,
+                    p.trim().parse::<usize>().ok()?,
+                ))
+            });
+            Some(parsed.ok_or_else(|| ec_err(format!("{text:?} is not DATA+PARITY, e.g. 4+2")))?)
+        }
+        (None, Some(e)) => Some((e.data, e.parity)),
+        (None, None) => None,
+    };
+    if raw.is_empty() && erasure.is_some() {
+        return Err(ec_err(
+            "needs several locations ([[locations]] or CHUNKVAULT_LOCATIONS)".into(),
+        ));
+    }
+    if raw.is_empty() {
+        if replicas.is_some_and(|r| r != 1) {
+            return Err(setting_error(
+                "replicas",
+                "CHUNKVAULT_REPLICAS",
+                "more than one copy needs several locations ([[locations]] or CHUNKVAULT_LOCATIONS)",
+            ));
+        }
+        if write_quorum.is_some_and(|w| w != 1) {
+            return Err(setting_error(
+                "write_quorum",
+                "CHUNKVAULT_WRITE_QUORUM",
+                "needs several locations ([[locations]] or CHUNKVAULT_LOCATIONS)",
+            ));
+        }
+        return Ok((
+            Vec::new(),
+            chunkvault_blob::Policy {
+                replicas: 1,
+                write_quorum: 1,
+            },
+            None,
+        ));
+    }
+    if explicit_blob_url {
+        return Err(loc_err(
+            "set either blob_url (one store) or locations (several), not both".into(),
+        ));
+    }
+    let mut locations = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (name, url, draining, az) in raw {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(loc_err(format!(
+                "location name {name:?} must be 1 to 64 letters, digits, '-' or '_'"
+            )));
+        }
+        if !names.insert(name.clone()) {
+            return Err(loc_err(format!("location name {name:?} is used twice")));
+        }
+        let parts = AzureParts {
+            account: az.account.or_else(|| azure.account.clone()),
+            key: az.key.or_else(|| azure.key.clone()),
+            container: None,
+            endpoint: az
+                .endpoint
+                .or_else(|| azure.endpoint.clone())
+                .or_else(|| azure_file.endpoint.clone()),
+        };
+        let blob = parse_blob_url(&url, fsync, &parts)
+            .map_err(|e| loc_err(format!("location {name:?}: {e}")))?;
+        locations.push(LocationConfig {
+            name,
+            blob,
+            draining,
+        });
+    }
+    let writable = locations.iter().filter(|l| !l.draining).count();
+    if let Some((data, parity)) = erasure {
+        if replicas.is_some() {
+            return Err(ec_err(
+                "set either replicas (copies) or erasure (shards), not both".into(),
+            ));
+        }
+        if data == 0 || parity == 0 || data + parity > writable.min(255) {
+            return Err(ec_err(format!(
+                "{data}+{parity}: needs at least 1 data and 1 parity shard, and data + parity \
+                 locations not draining (there are {writable})"
+            )));
+        }
+        let write_quorum = write_quorum.unwrap_or(data + parity);
+        if write_quorum < data || write_quorum > data + parity {
+            return Err(setting_error(
+                "write_quorum",
+                "CHUNKVAULT_WRITE_QUORUM",
+                format!(
+                    "{write_quorum}: with erasure {data}+{parity} must be from {data} to {}",
+                    data + parity
+                ),
+            ));
+        }
+        return Ok((
+            locations,
+            chunkvault_blob::Policy {
+                replicas: data + parity,
+                write_quorum,
+            },
+            Some((data, parity)),
+        ));
+    }
+    let replicas = replicas.unwrap_or(writable.min(2));
+    if replicas == 0 || replicas > writable {
+        return Err(setting_error(
+            "replicas",
+            "CHUNKVAULT_REPLICAS",
+            format!(
+                "{replicas}: must be from 1 to the number of locations not draining ({writable})"
+            ),
+        ));
+    }
+    let write_quorum = write_quorum.unwrap_or(replicas);
+    if write_quorum == 0 || write_quorum > replicas {
+        return Err(setting_error(
+            "write_quorum",
+            "CHUNKVAULT_WRITE_QUORUM",
+            format!("{write_quorum}: must be from 1 to replicas ({replicas})"),
+        ));
+    }
+    Ok((
+        locations,
+        chunkvault_blob::Policy {
+            replicas,
+            write_quorum,
+        },
+        None,
+    ))
 }
 
 struct AzureParts {
@@ -626,6 +939,135 @@ mod tests {
             },
             "log_format",
         );
+    }
+
+    #[test]
+    fn locations_load_from_the_file_and_the_environment_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            r#"
+replicas = 2
+write_quorum = 1
+[azure]
+account = "global"
+key = "a2V5"
+[[locations]]
+name = "east"
+url = "az://chunks-east"
+[[locations]]
+name = "west"
+url = "az://chunks-west"
+azure = { account = "other", key = "b3RoZXI=", endpoint = "http://127.0.0.1:10001/other" }
+[[locations]]
+name = "disk"
+url = "file:///srv/chunks"
+draining = true
+"#,
+        )
+        .unwrap();
+        let s = StoreArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = Config::load(&s, &ServeArgs::default()).unwrap();
+        assert_eq!(c.locations.len(), 3);
+        assert_eq!((c.policy.replicas, c.policy.write_quorum), (2, 1));
+        assert!(
+            matches!(&c.locations[0].blob, BlobConfig::Azure(a) if a.account == "global" && a.container == "chunks-east")
+        );
+        assert!(
+            matches!(&c.locations[1].blob, BlobConfig::Azure(a) if a.account == "other" && a.endpoint.as_deref() == Some("http://127.0.0.1:10001/other"))
+        );
+        assert!(c.locations[2].draining);
+        let summary = c.summary().join("\n");
+        assert!(summary.contains("west = az://chunks-west"), "{summary}");
+        assert!(!summary.contains("b3RoZXI="), "keys are never printed");
+
+        // The environment form; replicas default to 2, the quorum to all of them.
+        let s = StoreArgs {
+            locations: Some("a=file:///x, b=file:///y,c=memory://".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&s, &ServeArgs::default()).unwrap();
+        assert_eq!(c.locations.len(), 3);
+        assert_eq!((c.policy.replicas, c.policy.write_quorum), (2, 2));
+
+        let bad = |s: StoreArgs, word: &str| {
+            let e = Config::load(&s, &ServeArgs::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(word), "{e}");
+        };
+        let with = |l: &str| StoreArgs {
+            locations: Some(l.into()),
+            ..Default::default()
+        };
+        bad(with("a=file:///x,a=file:///y"), "used twice");
+        bad(with("a=file:///x,b"), "NAME=URL");
+        bad(with("a b=file:///x"), "location name");
+        bad(with("a=ftp://x"), "location \"a\"");
+        bad(
+            StoreArgs {
+                replicas: Some(3),
+                ..with("a=file:///x,b=file:///y")
+            },
+            "replicas",
+        );
+        bad(
+            StoreArgs {
+                write_quorum: Some(3),
+                ..with("a=file:///x,b=file:///y")
+            },
+            "write_quorum",
+        );
+        bad(
+            StoreArgs {
+                blob_url: Some("file:///z".into()),
+                ..with("a=file:///x,b=file:///y")
+            },
+            "not both",
+        );
+        bad(
+            StoreArgs {
+                replicas: Some(2),
+                ..Default::default()
+            },
+            "replicas",
+        );
+        bad(
+            StoreArgs {
+                erasure: Some("2+2".into()),
+                ..with("a=file:///x,b=file:///y,c=file:///z")
+            },
+            "erasure",
+        );
+        bad(
+            StoreArgs {
+                erasure: Some("two".into()),
+                ..with("a=file:///x,b=file:///y,c=file:///z")
+            },
+            "DATA+PARITY",
+        );
+        bad(
+            StoreArgs {
+                erasure: Some("2+1".into()),
+                write_quorum: Some(1),
+                ..with("a=file:///x,b=file:///y,c=file:///z")
+            },
+            "write_quorum",
+        );
+        let c = Config::load(
+            &StoreArgs {
+                erasure: Some("2+1".into()),
+                ..with("a=file:///x,b=file:///y,c=file:///z")
+            },
+            &ServeArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(c.erasure, Some((2, 1)));
+        assert_eq!((c.policy.replicas, c.policy.write_quorum), (3, 3));
     }
 
     #[test]

@@ -36,6 +36,12 @@ enum Command {
     Gc(ops::GcArgs),
     /// Read every stored chunk and verify it; exit code 1 when any is missing or corrupt.
     Scrub(ops::ScrubArgs),
+    /// With several locations: re-create missing or corrupt chunk copies from healthy ones until
+    /// every chunk meets its placement policy; exit code 1 if some chunk could not be restored.
+    Repair(ops::RepairArgs),
+    /// Blob location commands.
+    #[command(subcommand)]
+    Location(LocationCommand),
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -76,6 +82,18 @@ enum Command {
     },
     /// Benchmark the server against a plain baseline (nginx WebDAV) on the same disk.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum LocationCommand {
+    /// Move every chunk copy off location NAME onto the others (placement without it), so it
+    /// can be removed from the configuration.
+    Drain {
+        name: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -139,6 +157,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::load(&cli.store, &ServeArgs::default())?;
             init_logging(config.log_format);
             ops::scrub(&config, &args).await
+        }
+        Command::Repair(args) => {
+            let config = Config::load(&cli.store, &ServeArgs::default())?;
+            init_logging(config.log_format);
+            ops::repair(&config, &args).await
+        }
+        Command::Location(LocationCommand::Drain { name, json }) => {
+            let config = Config::load(&cli.store, &ServeArgs::default())?;
+            init_logging(config.log_format);
+            ops::drain(&config, &name, json).await
         }
         Command::Upload { client, args } => client_cmd::upload(&client, &args).await,
         Command::Download { client, args } => client_cmd::download(&client, &args).await,

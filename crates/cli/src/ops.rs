@@ -1,4 +1,4 @@
-//! Maintenance commands: migrate, gc, scrub. They use the same configuration as `serve` and
+//! Maintenance commands: migrate, gc, scrub, repair, location drain. They use the same configuration as `serve` and
 //! talk to the stores directly; no server needs to run.
 
 use std::process::ExitCode;
@@ -123,4 +123,64 @@ pub async fn scrub(config: &Config, args: &ScrubArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[derive(Args, Debug)]
+pub struct RepairArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn print_repair(report: &chunkvault_core::RepairReport, json: bool, what: &str) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    for r in &report.restored {
+        println!("restored chunk {} on {}", r.chunk, r.locations.join(", "));
+    }
+    for u in &report.unrestored {
+        let files: Vec<String> = u.files.iter().map(|f| f.to_string()).collect();
+        println!(
+            "{} chunk {} (still missing on {}) in files {}",
+            if u.lost { "LOST" } else { "NOT RESTORED" },
+            u.chunk,
+            u.locations.join(", "),
+            files.join(", ")
+        );
+    }
+    println!(
+        "{what}: {} chunks checked, {} restored, {} still below policy",
+        report.chunks_checked,
+        report.restored.len(),
+        report.unrestored.len()
+    );
+    Ok(())
+}
+
+/// Re-creates missing or corrupt copies of every committed chunk; exit 1 if some chunk is
+/// still below its policy.
+pub async fn repair(config: &Config, args: &RepairArgs) -> Result<ExitCode> {
+    let vault = open_vault(config, Schema::Require).await?;
+    let report = vault.repair().await?;
+    print_repair(&report, args.json, "repair")?;
+    Ok(if report.is_complete() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Moves every copy off one location; exit 1 if some copy could not be moved.
+pub async fn drain(config: &Config, name: &str, json: bool) -> Result<ExitCode> {
+    let vault = open_vault(config, Schema::Require).await?;
+    let report = vault.drain(name).await?;
+    print_repair(&report, json, &format!("drain of {name}"))?;
+    if report.is_complete() {
+        println!("location {name} holds no chunk now: remove it from the configuration");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::FAILURE)
+    }
 }

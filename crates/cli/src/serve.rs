@@ -27,13 +27,20 @@ pub async fn run(config: Config) -> Result<()> {
         "chunkvault listening on http://{addr}"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
-    let gc = tokio::spawn(gc_loop(vault.clone(), config.clone(), stop_rx));
+    let gc = tokio::spawn(gc_loop(vault.clone(), config.clone(), stop_rx.clone()));
+    let repair = vault
+        .replicas()
+        .is_some()
+        .then(|| tokio::spawn(repair_loop(vault.clone(), config.repair_interval, stop_rx)));
     let router = chunkvault_http::router(vault);
     chunkvault_http::serve(listener, router, shutdown_signal())
         .await
         .context("server failed")?;
     let _ = stop_tx.send(true);
     let _ = gc.await;
+    if let Some(r) = repair {
+        let _ = r.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -86,6 +93,53 @@ async fn gc_loop(vault: Vault, config: Config, mut stop: watch::Receiver<bool>) 
                 "gc finished"
             ),
             Err(e) => tracing::warn!(error = %e, "gc failed; retrying next interval"),
+        }
+    }
+}
+
+/// With several locations: every few seconds repairs the chunks reads and writes found below
+/// policy, and every `interval` checks every chunk. While a location stays down the queued
+/// chunks cannot be completed; the pause then doubles up to 5 minutes, so an outage does not
+/// turn into reading every queued chunk every few seconds. Repairs are idempotent, so several
+/// nodes may run this at once without a lease.
+async fn repair_loop(vault: Vault, interval: Duration, mut stop: watch::Receiver<bool>) {
+    const QUICK: Duration = Duration::from_secs(5);
+    const SLOWEST: Duration = Duration::from_secs(300);
+    let mut pause = QUICK;
+    let mut last_full = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => return,
+        }
+        let full = last_full.elapsed() >= interval;
+        let result = if full {
+            last_full = tokio::time::Instant::now();
+            vault.repair().await
+        } else {
+            vault.repair_queued().await
+        };
+        match result {
+            Ok(r) => {
+                pause = if r.is_complete() {
+                    QUICK
+                } else {
+                    (pause * 2).min(SLOWEST)
+                };
+                if r.chunks_checked > 0 {
+                    tracing::info!(
+                        full,
+                        checked = r.chunks_checked,
+                        restored = r.restored.len(),
+                        below_policy = r.unrestored.len(),
+                        "repair finished"
+                    );
+                }
+            }
+            Err(e) => {
+                pause = (pause * 2).min(SLOWEST);
+                tracing::warn!(error = %e, "repair failed; retrying");
+            }
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The pipeline of chunkvault: chunking, hashing, verification, upload sessions, streaming
-//! reads, garbage collection and scrub. It knows only the [`BlobStore`] and [`MetaStore`]
-//! traits, so every front end (HTTP, tus, CLI tools) and every backend pair share it.
+//! reads, garbage collection, scrub, and repair and drain of replicated locations. It knows
+//! only the [`BlobStore`] and [`MetaStore`] traits (and the location-aware API of
+//! [`ReplicatedBlobStore`] for repair), so every front end and every backend pair share it.
 
 mod download;
 mod error;
 mod gc;
+mod repair;
 mod scrub;
 mod session;
 mod stats;
@@ -13,12 +15,13 @@ mod upload;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chunkvault_blob::BlobStore;
+use chunkvault_blob::{BlobStore, ReplicatedBlobStore};
 use chunkvault_meta::{FileRecord, MetaStore};
 use chunkvault_types::{ChunkEntry, FileId};
 
 pub use error::{CoreError, Result};
 pub use gc::{GcOptions, GcReport};
+pub use repair::{RepairReport, RestoredChunk, UnrestoredChunk};
 pub use scrub::{ScrubFinding, ScrubOptions, ScrubReport};
 pub use session::{Appended, BodyChecksum, ChecksumAlgorithm, MAX_OFFERS, PutChunk, Session};
 pub use stats::Stats;
@@ -64,6 +67,8 @@ pub struct Vault {
     stats: Arc<Stats>,
     last_scrub: Arc<std::sync::Mutex<Option<ScrubReport>>>,
     upload_locks: Arc<session::UploadLocks>,
+    /// The blob store seen as locations, when it is a [`ReplicatedBlobStore`].
+    replicas: Option<ReplicatedBlobStore>,
 }
 
 impl Vault {
@@ -79,6 +84,7 @@ impl Vault {
             stats: Arc::default(),
             last_scrub: Arc::default(),
             upload_locks: Arc::default(),
+            replicas: None,
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use chunkvault_blob::BlobError;
+use chunkvault_blob::{BlobError, CopyState};
 use chunkvault_types::{ChunkId, FileId};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -35,10 +35,15 @@ impl ScrubReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct ScrubFinding {
     pub chunk: ChunkId,
-    /// `missing` or `corrupt`.
+    /// `missing` or `corrupt`; with several locations also `below_policy` (some placed copies
+    /// missing, corrupt or unreachable, at least one healthy) and `unreachable` (no healthy
+    /// copy, some locations did not answer).
     pub problem: &'static str,
     /// Files (and open uploads) that reference the chunk.
     pub files: Vec<FileId>,
+    /// With several locations: the state of each placed copy.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<(String, CopyState)>,
 }
 
 impl Vault {
@@ -60,24 +65,55 @@ impl Vault {
             let Some(last) = page.last() else { break };
             after = Some(last.hash);
             for c in page.into_iter().filter(|c| c.live) {
-                let problem = match self.blobs.get(&c.hash).await {
-                    Ok(data) => {
-                        report.bytes_checked += data.len() as u64;
-                        let hash = c.hash;
-                        let ok = tokio::task::spawn_blocking(move || hash.matches(&data)).await?;
-                        if ok {
-                            Stats::add(&self.stats.chunks_verified, 1);
-                            None
-                        } else {
-                            Stats::add(&self.stats.chunks_corrupt, 1);
-                            Some("corrupt")
-                        }
-                    }
-                    Err(BlobError::NotFound { .. }) => {
+                let mut copies = Vec::new();
+                let problem = if let Some(replicas) = &self.replicas {
+                    // Every placed copy is read and verified, so a chunk below its policy is
+                    // reported even though reads still succeed.
+                    let health = replicas.inspect(&c.hash).await;
+                    let healthy = health.healthy();
+                    // A shard holds 1/data of the chunk; a copy all of it.
+                    let per = replicas.erasure_coding().map_or(1, |(d, _)| d as u64);
+                    report.bytes_checked += c.size * healthy as u64 / per;
+                    let has = |s| health.copies.iter().any(|(_, x)| *x == s);
+                    let problem = if healthy == health.copies.len() {
+                        Stats::add(&self.stats.chunks_verified, 1);
+                        None
+                    } else if healthy > 0 {
+                        Some("below_policy")
+                    } else if has(CopyState::Corrupt) {
+                        Stats::add(&self.stats.chunks_corrupt, 1);
+                        Some("corrupt")
+                    } else if has(CopyState::Unreachable) {
+                        Some("unreachable")
+                    } else {
                         Stats::add(&self.stats.chunks_missing, 1);
                         Some("missing")
+                    };
+                    if problem.is_some() {
+                        copies = health.copies;
                     }
-                    Err(e) => return Err(e.into()),
+                    problem
+                } else {
+                    match self.blobs.get(&c.hash).await {
+                        Ok(data) => {
+                            report.bytes_checked += data.len() as u64;
+                            let hash = c.hash;
+                            let ok =
+                                tokio::task::spawn_blocking(move || hash.matches(&data)).await?;
+                            if ok {
+                                Stats::add(&self.stats.chunks_verified, 1);
+                                None
+                            } else {
+                                Stats::add(&self.stats.chunks_corrupt, 1);
+                                Some("corrupt")
+                            }
+                        }
+                        Err(BlobError::NotFound { .. }) => {
+                            Stats::add(&self.stats.chunks_missing, 1);
+                            Some("missing")
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 };
                 report.chunks_checked += 1;
                 if let Some(problem) = problem {
@@ -87,6 +123,7 @@ impl Vault {
                         chunk: c.hash,
                         problem,
                         files,
+                        copies,
                     });
                 }
                 if let Some(rate) = opts.bytes_per_second.filter(|r| *r > 0) {

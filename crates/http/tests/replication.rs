@@ -1,0 +1,265 @@
+//! End to end through the HTTP server with three local-directory locations, replicas = 2:
+//! one location fails in the middle of a stream of uploads and downloads, one copy of every
+//! chunk is corrupted, and repair brings everything back to full policy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chunkvault_blob::{
+    BlobConfig, BlobStore, Fault, FaultyBlobStore, Location, ObjectStoreBlobs, Policy,
+    ReplicatedBlobStore, RetryOptions,
+};
+use chunkvault_core::{ScrubOptions, Vault, VaultConfig};
+use chunkvault_meta::{MetaStore, SqliteMeta, SqliteOptions};
+use rand::{RngCore, SeedableRng};
+use reqwest::StatusCode;
+
+struct Server {
+    base: String,
+    http: reqwest::Client,
+    vault: Vault,
+    replicas: ReplicatedBlobStore,
+    faults: Vec<FaultyBlobStore<ObjectStoreBlobs>>,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(write_quorum: usize) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = SqliteMeta::open(&SqliteOptions {
+        path: dir.path().join("meta.db"),
+        fsync: false,
+        read_connections: 4,
+    })
+    .await
+    .unwrap();
+    meta.migrate().await.unwrap();
+    let mut faults = Vec::new();
+    let mut locations = Vec::new();
+    for name in ["a", "b", "c"] {
+        let store = ObjectStoreBlobs::open(
+            &BlobConfig::Local {
+                root: dir.path().join(name),
+                fsync: false,
+            },
+            &RetryOptions::default(),
+        )
+        .await
+        .unwrap();
+        let f = FaultyBlobStore::new(store);
+        locations.push(Location {
+            name: name.into(),
+            store: Arc::new(f.clone()),
+            draining: false,
+        });
+        faults.push(f);
+    }
+    let replicas = ReplicatedBlobStore::new(
+        locations,
+        Policy {
+            replicas: 2,
+            write_quorum,
+        },
+    )
+    .unwrap();
+    let vault = Vault::new(
+        Arc::new(replicas.clone()),
+        Arc::new(meta),
+        VaultConfig {
+            chunk_size: 64 << 10,
+            ..VaultConfig::default()
+        },
+    )
+    .with_replicas(replicas.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let router = chunkvault_http::router(vault.clone());
+    tokio::spawn(async move {
+        let _ = chunkvault_http::serve(listener, router, async move {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    Server {
+        base,
+        http: reqwest::Client::new(),
+        vault,
+        replicas,
+        faults,
+        _dir: dir,
+        _stop: tx,
+    }
+}
+
+fn random(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+impl Server {
+    async fn upload(&self, name: &str, data: &[u8]) -> reqwest::Response {
+        self.http
+            .post(format!("{}/upload", self.base))
+            .header("fileName", name)
+            .header("fileType", "application/octet-stream")
+            .body(Bytes::copy_from_slice(data))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn upload_ok(&self, name: &str, data: &[u8]) -> String {
+        let resp = self.upload(name, data).await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "{name}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    async fn download(&self, id: &str) -> Vec<u8> {
+        let resp = self
+            .http
+            .get(format!("{}/download/{id}", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "download {id}");
+        resp.bytes().await.unwrap().to_vec()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_2_quorum_1_survive_a_location_failing_mid_stream() {
+    let s = start(1).await;
+    let mut files = Vec::new();
+    for n in 0..24u64 {
+        if n == 8 {
+            s.faults[2].set(Fault::Down);
+        }
+        let data = random(n, 100_000 + n as usize * 7_919);
+        let id = s.upload_ok(&format!("f{n}"), &data).await;
+        files.push((id, data));
+        for (id, data) in &files {
+            assert!(
+                s.download(id).await == *data,
+                "byte-identical download of {id}"
+            );
+        }
+    }
+    // Back up: repair (what the server's background task runs) restores every missing copy.
+    s.faults[2].set(Fault::None);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let report = s.vault.repair().await.unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert!(
+        !report.restored.is_empty(),
+        "copies missed while c was down are restored"
+    );
+    let scrub = s.vault.scrub(&ScrubOptions::default()).await.unwrap();
+    assert!(
+        scrub.is_clean(),
+        "every chunk at full policy: {:?}",
+        scrub.findings
+    );
+    assert_eq!(
+        s.vault.repair().await.unwrap().restored.len(),
+        0,
+        "a second repair has nothing to do"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_2_quorum_2_refuse_uploads_placed_on_a_down_location() {
+    let s = start(2).await;
+    s.faults[0].set(Fault::Down);
+    // 20 chunks of 64 KiB: some is placed on a with near certainty (each chunk 2/3).
+    let data = random(1, 20 * (64 << 10));
+    let resp = s.upload("big", &data).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "blob_store_unavailable");
+    let list: serde_json::Value = s
+        .http
+        .get(format!("{}/files", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["files"].as_array().unwrap().len(),
+        0,
+        "nothing visible"
+    );
+    s.faults[0].set(Fault::None);
+    let id = s.upload_ok("big", &data).await;
+    assert!(s.download(&id).await == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_copies_are_served_around_then_repaired() {
+    let s = start(2).await;
+    let data = random(7, 10 * (64 << 10) + 123);
+    let id = s.upload_ok("f", &data).await;
+    let manifest = s.vault.manifest(id.parse().unwrap()).await.unwrap();
+    // Corrupt the preferred copy of every chunk, underneath the replicated store.
+    for e in &manifest {
+        let first = &s.replicas.placement_of(&e.hash)[0];
+        let i = ["a", "b", "c"].iter().position(|n| n == first).unwrap();
+        let raw = s.faults[i].inner();
+        let mut bad = raw.get(&e.hash).await.unwrap().to_vec();
+        bad[0] ^= 0x55;
+        raw.put(&e.hash, Bytes::from(bad)).await.unwrap();
+    }
+    assert!(s.download(&id).await == data, "the good copies are served");
+    let scrub = s.vault.scrub(&ScrubOptions::default()).await.unwrap();
+    assert_eq!(scrub.findings.len(), manifest.len());
+    assert!(scrub.findings.iter().all(|f| f.problem == "below_policy"));
+    // The reads queued every chunk; the queued repair (the server's 5-second task) fixes them.
+    let report = s.vault.repair_queued().await.unwrap();
+    assert_eq!(report.restored.len(), manifest.len(), "{report:?}");
+    assert!(
+        s.vault
+            .scrub(&ScrubOptions::default())
+            .await
+            .unwrap()
+            .is_clean()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_deletes_every_copy_on_every_location() {
+    use futures::TryStreamExt;
+    let s = start(1).await;
+    let data = random(3, 6 * (64 << 10));
+    let id = s.upload_ok("f", &data).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resp = s
+        .http
+        .delete(format!("{}/files/{id}", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let report = s
+        .vault
+        .gc(&chunkvault_core::GcOptions {
+            grace: Duration::ZERO,
+            holder: "test".into(),
+            lease_ttl: Duration::from_secs(60),
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.deleted_unreferenced.len(), 6);
+    for f in &s.faults {
+        let left: Vec<_> = f.inner().list().try_collect().await.unwrap();
+        assert!(
+            left.is_empty(),
+            "{} still holds {left:?}",
+            f.inner().describe()
+        );
+    }
+}
