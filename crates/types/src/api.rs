@@ -10,7 +10,12 @@ use crate::{ChunkId, FileId};
 pub struct FileInfo {
     pub id: FileId,
     /// Alias of `id` under the name the original service used.
-    #[serde(rename = "fileID", default, skip_deserializing)]
+    #[serde(
+        rename = "fileID",
+        default,
+        skip_deserializing,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub file_id_compat: Option<FileId>,
     pub name: String,
     #[serde(rename = "type")]
