@@ -16,10 +16,13 @@ pub struct ScrubOptions {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScrubReport {
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub started_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub finished_at: OffsetDateTime,
     pub chunks_checked: u64,
     pub bytes_checked: u64,
@@ -33,11 +36,16 @@ impl ScrubReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScrubFinding {
+    /// BLAKE3 of the chunk, lowercase hex.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub chunk: ChunkId,
     /// `missing` or `corrupt`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub problem: &'static str,
     /// Files (and open uploads) that reference the chunk.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub files: Vec<FileId>,
 }
 

@@ -114,3 +114,146 @@ pub(crate) fn file_id(raw: &str) -> Result<chunkvault_types::FileId, ApiError> {
     raw.parse()
         .map_err(|e: chunkvault_types::IdError| ApiError::bad_request("invalid_id", e.to_string()))
 }
+
+/// Every code a client can see, its status and what it means: the `code` enum of the OpenAPI
+/// document. README.md's error table lists the same codes (a test below compares them).
+pub(crate) const ERROR_CODES: &[(&str, u16, &str)] = &[
+    ("invalid_id", 400, "the file id is not a hyphenated UUID"),
+    ("missing_name", 400, "no fileName was given"),
+    ("name_too_long", 400, "fileName is over 1024 bytes"),
+    ("invalid_name", 400, "fileName contains control characters"),
+    ("invalid_type", 400, "fileType is not a valid media type"),
+    (
+        "invalid_size",
+        400,
+        "fileSize is not a whole number of bytes",
+    ),
+    (
+        "size_mismatch",
+        400,
+        "the body's length differs from fileSize",
+    ),
+    (
+        "invalid_multipart",
+        400,
+        "the multipart form cannot be parsed",
+    ),
+    ("missing_file", 400, "the form has no file part"),
+    (
+        "multiple_files",
+        400,
+        "the form has more than one file part",
+    ),
+    (
+        "field_too_large",
+        400,
+        "a text field of the form is over 8 KiB",
+    ),
+    (
+        "invalid_field",
+        400,
+        "a text field of the form is not UTF-8",
+    ),
+    ("invalid_header", 400, "a metadata header is not UTF-8"),
+    (
+        "invalid_query",
+        400,
+        "the query string is not UTF-8, or a parameter is given twice",
+    ),
+    ("invalid_limit", 400, "limit is not a number from 1 to 1000"),
+    (
+        "invalid_manifest",
+        400,
+        "the uploaded chunks do not add up to a file",
+    ),
+    (
+        "upload_interrupted",
+        400,
+        "the request body could not be read to its end",
+    ),
+    ("not_found", 404, "no such file"),
+    ("no_route", 404, "no such endpoint"),
+    ("no_scrub", 404, "this server has not run a scrub yet"),
+    (
+        "method_not_allowed",
+        405,
+        "the endpoint does not accept this method",
+    ),
+    (
+        "upload_closed",
+        409,
+        "the upload was already committed, aborted or expired",
+    ),
+    (
+        "range_not_satisfiable",
+        416,
+        "the range lies outside the file (Content-Range: bytes */SIZE)",
+    ),
+    (
+        "chunk_damaged",
+        500,
+        "stored data failed verification and was not served",
+    ),
+    (
+        "internal",
+        500,
+        "a bug or an unexpected failure; details are in the server log only",
+    ),
+    (
+        "blob_store_unavailable",
+        503,
+        "the blob store cannot be reached",
+    ),
+    (
+        "metadata_store_unavailable",
+        503,
+        "the metadata store cannot be reached",
+    ),
+    (
+        "busy",
+        503,
+        "another operation holds this content (GC); retry",
+    ),
+    (
+        "backend_timeout",
+        503,
+        "a backend did not answer the readiness probe in time",
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::ERROR_CODES;
+
+    /// The README's error table and the document's code list are the same set, so neither can
+    /// gain a code the other does not describe.
+    #[test]
+    fn readme_lists_every_error_code() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("### Errors")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README.md has an `### Errors` section");
+        let mut in_readme: Vec<(&str, u16)> = Vec::new();
+        for row in section.lines().filter(|l| l.starts_with("| ")) {
+            let mut cells = row.split('|').map(str::trim).filter(|c| !c.is_empty());
+            let (Some(status), Some(codes)) = (cells.next(), cells.next()) else {
+                continue;
+            };
+            let Ok(status) = status.parse::<u16>() else {
+                continue;
+            };
+            // Codes are the backquoted words; anything in parentheses is commentary.
+            for (i, part) in codes.split('`').enumerate() {
+                if i % 2 == 1 && part.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    in_readme.push((part, status));
+                }
+            }
+        }
+        let mut in_table: Vec<(&str, u16)> = ERROR_CODES.iter().map(|(c, s, _)| (*c, *s)).collect();
+        in_readme.sort();
+        in_table.sort();
+        assert_eq!(in_readme, in_table);
+    }
+}

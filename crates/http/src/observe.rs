@@ -81,6 +81,18 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`, Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    description = "Prometheus text exposition format 0.0.4. Labels are bounded: route templates, methods, statuses and operation names, never ids.",
+    responses(
+        (status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 503, description = "Another metrics recorder was installed first (plain text)", content_type = "text/plain", body = String),
+    )
+)]
 pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
     let Some(h) = handle() else {
         return (

@@ -7,10 +7,13 @@ use crate::{ChunkId, FileId};
 
 /// A committed file as the API describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileInfo {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub id: FileId,
     /// Alias of `id` under the name the original service used.
     #[serde(rename = "fileID", default, skip_deserializing)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Uuid))]
     pub file_id_compat: Option<FileId>,
     pub name: String,
     #[serde(rename = "type")]
@@ -22,6 +25,7 @@ pub struct FileInfo {
     /// SHA-256 of the whole file, lowercase hex: what `sha256sum` prints.
     pub sha256: String,
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: OffsetDateTime,
 }
 
@@ -34,15 +38,19 @@ impl FileInfo {
 
 /// One entry of a file's manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChunkEntry {
     pub index: u64,
     pub offset: u64,
     pub length: u64,
+    /// BLAKE3 of the chunk, lowercase hex.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[0-9a-f]{64}$"))]
     pub hash: ChunkId,
 }
 
 /// `GET /files/{id}`: the file and its ordered manifest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileDetail {
     #[serde(flatten)]
     pub file: FileInfo,
@@ -51,6 +59,7 @@ pub struct FileDetail {
 
 /// `GET /files`: one page, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileList {
     pub files: Vec<FileInfo>,
     /// Pass as `?after=` to get the next page; absent on the last page.
@@ -59,11 +68,13 @@ pub struct FileList {
 
 /// The body of every error response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// Stable, machine-readable: clients match on this, never on the message.
     pub code: String,
