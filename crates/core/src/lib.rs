@@ -5,6 +5,7 @@
 mod download;
 mod error;
 mod gc;
+mod metered;
 mod scrub;
 mod stats;
 mod upload;
@@ -18,6 +19,7 @@ use chunkvault_types::{ChunkEntry, FileId};
 
 pub use error::{CoreError, Result};
 pub use gc::{GcOptions, GcReport};
+pub use metered::{MeteredBlobs, MeteredMeta};
 pub use scrub::{ScrubFinding, ScrubOptions, ScrubReport};
 pub use stats::Stats;
 pub use upload::{MAX_NAME_BYTES, MAX_TYPE_BYTES, Received, UploadMeta};
@@ -69,9 +71,10 @@ impl Vault {
             VaultConfig::CHUNK_SIZE_RANGE.contains(&config.chunk_size),
             "chunk size is validated by the configuration loader"
         );
+        // Metered here, so every front end reports store latency and errors the same way.
         Self {
-            blobs,
-            meta,
+            blobs: Arc::new(MeteredBlobs::new(blobs)),
+            meta: Arc::new(MeteredMeta::new(meta)),
             config: Arc::new(config),
             stats: Arc::default(),
             last_scrub: Arc::default(),

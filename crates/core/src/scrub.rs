@@ -71,6 +71,8 @@ impl Vault {
                 let problem = match self.blobs.get(&c.hash).await {
                     Ok(data) => {
                         report.bytes_checked += data.len() as u64;
+                        metrics::counter!("chunkvault_scrub_bytes_checked_total")
+                            .increment(data.len() as u64);
                         let hash = c.hash;
                         let ok = tokio::task::spawn_blocking(move || hash.matches(&data)).await?;
                         if ok {
@@ -88,9 +90,14 @@ impl Vault {
                     Err(e) => return Err(e.into()),
                 };
                 report.chunks_checked += 1;
+                // Progress while it runs, not only at the end: a scrub of a large store takes
+                // hours at a bounded rate.
+                metrics::counter!("chunkvault_scrub_chunks_checked_total").increment(1);
                 if let Some(problem) = problem {
                     let files = self.meta.files_with_chunk(&c.hash, 100).await?;
                     tracing::error!(chunk = %c.hash, problem, files = ?files, "scrub found a damaged chunk");
+                    metrics::counter!("chunkvault_scrub_findings_total", "problem" => problem)
+                        .increment(1);
                     report.findings.push(ScrubFinding {
                         chunk: c.hash,
                         problem,
@@ -106,6 +113,9 @@ impl Vault {
             }
         }
         report.finished_at = OffsetDateTime::now_utc();
+        metrics::gauge!("chunkvault_scrub_last_finished_timestamp_seconds")
+            .set(report.finished_at.unix_timestamp() as f64);
+        metrics::gauge!("chunkvault_scrub_last_findings").set(report.findings.len() as f64);
         *self.last_scrub.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
         Ok(report)
     }

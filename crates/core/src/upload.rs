@@ -155,6 +155,7 @@ impl Vault {
                 expires_at: now + self.config.upload_ttl,
             })
             .await?;
+        Stats::add(&self.stats.uploads_started, 1);
         let guard = AbortGuard {
             meta: self.meta.clone(),
             id,

@@ -107,6 +107,8 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
         ("chunkvault_bytes_out_total", &st.bytes_out),
         ("chunkvault_uploads_committed_total", &st.uploads_committed),
         ("chunkvault_uploads_aborted_total", &st.uploads_aborted),
+        ("chunkvault_uploads_started_total", &st.uploads_started),
+        ("chunkvault_uploads_expired_total", &st.uploads_expired),
         ("chunkvault_chunks_written_total", &st.chunks_written),
         (
             "chunkvault_chunks_deduplicated_total",
@@ -118,6 +120,11 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
     ] {
         metrics::counter!(name).absolute(Stats::get(value));
     }
+    // Uploads in progress in this process. Saturating: the counters are read one by one while
+    // uploads finish.
+    let open = Stats::get(&st.uploads_started)
+        .saturating_sub(Stats::get(&st.uploads_committed) + Stats::get(&st.uploads_aborted));
+    metrics::gauge!("chunkvault_uploads_open").set(open as f64);
     if let Some(rss) = resident_bytes() {
         metrics::gauge!("chunkvault_process_resident_memory_bytes").set(rss as f64);
     }
