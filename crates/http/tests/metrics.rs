@@ -55,7 +55,7 @@ fn parse(text: &str) -> BTreeMap<Key, f64> {
         }
         assert!(!line.starts_with('#'), "{}", at());
         let name_end = line
-            .find(|c: char| c == '{' || c == ' ')
+            .find(['{', ' '])
             .unwrap_or_else(|| panic!("no value, {}", at()));
         let name = &line[..name_end];
         assert!(valid_name(name), "bad metric name, {}", at());
