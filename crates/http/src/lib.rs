@@ -26,6 +26,8 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub vault: Vault,
+    /// What `/metrics` last published of this vault's pipeline counters (see observe.rs).
+    published: observe::Published,
 }
 
 /// The route table: the one place an endpoint is registered. `routes!` adds a handler and the
@@ -62,7 +64,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The router for `vault`: the route table, the API page at `/docs`, JSON errors for unknown
 /// paths and methods, and request tracking on all of it.
 pub fn router(vault: Vault) -> Router {
-    let state = AppState { vault };
+    let state = AppState {
+        vault,
+        published: Default::default(),
+    };
     observe::init();
     let (api, _doc) = api().split_for_parts();
     api.merge(openapi::docs_ui())

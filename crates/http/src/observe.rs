@@ -1,6 +1,7 @@
 //! Observability: a request id on every request, one log line per request, Prometheus
 //! metrics. Labels are bounded: the route template (`/download/{id}`), never an id or a name.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -75,10 +76,14 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
         ("status", status.to_string()),
     ];
     metrics::counter!("chunkvault_http_requests_total", &labels).increment(1);
-    metrics::histogram!("chunkvault_http_request_duration_seconds", &labels[..2]).record(secs);
+    metrics::histogram!("chunkvault_http_request_duration_seconds", &labels).record(secs);
     resp.headers_mut().insert(REQUEST_ID, id);
     resp
 }
+
+/// The values of a vault's pipeline counters (`core::Stats`) last added to the process's
+/// counters, by metric name.
+pub(crate) type Published = std::sync::Arc<std::sync::Mutex<HashMap<&'static str, u64>>>;
 
 /// `GET /metrics`, Prometheus text format.
 #[utoipa::path(
@@ -102,6 +107,10 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
             .into_response();
     };
     let st = s.vault.stats();
+    // The recorder is process-wide, the stats are per vault: add what this vault counted since
+    // the last scrape, so several vaults in one process (tests) add up instead of overwriting
+    // each other (a Prometheus counter's `absolute` never goes down).
+    let mut published = s.published.lock().unwrap_or_else(|p| p.into_inner());
     for (name, value) in [
         ("chunkvault_bytes_in_total", &st.bytes_in),
         ("chunkvault_bytes_out_total", &st.bytes_out),
@@ -118,7 +127,9 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
         ("chunkvault_chunks_corrupt_total", &st.chunks_corrupt),
         ("chunkvault_chunks_missing_total", &st.chunks_missing),
     ] {
-        metrics::counter!(name).absolute(Stats::get(value));
+        let now = Stats::get(value);
+        let before = published.insert(name, now).unwrap_or(0);
+        metrics::counter!(name).increment(now.saturating_sub(before));
     }
     // Uploads in progress in this process. Saturating: the counters are read one by one while
     // uploads finish.
@@ -128,6 +139,7 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
     if let Some(rss) = resident_bytes() {
         metrics::gauge!("chunkvault_process_resident_memory_bytes").set(rss as f64);
     }
+    drop(published);
     let mut resp = h.render().into_response();
     resp.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
