@@ -281,6 +281,26 @@ async fn counters_move(backend: Backend) {
         1.0
     );
 
+    // Scrub: progress and findings.
+    let report = server
+        .vault
+        .scrub(&chunkvault_core::ScrubOptions::default())
+        .await
+        .expect("scrub");
+    assert_eq!(report.findings.len(), 1);
+    let after_scrub = scrape(&server).await;
+    let scrub_delta = |name: &str, labels: &[(&str, &str)]| {
+        value(&after_scrub, name, labels) - value(&m, name, labels)
+    };
+    assert!(scrub_delta("chunkvault_scrub_chunks_checked_total", &[]) >= 3.0);
+    assert!(scrub_delta("chunkvault_scrub_findings_total", &[("problem", "corrupt")]) >= 1.0);
+    assert_eq!(scrub_delta("chunkvault_chunks_corrupt_total", &[]), 1.0);
+    assert_eq!(
+        value(&after_scrub, "chunkvault_scrub_last_findings", &[]),
+        1.0
+    );
+    let m = after_scrub;
+
     // Blob store errors are counted by operation and kind.
     let down = [("op", "get"), ("kind", "unavailable")];
     server.faulty.set(Fault::Down);

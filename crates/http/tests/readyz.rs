@@ -1,6 +1,7 @@
 //! `/readyz` follows the blob store: against a real Azurite process this test starts itself,
 //! the probe is ready, answers 503 within a few seconds once Azurite is killed, and is ready
-//! again once Azurite is back on the same port with the same data directory.
+//! again once Azurite is back on the same port with the same data directory; and a frozen
+//! (SIGSTOP) Azurite makes it answer 503 `backend_timeout` in bounded time.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -155,7 +156,7 @@ async fn readyz_follows_a_real_azurite() {
     // The probe is bounded (3 s) whatever the store's retry policy does.
     assert!(took < Duration::from_secs(5), "readyz took {took:?}");
 
-    let (_azurite, again) = start_azurite(&location, port).await;
+    let (azurite, again) = start_azurite(&location, port).await;
     assert_eq!(again, port);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -170,5 +171,33 @@ async fn readyz_follows_a_real_azurite() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // A backend that hangs (accepts connections, never answers) must not hang the probe:
+    // freeze Azurite with SIGSTOP.
+    let pid = azurite.id().expect("Azurite runs").to_string();
+    signal("STOP", &pid);
+    let frozen = Instant::now();
+    let (status, body) = readyz(&http, &base).await;
+    let took = frozen.elapsed();
+    signal("CONT", &pid);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("backend_timeout"), "{body}");
+    assert!(
+        took < Duration::from_secs(5),
+        "readyz took {took:?} against a hung store"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readyz(&http, &base).await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "not ready 30 s after SIGCONT");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let _ = stop.send(());
+}
+
+fn signal(name: &str, pid: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid}");
 }
