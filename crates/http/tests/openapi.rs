@@ -167,3 +167,43 @@ async fn docs_page_is_self_contained() {
     assert!(init.contains("/openapi.json"), "{init}");
     assert!(init.contains("\"validatorUrl\": \"none\""), "{init}");
 }
+
+/// What the server sends has the fields the document describes: the keys of real answers
+/// equal the properties of their schemas, and every required property is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_have_the_documented_fields() {
+    let server = TestServer::start(Backend::SqliteLocal, common::SMALL_CHUNK).await;
+    let doc = serde_json::to_value(chunkvault_http::openapi()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let check = |schema: &str, body: &Value| {
+        let s = &schemas[schema];
+        let mut props: Vec<&String> = s["properties"].as_object().expect(schema).keys().collect();
+        let mut keys: Vec<&String> = body.as_object().expect("an object").keys().collect();
+        props.sort();
+        keys.sort();
+        assert_eq!(keys, props, "{schema}: {body}");
+        for r in s["required"].as_array().into_iter().flatten() {
+            assert!(
+                body.get(r.as_str().unwrap()).is_some(),
+                "{schema} requires {r}"
+            );
+        }
+    };
+    let data = common::random_bytes(3 * common::SMALL_CHUNK, common::fresh_seed());
+    let id = server.put_file("doc.bin", &data).await;
+    let list: Value = server.get("/files?limit=1").await.json().await.unwrap();
+    check("FileList", &list);
+    check("FileInfo", &list["files"][0]);
+    let detail: Value = server
+        .get(&format!("/files/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    check("ChunkEntry", &detail["manifest"][0]);
+    let err: Value = server.get("/nope").await.json().await.unwrap();
+    check("ErrorBody", &err);
+    check("ErrorDetail", &err["error"]);
+    let status: Value = server.get("/healthz").await.json().await.unwrap();
+    check("Status", &status);
+}

@@ -12,7 +12,9 @@ pub struct FileInfo {
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub id: FileId,
     /// Alias of `id` under the name the original service used.
-    #[serde(rename = "fileID", default, skip_deserializing)]
+    // Read back too, not `skip_deserializing`: utoipa leaves skipped fields out of the schema,
+    // and the server always sends this one.
+    #[serde(rename = "fileID", default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Uuid))]
     pub file_id_compat: Option<FileId>,
     pub name: String,
