@@ -82,6 +82,8 @@ enum Command {
     },
     /// Benchmark the server against a plain baseline (nginx WebDAV) on the same disk.
     Bench(bench::BenchArgs),
+    /// Print the OpenAPI document of the HTTP API (what `GET /openapi.json` serves).
+    Openapi,
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,6 +175,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ls { client, limit } => client_cmd::ls(&client, limit).await,
         Command::Stat { client, id } => client_cmd::stat(&client, &id).await,
         Command::Rm { client, ids } => client_cmd::rm(&client, &ids).await,
+        Command::Openapi => {
+            // Needs no configuration and no store: the document is built from the code.
+            println!("{}", chunkvault_http::openapi().to_pretty_json()?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config(ConfigCommand::Check(serve)) => {
             let config = Config::load(&cli.store, &serve)?;
             for line in config.summary() {

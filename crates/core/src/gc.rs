@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::{Result, Vault};
+use crate::{Result, Stats, Vault};
 
 const LEASE: &str = "gc";
 const BATCH: u32 = 500;
@@ -69,15 +69,38 @@ impl Vault {
         if let Err(e) = self.meta.release_lease(LEASE, &opts.holder).await {
             tracing::warn!(error = %e, "could not release the GC lease; it expires by itself");
         }
+        record_gc(&report, result.is_ok());
         result.map(|()| report)
     }
+}
 
+/// GC's progress and findings as metrics. A failed run still counts what it deleted before it
+/// failed; the missing-chunk gauge only changes after a complete run, since a partial one did
+/// not look at every chunk.
+fn record_gc(report: &GcReport, ok: bool) {
+    metrics::counter!("chunkvault_gc_runs_total", "result" => if ok { "ok" } else { "error" })
+        .increment(1);
+    metrics::counter!("chunkvault_gc_blobs_deleted_total", "reason" => "unreferenced")
+        .increment(report.deleted_unreferenced.len() as u64);
+    metrics::counter!("chunkvault_gc_blobs_deleted_total", "reason" => "orphan")
+        .increment(report.deleted_orphans.len() as u64);
+    metrics::counter!("chunkvault_gc_incomplete_writes_swept_total")
+        .increment(report.swept_incomplete);
+    if ok {
+        metrics::gauge!("chunkvault_gc_missing_chunks").set(report.missing.len() as f64);
+        metrics::gauge!("chunkvault_gc_last_success_timestamp_seconds")
+            .set(OffsetDateTime::now_utc().unix_timestamp() as f64);
+    }
+}
+
+impl Vault {
     async fn gc_leased(&self, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
         loop {
             let expired = self.meta.expire_uploads(OffsetDateTime::now_utc()).await?;
             if expired.is_empty() {
                 break;
             }
+            Stats::add(&self.stats.uploads_expired, expired.len() as u64);
             report.expired_uploads.extend(expired);
         }
 

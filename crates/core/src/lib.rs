@@ -6,6 +6,7 @@
 mod download;
 mod error;
 mod gc;
+mod metered;
 mod repair;
 mod scrub;
 mod session;
@@ -21,6 +22,7 @@ use chunkvault_types::{ChunkEntry, FileId};
 
 pub use error::{CoreError, Result};
 pub use gc::{GcOptions, GcReport};
+pub use metered::{MeteredBlobs, MeteredMeta};
 pub use repair::{RepairReport, RestoredChunk, UnrestoredChunk};
 pub use scrub::{ScrubFinding, ScrubOptions, ScrubReport};
 pub use session::{Appended, BodyChecksum, ChecksumAlgorithm, MAX_OFFERS, PutChunk, Session};
@@ -77,9 +79,10 @@ impl Vault {
             VaultConfig::CHUNK_SIZE_RANGE.contains(&config.chunk_size),
             "chunk size is validated by the configuration loader"
         );
+        // Metered here, so every front end reports store latency and errors the same way.
         Self {
-            blobs,
-            meta,
+            blobs: Arc::new(MeteredBlobs::new(blobs)),
+            meta: Arc::new(MeteredMeta::new(meta)),
             config: Arc::new(config),
             stats: Arc::default(),
             last_scrub: Arc::default(),

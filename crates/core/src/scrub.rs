@@ -16,10 +16,13 @@ pub struct ScrubOptions {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScrubReport {
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub started_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub finished_at: OffsetDateTime,
     pub chunks_checked: u64,
     pub bytes_checked: u64,
@@ -33,16 +36,23 @@ impl ScrubReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScrubFinding {
+    /// BLAKE3 of the chunk, lowercase hex.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub chunk: ChunkId,
     /// `missing` or `corrupt`; with several locations also `below_policy` (some placed copies
     /// missing, corrupt or unreachable, at least one healthy) and `unreachable` (no healthy
     /// copy, some locations did not answer).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub problem: &'static str,
     /// Files (and open uploads) that reference the chunk.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub files: Vec<FileId>,
-    /// With several locations: the state of each placed copy.
+    /// With several locations: `[location, state]` for each placed copy, state being
+    /// `healthy`, `missing`, `corrupt` or `unreachable`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Vec<String>>))]
     pub copies: Vec<(String, CopyState)>,
 }
 
@@ -73,7 +83,9 @@ impl Vault {
                     let healthy = health.healthy();
                     // A shard holds 1/data of the chunk; a copy all of it.
                     let per = replicas.erasure_coding().map_or(1, |(d, _)| d as u64);
-                    report.bytes_checked += c.size * healthy as u64 / per;
+                    let checked = c.size * healthy as u64 / per;
+                    report.bytes_checked += checked;
+                    metrics::counter!("chunkvault_scrub_bytes_checked_total").increment(checked);
                     let has = |s| health.copies.iter().any(|(_, x)| *x == s);
                     let problem = if healthy == health.copies.len() {
                         Stats::add(&self.stats.chunks_verified, 1);
@@ -97,6 +109,8 @@ impl Vault {
                     match self.blobs.get(&c.hash).await {
                         Ok(data) => {
                             report.bytes_checked += data.len() as u64;
+                            metrics::counter!("chunkvault_scrub_bytes_checked_total")
+                                .increment(data.len() as u64);
                             let hash = c.hash;
                             let ok =
                                 tokio::task::spawn_blocking(move || hash.matches(&data)).await?;
@@ -116,9 +130,14 @@ impl Vault {
                     }
                 };
                 report.chunks_checked += 1;
+                // Progress while it runs, not only at the end: a scrub of a large store takes
+                // hours at a bounded rate.
+                metrics::counter!("chunkvault_scrub_chunks_checked_total").increment(1);
                 if let Some(problem) = problem {
                     let files = self.meta.files_with_chunk(&c.hash, 100).await?;
                     tracing::error!(chunk = %c.hash, problem, files = ?files, "scrub found a damaged chunk");
+                    metrics::counter!("chunkvault_scrub_findings_total", "problem" => problem)
+                        .increment(1);
                     report.findings.push(ScrubFinding {
                         chunk: c.hash,
                         problem,
@@ -135,6 +154,9 @@ impl Vault {
             }
         }
         report.finished_at = OffsetDateTime::now_utc();
+        metrics::gauge!("chunkvault_scrub_last_finished_timestamp_seconds")
+            .set(report.finished_at.unix_timestamp() as f64);
+        metrics::gauge!("chunkvault_scrub_last_findings").set(report.findings.len() as f64);
         *self.last_scrub.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
         Ok(report)
     }

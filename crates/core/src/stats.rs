@@ -6,8 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Stats {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Uploads this process opened; each ends committed, aborted, or (after a crash or a lost
+    /// abort) expired by GC, so `started - committed - aborted` are open here now.
+    pub uploads_started: AtomicU64,
     pub uploads_committed: AtomicU64,
     pub uploads_aborted: AtomicU64,
+    /// Abandoned uploads GC expired (from any process: the metadata store is shared).
+    pub uploads_expired: AtomicU64,
     pub chunks_written: AtomicU64,
     pub chunks_deduplicated: AtomicU64,
     pub chunks_verified: AtomicU64,

@@ -160,6 +160,7 @@ impl Vault {
                 declared_size: None,
             })
             .await?;
+        Stats::add(&self.stats.uploads_started, 1);
         let guard = AbortGuard {
             meta: self.meta.clone(),
             id,

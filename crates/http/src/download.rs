@@ -6,13 +6,55 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chunkvault_meta::FileRecord;
-use chunkvault_types::{ByteRange, RangeRequest, parse_range};
+use chunkvault_types::{ByteRange, ErrorBody, RangeRequest, parse_range};
 use futures::{StreamExt, stream};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::extract::FileIdPath;
 use crate::{ApiError, AppState};
 
+/// `GET|HEAD /download/{id}`.
+#[utoipa::path(
+    method(get, head),
+    path = "/download/{id}",
+    tag = "files",
+    operation_id = "download",
+    summary = "Download a file",
+    description = "The file's bytes in order, each chunk verified before it is sent. One \
+`Range: bytes=a-b` gives 206; `If-None-Match` with the ETag gives 304; `If-Range` is \
+honoured. Damage found after the response started cuts the transfer off (fewer bytes than \
+Content-Length), never wrong bytes. HEAD answers the same headers without a body.",
+    params(
+        ("id" = String, Path, format = Uuid, description = "The file id"),
+        ("Range" = Option<String>, Header, description = "One byte range, `bytes=a-b`, `bytes=a-` or `bytes=-n`"),
+        ("If-None-Match" = Option<String>, Header, description = "ETags; a match gives 304"),
+        ("If-Range" = Option<String>, Header, description = "The ETag the client's partial copy has; another one sends the whole file"),
+    ),
+    responses(
+        (status = 200, description = "The whole file", content_type = "application/octet-stream", body = crate::openapi::Binary,
+            headers(
+                ("ETag" = String, description = "`\"<sha256 hex>\"`"),
+                ("Content-Disposition" = String, description = "`attachment` with the name as an ASCII fallback and as `filename*`"),
+                ("Content-Length" = u64, description = "Bytes in this response"),
+                ("Accept-Ranges" = String, description = "`bytes`"),
+                ("Last-Modified" = String, description = "When the upload was committed"),
+            )),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream", body = crate::openapi::Binary,
+            headers(
+                ("Content-Range" = String, description = "`bytes a-b/SIZE`"),
+                ("ETag" = String, description = "`\"<sha256 hex>\"`"),
+            )),
+        (status = 304, description = "Not modified (If-None-Match matched)",
+            headers(("ETag" = String, description = "`\"<sha256 hex>\"`"))),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 416, description = "`range_not_satisfiable`", body = ErrorBody,
+            headers(("Content-Range" = String, description = "`bytes */SIZE`"))),
+        (status = 500, description = "`chunk_damaged` (the first chunk failed verification), `internal`", body = ErrorBody),
+        (status = 503, description = "`blob_store_unavailable`, `metadata_store_unavailable`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub(crate) async fn download(
     State(s): State<AppState>,
     FileIdPath(id): FileIdPath,

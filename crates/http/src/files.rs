@@ -4,7 +4,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chunkvault_types::{FileDetail, FileList};
+use chunkvault_core::ScrubReport;
+use chunkvault_types::{ErrorBody, FileDetail, FileList};
+use serde::Serialize;
 
 use crate::error::file_id;
 use crate::extract::{FileIdPath, StrictQuery};
@@ -14,6 +16,24 @@ use crate::{ApiError, AppState};
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 
+/// `GET /files`.
+#[utoipa::path(
+    get,
+    path = "/files",
+    tag = "files",
+    operation_id = "list_files",
+    summary = "List committed files, newest first",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, default 100"),
+        ("after" = Option<String>, Query, format = Uuid, description = "The `next` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "One page", body = FileList),
+        (status = 400, description = "`invalid_limit`, `invalid_id`, `invalid_query`", body = ErrorBody),
+        (status = 503, description = "`metadata_store_unavailable`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub(crate) async fn list(
     State(s): State<AppState>,
     StrictQuery(q): StrictQuery,
@@ -41,6 +61,22 @@ pub(crate) async fn list(
     }))
 }
 
+/// `GET /files/{id}`.
+#[utoipa::path(
+    get,
+    path = "/files/{id}",
+    tag = "files",
+    operation_id = "file_detail",
+    summary = "A file and its ordered manifest",
+    params(("id" = String, Path, format = Uuid, description = "The file id")),
+    responses(
+        (status = 200, description = "The file and its chunks", body = FileDetail),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 503, description = "`metadata_store_unavailable`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub(crate) async fn detail(
     State(s): State<AppState>,
     FileIdPath(id): FileIdPath,
@@ -53,6 +89,23 @@ pub(crate) async fn detail(
     }))
 }
 
+/// `DELETE /files/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/files/{id}",
+    tag = "files",
+    operation_id = "delete_file",
+    summary = "Delete a file",
+    description = "The file is invisible at once; its chunks are reclaimed by GC.",
+    params(("id" = String, Path, format = Uuid, description = "The file id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 503, description = "`metadata_store_unavailable`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub(crate) async fn delete(
     State(s): State<AppState>,
     FileIdPath(id): FileIdPath,
@@ -61,15 +114,45 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub(crate) async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+/// The body of `/healthz` and `/readyz` when all is well.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Status {
+    /// `ok` (healthz) or `ready` (readyz).
+    status: &'static str,
 }
 
+/// `GET /healthz`.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    summary = "The process is alive",
+    responses((status = 200, description = "`{\"status\":\"ok\"}`", body = Status))
+)]
+pub(crate) async fn healthz() -> Json<Status> {
+    Json(Status { status: "ok" })
+}
+
+/// `GET /readyz`.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    summary = "Both stores answer",
+    description = "Checks the metadata store and the blob store, bounded to 3 s in all: a hung backend makes the probe fail, not hang.",
+    responses(
+        (status = 200, description = "`{\"status\":\"ready\"}`", body = Status),
+        (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `backend_timeout`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub(crate) async fn readyz(State(s): State<AppState>) -> Response {
     let vault = s.vault.clone();
     // A hung backend must not hang the probe.
     match tokio::time::timeout(std::time::Duration::from_secs(3), vault.ready()).await {
-        Ok(Ok(())) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(Ok(())) => Json(Status { status: "ready" }).into_response(),
         Ok(Err(e)) => ApiError::from(e).into_response(),
         Err(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -80,6 +163,18 @@ pub(crate) async fn readyz(State(s): State<AppState>) -> Response {
     }
 }
 
+/// `GET /scrub`.
+#[utoipa::path(
+    get,
+    path = "/scrub",
+    tag = "operations",
+    operation_id = "last_scrub",
+    summary = "The last scrub this server ran",
+    responses(
+        (status = 200, description = "Its report", body = ScrubReport),
+        (status = 404, description = "`no_scrub`", body = ErrorBody),
+    )
+)]
 pub(crate) async fn last_scrub(State(s): State<AppState>) -> Response {
     match s.vault.last_scrub() {
         Some(r) => Json(r).into_response(),

@@ -6,6 +6,7 @@ mod error;
 mod extract;
 mod files;
 mod observe;
+mod openapi;
 mod session;
 mod tus;
 mod upload;
@@ -14,10 +15,12 @@ use std::future::Future;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, head, post, put};
 use axum::serve::ListenerExt;
 use chunkvault_core::Vault;
 use tokio::net::TcpListener;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 
@@ -25,55 +28,87 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub vault: Vault,
+    /// What `/metrics` last published of this vault's pipeline counters (see observe.rs).
+    published: observe::Published,
 }
 
-/// The router for `vault`.
+/// The route table: the one place an endpoint is registered. `routes!` adds a handler and the
+/// `#[utoipa::path]` description on it together, so what the server answers and what
+/// `/openapi.json` says cannot drift apart (`tests/openapi.rs` checks both over a socket).
+///
+/// To add an endpoint: put `#[utoipa::path(...)]` on the handler (method, path, parameters,
+/// body, every response with its error codes) and add one `.routes(routes!(handler))` line
+/// here; handlers sharing a path go in one `routes!`. Plain `.route(...)` is refused by clippy
+/// (`clippy.toml`) because it would serve an undocumented route.
+fn api() -> OpenApiRouter<AppState> {
+    // Uploads stream; the default 2 MB body limit would cut every real file off.
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(streaming(routes!(upload::upload)))
+        .routes(routes!(download::download))
+        .routes(routes!(session::create))
+        .routes(routes!(session::status, session::abort))
+        .routes(routes!(session::offer))
+        .routes(streaming(routes!(session::put_chunk)))
+        .routes(routes!(session::commit))
+        .routes(tus(routes!(tus::create, tus::options)))
+        .routes(tus(routes!(
+            tus::head,
+            tus::patch,
+            tus::delete,
+            tus::upload_options
+        )))
+        .routes(routes!(files::list))
+        .routes(routes!(files::detail, files::delete))
+        .routes(routes!(files::healthz))
+        .routes(routes!(files::readyz))
+        .routes(routes!(files::last_scrub))
+        .routes(routes!(observe::metrics))
+        .routes(routes!(openapi::document))
+}
+
+type Routes = (
+    Vec<(
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+    )>,
+    utoipa::openapi::path::Paths,
+    axum::routing::MethodRouter<AppState>,
+);
+
+/// Routes whose bodies stream into the chunk store: no body limit.
+fn streaming((schemas, paths, method): Routes) -> Routes {
+    (schemas, paths, method.layer(DefaultBodyLimit::disable()))
+}
+
+/// tus routes: bodies stream, and every answer (errors and 405s included) carries
+/// `Tus-Resumable` and the CORS headers browsers need.
+fn tus(routes: Routes) -> Routes {
+    let (schemas, paths, method) = streaming(routes);
+    let method = method.layer(axum::middleware::map_response(tus::common_headers));
+    (schemas, paths, method)
+}
+
+/// The OpenAPI document of every endpoint [`router`] serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = api().into_openapi();
+    openapi::finish(&mut doc);
+    doc
+}
+
+/// The router for `vault`: the route table, the API page at `/docs`, JSON errors for unknown
+/// paths and methods, and request tracking on all of it.
 pub fn router(vault: Vault) -> Router {
-    let state = AppState { vault };
+    let state = AppState {
+        vault,
+        published: Default::default(),
+    };
     observe::init();
-    Router::new()
-        .route(
-            "/upload",
-            // PUT too: `curl -T FILE` without -X POST sends PUT.
-            post(upload::upload)
-                .put(upload::upload)
-                .layer(DefaultBodyLimit::disable()),
-        )
-        .route("/download/{id}", get(download::download))
-        .route("/uploads", post(session::create))
-        .route("/uploads/{id}", get(session::status).delete(session::abort))
-        .route("/uploads/{id}/chunks", post(session::offer))
-        .route(
-            "/uploads/{id}/chunks/{index}",
-            put(session::put_chunk).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/uploads/{id}/commit", post(session::commit))
-        .merge(tus_routes())
-        .route("/files", get(files::list))
-        .route("/files/{id}", get(files::detail).delete(files::delete))
-        .route("/healthz", get(files::healthz))
-        .route("/readyz", get(files::readyz))
-        .route("/scrub", get(files::last_scrub))
-        .route("/metrics", get(observe::metrics))
+    let (api, _doc) = api().split_for_parts();
+    api.merge(openapi::docs_ui())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .route_layer(axum::middleware::from_fn(observe::track))
         .with_state(state)
-}
-
-/// tus 1.0.0 at `/tus`, with the headers every tus response carries.
-fn tus_routes() -> Router<AppState> {
-    Router::new()
-        .route("/tus", post(tus::create).options(tus::options))
-        .route(
-            "/tus/{id}",
-            head(tus::head)
-                .patch(tus::patch)
-                .delete(tus::delete)
-                .options(tus::options),
-        )
-        .layer(DefaultBodyLimit::disable())
-        .layer(axum::middleware::map_response(tus::common_headers))
 }
 
 /// Serves `router` on an already-bound listener until `shutdown` completes, then finishes the

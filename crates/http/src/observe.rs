@@ -1,6 +1,7 @@
 //! Observability: a request id on every request, one log line per request, Prometheus
 //! metrics. Labels are bounded: the route template (`/download/{id}`), never an id or a name.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -75,12 +76,28 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
         ("status", status.to_string()),
     ];
     metrics::counter!("chunkvault_http_requests_total", &labels).increment(1);
-    metrics::histogram!("chunkvault_http_request_duration_seconds", &labels[..2]).record(secs);
+    metrics::histogram!("chunkvault_http_request_duration_seconds", &labels).record(secs);
     resp.headers_mut().insert(REQUEST_ID, id);
     resp
 }
 
+/// The values of a vault's pipeline counters (`core::Stats`) last added to the process's
+/// counters, by metric name.
+pub(crate) type Published = std::sync::Arc<std::sync::Mutex<HashMap<&'static str, u64>>>;
+
 /// `GET /metrics`, Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    description = "Prometheus text exposition format 0.0.4. Labels are bounded: route templates, methods, statuses and operation names, never ids.",
+    responses(
+        (status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 503, description = "Another metrics recorder was installed first (plain text)", content_type = "text/plain", body = String),
+    )
+)]
 pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
     let Some(h) = handle() else {
         return (
@@ -90,11 +107,17 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
             .into_response();
     };
     let st = s.vault.stats();
+    // The recorder is process-wide, the stats are per vault: add what this vault counted since
+    // the last scrape, so several vaults in one process (tests) add up instead of overwriting
+    // each other (a Prometheus counter's `absolute` never goes down).
+    let mut published = s.published.lock().unwrap_or_else(|p| p.into_inner());
     for (name, value) in [
         ("chunkvault_bytes_in_total", &st.bytes_in),
         ("chunkvault_bytes_out_total", &st.bytes_out),
         ("chunkvault_uploads_committed_total", &st.uploads_committed),
         ("chunkvault_uploads_aborted_total", &st.uploads_aborted),
+        ("chunkvault_uploads_started_total", &st.uploads_started),
+        ("chunkvault_uploads_expired_total", &st.uploads_expired),
         ("chunkvault_chunks_written_total", &st.chunks_written),
         (
             "chunkvault_chunks_deduplicated_total",
@@ -104,11 +127,19 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
         ("chunkvault_chunks_corrupt_total", &st.chunks_corrupt),
         ("chunkvault_chunks_missing_total", &st.chunks_missing),
     ] {
-        metrics::counter!(name).absolute(Stats::get(value));
+        let now = Stats::get(value);
+        let before = published.insert(name, now).unwrap_or(0);
+        metrics::counter!(name).increment(now.saturating_sub(before));
     }
+    // Uploads in progress in this process. Saturating: the counters are read one by one while
+    // uploads finish.
+    let open = Stats::get(&st.uploads_started)
+        .saturating_sub(Stats::get(&st.uploads_committed) + Stats::get(&st.uploads_aborted));
+    metrics::gauge!("chunkvault_uploads_open").set(open as f64);
     if let Some(rss) = resident_bytes() {
         metrics::gauge!("chunkvault_process_resident_memory_bytes").set(rss as f64);
     }
+    drop(published);
     let mut resp = h.render().into_response();
     resp.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,

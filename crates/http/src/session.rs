@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chunkvault_core::{Session, UploadMeta};
 use chunkvault_types::{
-    ChunkId, ChunkOffers, ChunkStored, FileId, OfferResult, SessionCommit, SessionCreate,
-    SessionInfo,
+    ChunkId, ChunkOffers, ChunkStored, ErrorBody, FileId, FileInfo, OfferResult, SessionCommit,
+    SessionCreate, SessionInfo,
 };
 use serde::de::DeserializeOwned;
 
@@ -55,6 +55,22 @@ pub(crate) fn session_info(s: &Session) -> SessionInfo {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/uploads",
+    tag = "sessions",
+    operation_id = "create_session",
+    summary = "Open an upload session (chunks then arrive in any order, in parallel)",
+    request_body(content = SessionCreate, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The session; `Location: /uploads/{id}`", body = SessionInfo,
+            headers(("Location" = String, description = "The session's URL"))),
+        (status = 400, description = "`invalid_json`, `missing_name`, `name_too_long`, `invalid_name`, `invalid_type`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `busy`, `backend_timeout`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     body: Body,
@@ -81,6 +97,21 @@ pub(crate) async fn create(
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/uploads/{id}",
+    tag = "sessions",
+    operation_id = "session_status",
+    summary = "A session and the chunk indices it truly stores",
+    params(("id" = String, Path, format = Uuid, description = "The upload id")),
+    responses(
+        (status = 200, description = "The session", body = SessionInfo),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `busy`, `backend_timeout`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub(crate) async fn status(
     State(state): State<AppState>,
     FileIdPath(id): FileIdPath,
@@ -89,6 +120,24 @@ pub(crate) async fn status(
     Ok(Json(session_info(&s)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/uploads/{id}/chunks",
+    tag = "sessions",
+    operation_id = "offer_chunks",
+    summary = "Offer chunks by hash: those the server stores are recorded without a transfer",
+    params(("id" = String, Path, format = Uuid, description = "The upload id")),
+    request_body(content = ChunkOffers, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Which offered indices must still be sent", body = OfferResult),
+        (status = 400, description = "`invalid_id`, `invalid_json`, `invalid_index`, `chunk_size_mismatch`, `too_many_chunks`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`upload_closed`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `busy`, `backend_timeout`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub(crate) async fn offer(
     State(state): State<AppState>,
     FileIdPath(id): FileIdPath,
@@ -130,6 +179,27 @@ fn chunk_hash(headers: &HeaderMap) -> Result<Option<ChunkId>, ApiError> {
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/uploads/{id}/chunks/{index}",
+    tag = "sessions",
+    operation_id = "put_chunk",
+    summary = "Store chunk `index` of a session (the body is the chunk's bytes)",
+    params(
+        ("id" = String, Path, format = Uuid, description = "The upload id"),
+        ("index" = u64, Path, description = "The chunk's index, from 0"),
+        ("Chunk-Hash" = Option<String>, Header, description = "BLAKE3 of the body, 64 hex digits; checked when given"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "The chunk is stored", body = ChunkStored),
+        (status = 400, description = "`invalid_id`, `invalid_index`, `invalid_header`, `chunk_size_mismatch`, `chunk_hash_mismatch`, `upload_interrupted`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`upload_closed`", body = ErrorBody),
+        (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `busy`, `backend_timeout`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub(crate) async fn put_chunk(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
@@ -166,6 +236,25 @@ async fn put_chunk_inner(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/uploads/{id}/commit",
+    tag = "sessions",
+    operation_id = "commit_session",
+    summary = "Make the session's file visible; the server computes its SHA-256 from the stored chunks",
+    params(("id" = String, Path, format = Uuid, description = "The upload id")),
+    request_body(content = Option<SessionCommit>, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The committed file", body = FileInfo),
+        (status = 400, description = "`invalid_id`, `invalid_json`, `incomplete_upload`, `invalid_sha256`, `sha256_mismatch`, `size_mismatch`, `invalid_manifest`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`upload_closed`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 500, description = "`chunk_damaged`", body = ErrorBody),
+        (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `busy`, `backend_timeout`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub(crate) async fn commit(
     State(state): State<AppState>,
     FileIdPath(id): FileIdPath,
@@ -186,6 +275,22 @@ pub(crate) async fn commit(
         .into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/uploads/{id}",
+    tag = "sessions",
+    operation_id = "abort_session",
+    summary = "Abort a session: nothing becomes visible; its chunks become collectable",
+    params(("id" = String, Path, format = Uuid, description = "The upload id")),
+    responses(
+        (status = 204, description = "Aborted"),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`upload_closed`", body = ErrorBody),
+        (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `busy`, `backend_timeout`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub(crate) async fn abort(
     State(state): State<AppState>,
     FileIdPath(id): FileIdPath,

@@ -13,6 +13,8 @@ use base64::Engine;
 use chunkvault_core::{BodyChecksum, ChecksumAlgorithm, CoreError, UploadMeta};
 use chunkvault_meta::UploadRecord;
 
+use chunkvault_types::ErrorBody;
+
 use crate::extract::FileIdPath;
 use crate::{ApiError, AppState};
 
@@ -53,7 +55,17 @@ pub(crate) async fn common_headers(mut resp: Response) -> Response {
     resp
 }
 
-/// `OPTIONS /tus` and `/tus/{id}`: discovery (and CORS preflight).
+/// `OPTIONS /tus`: discovery (and CORS preflight).
+#[utoipa::path(
+    options,
+    path = "/tus",
+    tag = "tus",
+    operation_id = "tus_options",
+    summary = "tus discovery (and CORS preflight)",
+    responses(
+        (status = 204, description = "`Tus-Version`, `Tus-Extension`, `Tus-Max-Size`, `Tus-Checksum-Algorithm`"),
+    )
+)]
 pub(crate) async fn options() -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
     set(&mut resp, "tus-version", VERSION);
@@ -173,7 +185,46 @@ fn tus_error(e: CoreError) -> Response {
     e.into_response()
 }
 
+/// `OPTIONS /tus/{id}`: the same discovery answer, for clients that ask the upload's URL.
+#[utoipa::path(
+    options,
+    path = "/tus/{id}",
+    tag = "tus",
+    operation_id = "tus_upload_options",
+    summary = "tus discovery on an upload's URL (and CORS preflight)",
+    params(("id" = String, Path, description = "The upload id")),
+    responses(
+        (status = 204, description = "`Tus-Version`, `Tus-Extension`, `Tus-Max-Size`, `Tus-Checksum-Algorithm`"),
+    )
+)]
+pub(crate) async fn upload_options() -> Response {
+    options().await
+}
+
 /// `POST /tus`: creation (and creation-with-upload when a body comes along).
+#[utoipa::path(
+    post,
+    path = "/tus",
+    tag = "tus",
+    operation_id = "tus_create",
+    summary = "tus creation, and creation-with-upload when a body comes along",
+    params(
+        ("Tus-Resumable" = String, Header, description = "`1.0.0`"),
+        ("Upload-Length" = Option<u64>, Header, description = "The upload's size"),
+        ("Upload-Metadata" = Option<String>, Header, description = "`filename` and `filetype`, base64, comma-separated"),
+    ),
+    request_body(content = Option<Vec<u8>>, content_type = "application/offset+octet-stream"),
+    responses(
+        (status = 201, description = "Created; `Location` is the upload's URL, `Upload-Offset` what the body carried",
+            headers(("Location" = String), ("Upload-Offset" = u64), ("Upload-Expires" = String))),
+        (status = 400, description = "`missing_length`, `invalid_size`, `invalid_metadata`, `missing_name`, `name_too_long`, `invalid_name`, `invalid_type`, `tus_extension_unsupported`, `size_mismatch`, `upload_interrupted`", body = ErrorBody),
+        (status = 412, description = "`tus_version_unsupported`: `Tus-Resumable` missing or not `1.0.0` (answer carries `Tus-Version`)", body = ErrorBody),
+        (status = 413, description = "`too_large`: over `Tus-Max-Size`", body = ErrorBody),
+        (status = 415, description = "`invalid_content_type`", body = ErrorBody),
+        (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `busy`, `backend_timeout`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub(crate) async fn create(State(state): State<AppState>, req: Request) -> Response {
     if let Some(r) = check_version(req.headers()) {
         return r;
@@ -265,6 +316,22 @@ async fn create_inner(state: &AppState, req: Request) -> Result<Response, TusErr
 }
 
 /// `HEAD /tus/{id}`: where the upload stands.
+#[utoipa::path(
+    head,
+    path = "/tus/{id}",
+    tag = "tus",
+    operation_id = "tus_head",
+    summary = "Where a tus upload stands (`Upload-Offset`, `Upload-Length`)",
+    params(("id" = String, Path, format = Uuid, description = "The upload id (the `Location` of its creation)"), ("Tus-Resumable" = String, Header, description = "`1.0.0`")),
+    responses(
+        (status = 200, description = "`Upload-Offset`, `Upload-Length`, `Upload-Expires`",
+            headers(("Upload-Offset" = u64), ("Upload-Length" = u64))),
+        (status = 400, description = "`invalid_id` (no body: HEAD)"),
+        (status = 404, description = "No such open upload (no body: HEAD)"),
+        (status = 412, description = "`tus_version_unsupported` (no body: HEAD)"),
+        (status = 503, description = "A store is unavailable (no body: HEAD)"),
+    )
+)]
 pub(crate) async fn head(
     State(state): State<AppState>,
     FileIdPath(id): FileIdPath,
@@ -301,6 +368,31 @@ pub(crate) async fn head(
 }
 
 /// `PATCH /tus/{id}`: append at Upload-Offset.
+#[utoipa::path(
+    patch,
+    path = "/tus/{id}",
+    tag = "tus",
+    operation_id = "tus_patch",
+    summary = "Append at `Upload-Offset`; the file is committed when the offset reaches `Upload-Length`",
+    params(
+        ("id" = String, Path, format = Uuid, description = "The upload id (the `Location` of its creation)"), ("Tus-Resumable" = String, Header, description = "`1.0.0`"),
+        ("Upload-Offset" = u64, Header, description = "Must equal the upload's offset"),
+        ("Upload-Checksum" = Option<String>, Header, description = "`sha1 <base64>` or `sha256 <base64>` of this body"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/offset+octet-stream"),
+    responses(
+        (status = 204, description = "Appended; `Upload-Offset` is the new offset", headers(("Upload-Offset" = u64))),
+        (status = 400, description = "`invalid_id`, `missing_offset`, `invalid_checksum`, `checksum_body_too_large`, `size_unknown`, `size_mismatch`, `upload_interrupted`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`offset_mismatch`, `upload_closed`", body = ErrorBody),
+        (status = 412, description = "`tus_version_unsupported`: `Tus-Resumable` missing or not `1.0.0` (answer carries `Tus-Version`)", body = ErrorBody),
+        (status = 415, description = "`invalid_content_type`", body = ErrorBody),
+        (status = 460, description = "`checksum_mismatch`: nothing of the body was stored", body = ErrorBody),
+        (status = 500, description = "`chunk_damaged`", body = ErrorBody),
+        (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `busy`, `backend_timeout`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub(crate) async fn patch(
     State(state): State<AppState>,
     FileIdPath(id): FileIdPath,
@@ -386,6 +478,23 @@ async fn patch_inner(
 }
 
 /// `DELETE /tus/{id}`: termination.
+#[utoipa::path(
+    delete,
+    path = "/tus/{id}",
+    tag = "tus",
+    operation_id = "tus_delete",
+    summary = "tus termination: the upload ends without a file",
+    params(("id" = String, Path, format = Uuid, description = "The upload id (the `Location` of its creation)"), ("Tus-Resumable" = String, Header, description = "`1.0.0`")),
+    responses(
+        (status = 204, description = "Terminated"),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`upload_closed`", body = ErrorBody),
+        (status = 412, description = "`tus_version_unsupported`: `Tus-Resumable` missing or not `1.0.0` (answer carries `Tus-Version`)", body = ErrorBody),
+        (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `busy`, `backend_timeout`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     FileIdPath(id): FileIdPath,

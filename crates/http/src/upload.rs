@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chunkvault_core::{UploadMeta, Vault};
 use chunkvault_meta::FileRecord;
-use chunkvault_types::FileInfo;
+use chunkvault_types::{ErrorBody, FileInfo};
 use futures::TryStreamExt;
 
 use crate::extract::StrictQuery;
@@ -18,6 +18,67 @@ use crate::{ApiError, AppState};
 /// Text fields of a form are small; a longer one is refused rather than buffered.
 const MAX_FIELD_BYTES: usize = 8 * 1024;
 
+/// The multipart form, for the OpenAPI document only: the handler reads the parts itself, in
+/// order and streaming, which no derived extractor does.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(as = UploadForm)]
+struct UploadForm {
+    /// The file's name (up to 1024 bytes, no control characters); defaults to the file part's
+    /// filename.
+    #[schema(rename = "fileName")]
+    file_name: Option<String>,
+    /// Media type; defaults to the file part's Content-Type.
+    #[schema(rename = "fileType")]
+    file_type: Option<String>,
+    /// Size in bytes; a file part of another length is refused (`size_mismatch`).
+    #[schema(rename = "fileSize")]
+    file_size: Option<String>,
+    /// The file's bytes; exactly one file part.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+/// `POST|PUT /upload`.
+#[utoipa::path(
+    method(post, put),
+    path = "/upload",
+    tag = "files",
+    operation_id = "upload",
+    summary = "Upload a file",
+    description = "Either a `multipart/form-data` form (fields `fileName`, `fileType`, \
+`fileSize` and one file part), or a raw body of any other Content-Type with the metadata as \
+`fileName`/`fileType`/`fileSize` headers or query parameters (headers win). The body is \
+streamed, chunked and stored; the file is visible only once all of it is stored. `PUT` is \
+accepted because `curl -T` sends it.",
+    params(
+        ("fileName" = Option<String>, Header, description = "Raw body: the file's name (UTF-8)"),
+        ("fileType" = Option<String>, Header, description = "Raw body: the media type"),
+        ("fileSize" = Option<String>, Header, description = "Raw body: the size in bytes; a body of another length is refused"),
+        ("fileName" = Option<String>, Query, description = "Raw body: the file's name, when not in a header"),
+        ("fileType" = Option<String>, Query, description = "Raw body: the media type, when not in a header"),
+        ("fileSize" = Option<String>, Query, description = "Raw body: the size in bytes, when not in a header"),
+    ),
+    request_body(
+        description = "The file, as a form or as the raw body",
+        content(
+            (UploadForm = "multipart/form-data"),
+            (crate::openapi::Binary = "application/octet-stream"),
+        ),
+    ),
+    responses(
+        (status = 201, description = "Stored and committed", body = FileInfo,
+            headers(("Location" = String, description = "`/files/{id}`"))),
+        (status = 400, description = "Refused: `missing_name`, `name_too_long`, `invalid_name`, \
+`invalid_type`, `invalid_size`, `size_mismatch`, `invalid_multipart`, `missing_file`, \
+`multiple_files`, `field_too_large`, `invalid_field`, `invalid_header`, `invalid_query`, \
+`invalid_manifest`, `upload_interrupted`", body = ErrorBody),
+        (status = 409, description = "`upload_closed`: the upload expired or was aborted while it ran", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 503, description = "`blob_store_unavailable`, `metadata_store_unavailable`, `busy`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub(crate) async fn upload(
     State(state): State<AppState>,
     StrictQuery(mut query): StrictQuery,

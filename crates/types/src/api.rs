@@ -7,15 +7,15 @@ use crate::{ChunkId, FileId};
 
 /// A committed file as the API describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileInfo {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub id: FileId,
     /// Alias of `id` under the name the original service used.
-    #[serde(
-        rename = "fileID",
-        default,
-        skip_deserializing,
-        skip_serializing_if = "Option::is_none"
-    )]
+    // Read back too, not `skip_deserializing`: utoipa leaves skipped fields out of the schema,
+    // and the server always sends this one.
+    #[serde(rename = "fileID", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Uuid))]
     pub file_id_compat: Option<FileId>,
     pub name: String,
     #[serde(rename = "type")]
@@ -27,6 +27,7 @@ pub struct FileInfo {
     /// SHA-256 of the whole file, lowercase hex: what `sha256sum` prints.
     pub sha256: String,
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: OffsetDateTime,
 }
 
@@ -39,15 +40,19 @@ impl FileInfo {
 
 /// One entry of a file's manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChunkEntry {
     pub index: u64,
     pub offset: u64,
     pub length: u64,
+    /// BLAKE3 of the chunk, lowercase hex.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[0-9a-f]{64}$"))]
     pub hash: ChunkId,
 }
 
 /// `GET /files/{id}`: the file and its ordered manifest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileDetail {
     #[serde(flatten)]
     pub file: FileInfo,
@@ -56,6 +61,7 @@ pub struct FileDetail {
 
 /// `GET /files`: one page, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileList {
     pub files: Vec<FileInfo>,
     /// Pass as `?after=` to get the next page; absent on the last page.
@@ -64,11 +70,13 @@ pub struct FileList {
 
 /// The body of every error response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// Stable, machine-readable: clients match on this, never on the message.
     pub code: String,
@@ -77,6 +85,7 @@ pub struct ErrorDetail {
 
 /// `POST /uploads`: open an upload session.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionCreate {
     pub name: String,
     #[serde(rename = "type", default)]
@@ -88,7 +97,9 @@ pub struct SessionCreate {
 
 /// An upload session: what the server has truly stored (recorded *and* written).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionInfo {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub id: FileId,
     /// `open`, `committed`, `aborted` or `expired`.
     pub state: String,
@@ -102,22 +113,27 @@ pub struct SessionInfo {
     /// Bytes in the stored chunks.
     pub stored_bytes: u64,
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub expires_at: OffsetDateTime,
 }
 
 /// One chunk a client has, offered before sending it (`POST /uploads/{id}/chunks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChunkOffer {
     pub index: u64,
     pub length: u64,
     /// BLAKE3 of the chunk, hex.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[0-9a-f]{64}$"))]
     pub hash: ChunkId,
 }
 
 /// `POST /uploads/{id}/chunks` request body.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChunkOffers {
     pub chunks: Vec<ChunkOffer>,
 }
@@ -125,6 +141,7 @@ pub struct ChunkOffers {
 /// `POST /uploads/{id}/chunks` answer: offers the server already stores were recorded; the
 /// `missing` indices must be sent with `PUT /uploads/{id}/chunks/{index}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OfferResult {
     pub missing: Vec<u64>,
     pub present: Vec<u64>,
@@ -132,9 +149,11 @@ pub struct OfferResult {
 
 /// `PUT /uploads/{id}/chunks/{index}` answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChunkStored {
     pub index: u64,
     pub length: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[0-9a-f]{64}$"))]
     pub hash: ChunkId,
     /// False when the server already had the chunk's content (the write was skipped).
     pub written: bool,
@@ -142,6 +161,7 @@ pub struct ChunkStored {
 
 /// `POST /uploads/{id}/commit` body (optional): the digest the client expects.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionCommit {
     #[serde(default)]
     pub sha256: Option<String>,

@@ -1,0 +1,147 @@
+//! The OpenAPI document (`GET /openapi.json`) and the interactive page that renders it
+//! (`GET /docs`).
+//!
+//! The document is generated from the `#[utoipa::path]` attributes on the handlers, collected by
+//! the route table in `lib.rs` (`api()`), which registers each handler and its description in
+//! one call: a route cannot be served without being described. Swagger UI's files are compiled
+//! into the binary (`utoipa-swagger-ui` with its `vendored` feature), so neither the build nor
+//! the page fetches anything from the network.
+
+use std::sync::OnceLock;
+
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use chunkvault_core::ScrubReport;
+use chunkvault_types::{ChunkEntry, ErrorBody, ErrorDetail, FileDetail, FileInfo, FileList};
+use utoipa::OpenApi;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa_swagger_ui::{Config, SwaggerUi};
+
+use crate::error::ERROR_CODES;
+
+/// What the generated paths are merged into: the document's header, tags and the schemas no
+/// path names directly.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "chunkvault",
+        description = "Chunked, content-addressed, verified file storage.\n\n\
+Every error is `{\"error\": {\"code\": \"...\", \"message\": \"...\"}}`; clients match on \
+`code` (the full list is the `code` enum of `ErrorDetail`). Any path not listed here answers \
+404 `no_route`; a listed path with a method not listed answers 405 `method_not_allowed`. \
+Every 503 carries `Retry-After`. Every response carries `X-Request-Id` (the client's, when it \
+sent a short printable one)."
+    ),
+    tags(
+        (name = "files", description = "Upload, download, list and delete files"),
+        (name = "sessions", description = "Upload sessions: chunks in any order and in parallel, dedup before transfer, resume, commit"),
+        (name = "tus", description = "The tus 1.0.0 resumable upload protocol (creation, creation-with-upload, termination, checksum, expiration)"),
+        (name = "operations", description = "Health, readiness, metrics, scrub reports and this document"),
+    ),
+    components(schemas(ErrorBody, ErrorDetail, FileInfo, FileList, FileDetail, ChunkEntry, ScrubReport))
+)]
+pub(crate) struct ApiDoc;
+
+/// Fixes up what the attributes cannot say. Applied once to the merged document.
+pub(crate) fn finish(doc: &mut utoipa::openapi::OpenApi) {
+    unique_operation_ids(doc);
+    error_code_enum(doc);
+}
+
+/// A handler serving several methods (`GET` and `HEAD` of a download, `POST` and `PUT` of an
+/// upload) is one operation with one id; OpenAPI requires operation ids to be unique, so every
+/// method after the first gets its name appended (`download_head`).
+fn unique_operation_ids(doc: &mut utoipa::openapi::OpenApi) {
+    let mut seen = std::collections::HashSet::new();
+    for item in doc.paths.paths.values_mut() {
+        let ops = [
+            ("get", &mut item.get),
+            ("head", &mut item.head),
+            ("post", &mut item.post),
+            ("put", &mut item.put),
+            ("patch", &mut item.patch),
+            ("delete", &mut item.delete),
+            ("options", &mut item.options),
+            ("trace", &mut item.trace),
+        ];
+        for (method, op) in ops {
+            let Some(op) = op else { continue };
+            let Some(id) = op.operation_id.clone() else {
+                continue;
+            };
+            if !seen.insert(id.clone()) {
+                let unique = format!("{id}_{method}");
+                seen.insert(unique.clone());
+                op.operation_id = Some(unique);
+            }
+        }
+    }
+}
+
+/// `ErrorDetail.code` is a `String` in Rust (core adds codes of its own); in the document it is
+/// the closed list of codes clients may see, from the one table in `error.rs`.
+fn error_code_enum(doc: &mut utoipa::openapi::OpenApi) {
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    let Some(RefOr::T(Schema::Object(detail))) = components.schemas.get_mut("ErrorDetail") else {
+        return;
+    };
+    let mut description = String::from(
+        "Stable, machine-readable: clients match on this, never on the message.\n\n| code | status | meaning |\n|---|---|---|\n",
+    );
+    for (code, status, meaning) in ERROR_CODES {
+        description.push_str(&format!("| `{code}` | {status} | {meaning} |\n"));
+    }
+    let code = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(ERROR_CODES.iter().map(|(code, _, _)| *code)))
+        .description(Some(description))
+        .build();
+    detail
+        .properties
+        .insert("code".into(), RefOr::T(Schema::Object(code)));
+}
+
+/// The document, rendered once: it cannot change while the process runs.
+fn rendered() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        crate::openapi()
+            .to_pretty_json()
+            // Serialising a tree of strings and maps cannot fail; an empty object keeps the
+            // endpoint answering JSON if it ever did.
+            .unwrap_or_else(|_| "{}".into())
+    })
+}
+
+/// `GET /openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    operation_id = "openapi",
+    summary = "This document (OpenAPI 3.1)",
+    responses((status = 200, description = "The OpenAPI document of this server", content_type = "application/json", body = Object))
+)]
+pub(crate) async fn document() -> Response {
+    let mut resp = rendered().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Swagger UI at `/docs`, reading `/openapi.json`. The online validator badge is off: it would
+/// send the document to validator.swagger.io.
+pub(crate) fn docs_ui() -> SwaggerUi {
+    SwaggerUi::new("/docs").config(Config::new(["/openapi.json"]).validator_url("none"))
+}
+
+/// Raw bytes in a request or response body (a file's content), for the document only.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub(crate) struct Binary(Vec<u8>);
