@@ -99,6 +99,9 @@ pub struct ServeArgs {
     /// Unreferenced chunks and unknown blobs younger than this are kept, e.g. 1h.
     #[arg(long, env = "CHUNKVAULT_GC_GRACE")]
     pub gc_grace: Option<String>,
+    /// Chunks a download fetches and verifies ahead of the one being sent (1 to 16).
+    #[arg(long, env = "CHUNKVAULT_READ_AHEAD")]
+    pub read_ahead: Option<usize>,
     /// Log format: text or json.
     #[arg(long, env = "CHUNKVAULT_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -125,6 +128,7 @@ pub struct FileSettings {
     pub db_max_connections: Option<u32>,
     pub gc_interval: Option<String>,
     pub gc_grace: Option<String>,
+    pub read_ahead: Option<usize>,
     pub log_format: Option<String>,
     pub migrate: Option<bool>,
     pub azure: Option<AzureFileSettings>,
@@ -391,6 +395,15 @@ impl Config {
                 ));
             }
         };
+        let read_ahead =
+            pick(serve.read_ahead, file.read_ahead).unwrap_or(VaultConfig::default().read_ahead);
+        if !(1..=16).contains(&read_ahead) {
+            return Err(setting_error(
+                "read_ahead",
+                "CHUNKVAULT_READ_AHEAD",
+                "must be from 1 to 16",
+            ));
+        }
         let db_max_connections =
             pick(store.db_max_connections, file.db_max_connections).unwrap_or(16);
         if db_max_connections == 0 {
@@ -413,6 +426,7 @@ impl Config {
             vault: VaultConfig {
                 chunk_size,
                 upload_ttl,
+                read_ahead,
                 ..VaultConfig::default()
             },
             fsync,
@@ -470,6 +484,7 @@ impl Config {
                 humantime::format_duration(self.gc_interval)
             ),
             format!("gc_grace = {}", humantime::format_duration(self.gc_grace)),
+            format!("read_ahead = {}", self.vault.read_ahead),
         ]
     }
 }

@@ -39,7 +39,9 @@ pub struct VaultConfig {
     /// Chunk writes one upload keeps in flight. With the chunk being filled, the one being
     /// hashed and the one queued, an upload holds at most `puts_in_flight + 3` chunks.
     pub puts_in_flight: usize,
-    /// Chunks a download reads and verifies ahead of the one being sent.
+    /// Chunks a download reads and verifies ahead of the one being sent. Four keep a remote
+    /// store busy (two reached 0.67x of one direct GET against Azurite, four 0.89x) for
+    /// `(read_ahead + 1) * chunk_size` of memory per download.
     pub read_ahead: usize,
 }
 
@@ -49,7 +51,7 @@ impl Default for VaultConfig {
             chunk_size: 4 << 20,
             upload_ttl: Duration::from_secs(24 * 3600),
             puts_in_flight: 4,
-            read_ahead: 2,
+            read_ahead: 4,
         }
     }
 }
