@@ -273,6 +273,7 @@ async fn bench(
         chunk_size = Some(rr.chunk_size);
         all_rounds.push(rr);
     }
+    notes.push(metrics_check(&http, &ours.base, p, total as u64).await);
     // The small files: the run dir goes anyway with the local backend; a remote store keeps
     // what is not deleted.
     if p.backend == Backend::PostgresAzurite {
@@ -480,6 +481,54 @@ async fn one_round(
         small_ours: ids,
         small_base: keys,
     })
+}
+
+/// The server's own counters, scraped from `/metrics` after the rounds, beside what this
+/// benchmark sent and fetched: every round (warm-ups too) uploads and downloads the large file
+/// once and each small file once.
+async fn metrics_check(http: &reqwest::Client, base: &str, p: &Params, rounds: u64) -> String {
+    let files = rounds * (1 + p.small_count as u64);
+    let bytes = rounds * (p.size + p.small_count as u64 * p.small_size);
+    let text = match http.get(format!("{base}/metrics")).send().await {
+        Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+        Ok(r) => return format!("GET /metrics answered {}", r.status()),
+        Err(e) => return format!("GET /metrics failed: {e}"),
+    };
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .map(|v| v as u64)
+    };
+    let mut parts = Vec::new();
+    for (name, want) in [
+        ("chunkvault_uploads_committed_total", files),
+        ("chunkvault_bytes_in_total", bytes),
+        ("chunkvault_bytes_out_total", bytes),
+    ] {
+        let got = value(name);
+        let verdict = if got == Some(want) {
+            "matches"
+        } else {
+            "DIFFERS"
+        };
+        let got = got.map_or("absent".to_string(), |g| g.to_string());
+        parts.push(format!("{name} {got} ({verdict} the benchmark's {want})"));
+    }
+    for name in [
+        "chunkvault_chunks_written_total",
+        "chunkvault_chunks_verified_total",
+    ] {
+        if let Some(v) = value(name) {
+            parts.push(format!("{name} {v}"));
+        }
+    }
+    format!("Server /metrics after all rounds: {}.", parts.join("; "))
 }
 
 fn check_count(what: &str, got: u64, want: u64) -> Result<()> {
