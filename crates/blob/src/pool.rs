@@ -86,6 +86,11 @@ impl ChunkBuf {
         self.len() == 0
     }
 
+    /// Empties the buffer, keeping its capacity.
+    pub fn clear(&mut self) {
+        self.vec().clear();
+    }
+
     pub fn extend_from_slice(&mut self, data: &[u8]) {
         self.vec().extend_from_slice(data);
     }

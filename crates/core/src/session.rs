@@ -13,7 +13,7 @@
 use std::fmt::Display;
 
 use bytes::{Bytes, BytesMut};
-use chunkvault_blob::{BlobError, BlobStore};
+use chunkvault_blob::{BlobError, BlobStore, ChunkBuf};
 use chunkvault_meta::{ChunkState, CommitFile, FileRecord, NewUpload, PendingChunk, UploadRecord};
 use chunkvault_types::{ChunkEntry, ChunkId, ChunkOffer, FileId};
 use futures::{Stream, StreamExt, TryStreamExt, stream};
@@ -189,7 +189,7 @@ impl Vault {
         let expected = expected_length(cs, upload.declared_size, index)?;
         let limit = expected.unwrap_or(cs);
         let mut body = body;
-        let mut buf = BytesMut::with_capacity(limit as usize);
+        let mut buf = ChunkBuf::with_capacity(limit as usize);
         while let Some(frame) = body.next().await {
             let frame = frame.map_err(|e| CoreError::BodyFailed {
                 message: e.to_string(),
@@ -453,7 +453,7 @@ impl Vault {
         E: Display,
     {
         let mut body = body;
-        let mut buf = BytesMut::with_capacity(cs as usize);
+        let mut buf = ChunkBuf::with_capacity(cs as usize);
         buf.extend_from_slice(&prefix);
         let mut consumed = 0u64;
         let mut puts: JoinSet<Result<(u64, bool)>> = JoinSet::new();
@@ -483,7 +483,7 @@ impl Vault {
                 let take = (cs as usize - buf.len()).min(frame.len());
                 buf.extend_from_slice(&frame.split_to(take));
                 if buf.len() as u64 == cs {
-                    let full = std::mem::replace(&mut buf, BytesMut::with_capacity(cs as usize));
+                    let full = std::mem::replace(&mut buf, ChunkBuf::with_capacity(cs as usize));
                     while puts.len() >= self.config.puts_in_flight.max(1) {
                         join_put(puts.join_next().await.map(|r| r.map(|x| x.map(|_| ()))))?;
                     }
