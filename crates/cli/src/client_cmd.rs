@@ -19,19 +19,78 @@ use tokio::io::AsyncWriteExt;
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// The server to talk to.
-    #[arg(
-        long,
-        env = "CHUNKVAULT_SERVER",
-        default_value = "http://127.0.0.1:3000",
-        global = true
-    )]
-    pub server: String,
+    /// (default: `server` in the client configuration file, else http://127.0.0.1:3000)
+    #[arg(long, env = "CHUNKVAULT_SERVER", global = true)]
+    pub server: Option<String>,
     /// Print JSON (one object per line) instead of text.
     #[arg(long, global = true)]
     pub json: bool,
     /// No progress bar.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// The API key to send (`cvk_...`). Default: `token` in the client configuration file.
+    #[arg(long, env = "CHUNKVAULT_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Client configuration file with `token = "cvk_..."` (and optionally `server = "..."`)
+    /// (default: ~/.config/chunkvault/client.toml, when it exists).
+    #[arg(long, env = "CHUNKVAULT_CLIENT_CONFIG", global = true)]
+    pub client_config: Option<PathBuf>,
+}
+
+/// `client.toml`.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ClientFile {
+    token: Option<String>,
+    server: Option<String>,
+}
+
+impl ClientArgs {
+    fn file(&self) -> Result<ClientFile> {
+        let (path, required) = match &self.client_config {
+            Some(p) => (p.clone(), true),
+            None => match default_client_config() {
+                Some(p) => (p, false),
+                None => return Ok(ClientFile::default()),
+            },
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .with_context(|| format!("invalid client configuration {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(ClientFile::default())
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// The server URL: `--server`/`CHUNKVAULT_SERVER`, else the file's, else the default.
+    pub fn server(&self) -> Result<String> {
+        Ok(match &self.server {
+            Some(s) => s.clone(),
+            None => self
+                .file()?
+                .server
+                .unwrap_or_else(|| "http://127.0.0.1:3000".into()),
+        })
+    }
+
+    /// A client with the API key from `--token`/`CHUNKVAULT_TOKEN` or the client file.
+    pub fn client(&self) -> Result<Client> {
+        let token = match &self.token {
+            Some(t) => Some(t.trim().to_string()),
+            None => self.file()?.token,
+        };
+        Ok(Client::with_token(&self.server()?, token.as_deref())?)
+    }
+}
+
+/// `$XDG_CONFIG_HOME/chunkvault/client.toml` or `~/.config/chunkvault/client.toml`.
+fn default_client_config() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|d| d.join("chunkvault/client.toml"))
 }
 
 #[derive(Args, Debug)]
@@ -123,7 +182,7 @@ fn collect_files(paths: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
 }
 
 pub async fn upload(args: &ClientArgs, up: &UploadArgs) -> Result<ExitCode> {
-    let client = Client::new(&args.server)?;
+    let client = args.client()?;
     let files = collect_files(&up.paths)?;
     let mut total = 0;
     for (p, _) in &files {
@@ -131,8 +190,9 @@ pub async fn upload(args: &ClientArgs, up: &UploadArgs) -> Result<ExitCode> {
     }
     let pb = bar(args, total);
     let state_dir = up.state_dir.clone().unwrap_or_else(default_state_dir);
+    let server = args.server()?;
     let opts = UploadOpts {
-        server: &args.server,
+        server: &server,
         content_type: up.content_type.as_deref().unwrap_or(""),
         parallel: up.parallel,
         state_dir: &state_dir,
@@ -374,7 +434,7 @@ fn local_name(name: &str, id: &str) -> PathBuf {
 }
 
 pub async fn download(args: &ClientArgs, dl: &DownloadArgs) -> Result<ExitCode> {
-    let client = Client::new(&args.server)?;
+    let client = args.client()?;
     let detail = client.stat(&dl.id).await?;
     let info = detail.file;
     let to_stdout = dl.output.as_deref() == Some(Path::new("-"));
@@ -465,7 +525,7 @@ pub async fn download(args: &ClientArgs, dl: &DownloadArgs) -> Result<ExitCode> 
 }
 
 pub async fn ls(args: &ClientArgs, limit: u32) -> Result<ExitCode> {
-    let client = Client::new(&args.server)?;
+    let client = args.client()?;
     let mut after: Option<String> = None;
     let mut shown = 0u32;
     loop {
@@ -485,7 +545,7 @@ pub async fn ls(args: &ClientArgs, limit: u32) -> Result<ExitCode> {
 }
 
 pub async fn stat(args: &ClientArgs, id: &str) -> Result<ExitCode> {
-    let client = Client::new(&args.server)?;
+    let client = args.client()?;
     let d = client.stat(id).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&d)?);
@@ -506,7 +566,7 @@ pub async fn stat(args: &ClientArgs, id: &str) -> Result<ExitCode> {
 }
 
 pub async fn rm(args: &ClientArgs, ids: &[String]) -> Result<ExitCode> {
-    let client = Client::new(&args.server)?;
+    let client = args.client()?;
     let mut failed = false;
     for id in ids {
         match client.delete(id).await {
@@ -526,4 +586,33 @@ pub async fn rm(args: &ClientArgs, ids: &[String]) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `chunkvault link ID --expires 1h [--range bytes=0-99]`: prints a presigned download URL.
+pub async fn link(
+    args: &ClientArgs,
+    id: &str,
+    expires: &str,
+    range: Option<String>,
+) -> Result<ExitCode> {
+    let client = args.client()?;
+    let link = client
+        .create_link(
+            id,
+            &chunkvault_types::LinkCreate {
+                expires_in: expires.to_string(),
+                range,
+            },
+        )
+        .await?;
+    let url = client.url(&link.url);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"url": url.as_str(), "expires_at": link.expires_at.format(&time::format_description::well_known::Rfc3339)?})
+        );
+    } else {
+        println!("{url}");
+    }
+    Ok(ExitCode::SUCCESS)
 }

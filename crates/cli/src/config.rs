@@ -112,6 +112,24 @@ pub struct ServeArgs {
     /// them, e.g. 24h (chunks seen below policy on reads and writes are repaired within seconds).
     #[arg(long, env = "CHUNKVAULT_REPAIR_INTERVAL")]
     pub repair_interval: Option<String>,
+    /// API keys: required or off. Default: off when listening on loopback only, else required.
+    #[arg(long, env = "CHUNKVAULT_AUTH")]
+    pub auth: Option<String>,
+    /// Allow `auth = off` on an address other than loopback (anyone who can reach it can read,
+    /// overwrite and delete everything).
+    #[arg(
+        long,
+        env = "CHUNKVAULT_ALLOW_UNAUTHENTICATED_NETWORK",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub allow_unauthenticated_network: Option<bool>,
+    /// Uploads one account may have in progress at once on this node.
+    #[arg(long, env = "CHUNKVAULT_MAX_UPLOADS_PER_ACCOUNT")]
+    pub max_uploads_per_account: Option<usize>,
+    /// Failed authentications one client address may make per minute before 429.
+    #[arg(long, env = "CHUNKVAULT_AUTH_FAILURES_PER_MINUTE")]
+    pub auth_failures_per_minute: Option<u32>,
 }
 
 /// The TOML file: the same settings, snake_case.
@@ -137,6 +155,10 @@ pub struct FileSettings {
     pub write_quorum: Option<usize>,
     pub erasure: Option<ErasureFileSettings>,
     pub repair_interval: Option<String>,
+    pub auth: Option<String>,
+    pub allow_unauthenticated_network: Option<bool>,
+    pub max_uploads_per_account: Option<usize>,
+    pub auth_failures_per_minute: Option<u32>,
 }
 
 /// `erasure = { data = 4, parity = 2 }`.
@@ -210,6 +232,9 @@ pub struct Config {
     pub gc_grace: Duration,
     pub log_format: LogFormat,
     pub migrate: bool,
+    /// Whether requests need an API key.
+    pub auth: chunkvault_http::AuthMode,
+    pub auth_failures_per_minute: u32,
 }
 
 fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
@@ -413,7 +438,69 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let auth = match pick(serve.auth.clone(), file.auth)
+            .as_deref()
+            .map(str::trim)
+        {
+            None => {
+                if listen.ip().is_loopback() {
+                    chunkvault_http::AuthMode::Off
+                } else {
+                    chunkvault_http::AuthMode::Required
+                }
+            }
+            Some("required") => chunkvault_http::AuthMode::Required,
+            Some("off") => chunkvault_http::AuthMode::Off,
+            Some(other) => {
+                return Err(setting_error(
+                    "auth",
+                    "CHUNKVAULT_AUTH",
+                    format!("{other:?}: use required or off"),
+                ));
+            }
+        };
+        let allow_open = pick(
+            serve.allow_unauthenticated_network,
+            file.allow_unauthenticated_network,
+        )
+        .unwrap_or(false);
+        if auth == chunkvault_http::AuthMode::Off && !listen.ip().is_loopback() && !allow_open {
+            return Err(setting_error(
+                "auth",
+                "CHUNKVAULT_AUTH",
+                format!(
+                    "off on {listen}, which is not a loopback address, would let anyone who can \
+                     reach it read, overwrite and delete every file; use auth = required, or \
+                     say so explicitly with --allow-unauthenticated-network \
+                     (allow_unauthenticated_network = true, CHUNKVAULT_ALLOW_UNAUTHENTICATED_NETWORK)"
+                ),
+            ));
+        }
+        let max_uploads_per_account =
+            pick(serve.max_uploads_per_account, file.max_uploads_per_account)
+                .unwrap_or(VaultConfig::default().max_uploads_per_account);
+        if max_uploads_per_account == 0 {
+            return Err(setting_error(
+                "max_uploads_per_account",
+                "CHUNKVAULT_MAX_UPLOADS_PER_ACCOUNT",
+                "must be at least 1",
+            ));
+        }
+        let auth_failures_per_minute = pick(
+            serve.auth_failures_per_minute,
+            file.auth_failures_per_minute,
+        )
+        .unwrap_or(30);
+        if auth_failures_per_minute == 0 {
+            return Err(setting_error(
+                "auth_failures_per_minute",
+                "CHUNKVAULT_AUTH_FAILURES_PER_MINUTE",
+                "must be at least 1",
+            ));
+        }
         Ok(Self {
+            auth,
+            auth_failures_per_minute,
             listen,
             data_dir,
             meta,
@@ -427,6 +514,7 @@ impl Config {
                 chunk_size,
                 upload_ttl,
                 read_ahead,
+                max_uploads_per_account,
                 ..VaultConfig::default()
             },
             fsync,
@@ -485,6 +573,15 @@ impl Config {
             ),
             format!("gc_grace = {}", humantime::format_duration(self.gc_grace)),
             format!("read_ahead = {}", self.vault.read_ahead),
+            format!("auth = {}", self.auth.as_str()),
+            format!(
+                "max_uploads_per_account = {}",
+                self.vault.max_uploads_per_account
+            ),
+            format!(
+                "auth_failures_per_minute = {}",
+                self.auth_failures_per_minute
+            ),
         ]
     }
 }

@@ -1,5 +1,6 @@
 //! The chunkvault binary: server, maintenance commands and client commands.
 
+mod admin;
 mod bench;
 mod client_cmd;
 mod config;
@@ -80,6 +81,23 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// A presigned download link to a file: anyone holding it may download without a key
+    /// until it expires.
+    Link {
+        #[command(flatten)]
+        client: client_cmd::ClientArgs,
+        id: String,
+        /// How long the link stays valid, e.g. 1h, 7d (at most 30 days).
+        #[arg(long, default_value = "1h")]
+        expires: String,
+        /// Limit the link to one byte range, e.g. bytes=0-99.
+        #[arg(long)]
+        range: Option<String>,
+    },
+    /// Accounts, API keys, quotas and the link secret, straight on the metadata store (same
+    /// configuration as serve; no server needed).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Benchmark the server against a plain baseline (nginx WebDAV) on the same disk.
     Bench(bench::BenchArgs),
     /// Print the OpenAPI document of the HTTP API (what `GET /openapi.json` serves).
@@ -175,6 +193,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ls { client, limit } => client_cmd::ls(&client, limit).await,
         Command::Stat { client, id } => client_cmd::stat(&client, &id).await,
         Command::Rm { client, ids } => client_cmd::rm(&client, &ids).await,
+        Command::Link {
+            client,
+            id,
+            expires,
+            range,
+        } => client_cmd::link(&client, &id, &expires, range).await,
+        Command::Admin(cmd) => {
+            let config = Config::load(&cli.store, &ServeArgs::default())?;
+            init_logging(config.log_format);
+            admin::run(&config, cmd).await
+        }
         Command::Openapi => {
             // Needs no configuration and no store: the document is built from the code.
             println!("{}", chunkvault_http::openapi().to_pretty_json()?);

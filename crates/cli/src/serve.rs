@@ -24,15 +24,44 @@ pub async fn run(config: Config) -> Result<()> {
         metadata = %vault.meta().describe(),
         blobs = %vault.blobs().describe(),
         chunk_size = config.vault.chunk_size,
+        auth = config.auth.as_str(),
         "chunkvault listening on http://{addr}"
     );
+    match config.auth {
+        chunkvault_http::AuthMode::Required => {
+            tracing::info!("authentication required: requests need Authorization: Bearer <key>");
+            if vault
+                .meta()
+                .list_accounts()
+                .await
+                .map(|a| a.is_empty())
+                .unwrap_or(false)
+            {
+                tracing::warn!(
+                    "no accounts exist yet: create one with `chunkvault admin create-user NAME --admin` and a key with `chunkvault admin create-key NAME`"
+                );
+            }
+        }
+        chunkvault_http::AuthMode::Off if addr.ip().is_loopback() => tracing::info!(
+            "authentication off: listening on loopback only, every local request has full access"
+        ),
+        chunkvault_http::AuthMode::Off => tracing::warn!(
+            "authentication OFF on a network address (allowed explicitly): anyone who can reach {addr} can read, overwrite and delete every file"
+        ),
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let gc = tokio::spawn(gc_loop(vault.clone(), config.clone(), stop_rx.clone()));
     let repair = vault
         .replicas()
         .is_some()
         .then(|| tokio::spawn(repair_loop(vault.clone(), config.repair_interval, stop_rx)));
-    let router = chunkvault_http::router(vault);
+    let router = chunkvault_http::router_with(
+        vault,
+        chunkvault_http::AuthOptions {
+            mode: config.auth,
+            failures_per_minute: config.auth_failures_per_minute,
+        },
+    );
     chunkvault_http::serve(listener, router, shutdown_signal())
         .await
         .context("server failed")?;

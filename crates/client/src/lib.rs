@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use chunkvault_types::{
     ChunkId, ChunkOffer, ChunkOffers, ChunkStored, ErrorBody, FileDetail, FileInfo, FileList,
-    OfferResult, SessionCommit, SessionCreate, SessionInfo,
+    LinkCreate, LinkInfo, OfferResult, SessionCommit, SessionCreate, SessionInfo,
 };
 use futures::{Stream, TryStreamExt};
 use reqwest::{Body, StatusCode};
@@ -45,11 +45,24 @@ pub struct Client {
 impl Client {
     /// A client for the server at `base` (for example `http://127.0.0.1:3000`).
     pub fn new(base: &str) -> Result<Self> {
-        let http = reqwest::Client::builder()
+        Self::with_token(base, None)
+    }
+
+    /// A client that sends `token` (an API key) as `Authorization: Bearer` on every request.
+    pub fn with_token(base: &str, token: Option<&str>) -> Result<Self> {
+        let mut builder = reqwest::Client::builder()
             .tcp_nodelay(true)
-            .pool_max_idle_per_host(64)
-            .build()?;
-        Self::with_http(base, http)
+            .pool_max_idle_per_host(64);
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Url("the API key is not a valid header value".into()))?;
+            // Kept out of debug output and logs.
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        Self::with_http(base, builder.build()?)
     }
 
     pub fn with_http(base: &str, http: reqwest::Client) -> Result<Self> {
@@ -246,6 +259,18 @@ impl Client {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Asks for a presigned download link to a file (`POST /files/{id}/links`).
+    pub async fn create_link(&self, id: &str, req: &LinkCreate) -> Result<LinkInfo> {
+        json(
+            self.http
+                .post(self.url(&format!("files/{id}/links")))
+                .json(req)
+                .send()
+                .await?,
+        )
+        .await
     }
 
     pub async fn delete(&self, id: &str) -> Result<()> {

@@ -36,6 +36,12 @@ pub enum CoreError {
         chunk: String,
         problem: &'static str,
     },
+    /// The account's quota cannot hold the upload; nothing of it is visible or charged.
+    #[error("{message}")]
+    QuotaExceeded { message: String },
+    /// The account already has `max` uploads in progress on this node.
+    #[error("at most {max} uploads in progress per account")]
+    TooManyUploads { max: usize },
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -50,6 +56,11 @@ impl From<MetaError> for CoreError {
                 message,
             },
             MetaError::ChunkBusy { .. } => Self::Busy,
+            MetaError::QuotaExceeded { quota, used, size } => Self::QuotaExceeded {
+                message: format!(
+                    "the account's quota of {quota} bytes cannot hold {size} more ({used} used)"
+                ),
+            },
             e if e.is_unavailable() => Self::MetaUnavailable(e),
             e => Self::Internal(Box::new(e)),
         }

@@ -3,6 +3,7 @@
 //! only the [`BlobStore`] and [`MetaStore`] traits (and the location-aware API of
 //! [`ReplicatedBlobStore`] for repair), so every front end and every backend pair share it.
 
+mod auth;
 mod download;
 mod error;
 mod gc;
@@ -20,6 +21,10 @@ use chunkvault_blob::{BlobStore, ReplicatedBlobStore};
 use chunkvault_meta::{FileRecord, MetaStore};
 use chunkvault_types::{ChunkEntry, FileId};
 
+pub use auth::{
+    AuthFailure, KEY_PREFIX, Link, LinkFailure, NewKey, Principal, UploadSlot, create_account,
+    create_key, generate_key, hash_secret, parse_token, rotate_link_secret,
+};
 pub use error::{CoreError, Result};
 pub use gc::{GcOptions, GcReport};
 pub use metered::{MeteredBlobs, MeteredMeta};
@@ -43,6 +48,9 @@ pub struct VaultConfig {
     /// store busy (two reached 0.67x of one direct GET against Azurite, four 0.89x) for
     /// `(read_ahead + 1) * chunk_size` of memory per download.
     pub read_ahead: usize,
+    /// Uploads one account may have in progress at once on this node (whole-file uploads,
+    /// chunk PUTs and tus requests count while their body streams).
+    pub max_uploads_per_account: usize,
 }
 
 impl Default for VaultConfig {
@@ -52,6 +60,7 @@ impl Default for VaultConfig {
             upload_ttl: Duration::from_secs(24 * 3600),
             puts_in_flight: 4,
             read_ahead: 4,
+            max_uploads_per_account: 16,
         }
     }
 }
@@ -71,6 +80,9 @@ pub struct Vault {
     stats: Arc<Stats>,
     last_scrub: Arc<std::sync::Mutex<Option<ScrubReport>>>,
     upload_locks: Arc<session::UploadLocks>,
+    upload_slots: Arc<auth::UploadSlots>,
+    /// When this node last recorded each key's use (see `Vault::authenticate`).
+    key_uses: Arc<std::sync::Mutex<std::collections::HashMap<String, time::OffsetDateTime>>>,
     /// The blob store seen as locations, when it is a [`ReplicatedBlobStore`].
     replicas: Option<ReplicatedBlobStore>,
 }
@@ -89,6 +101,8 @@ impl Vault {
             stats: Arc::default(),
             last_scrub: Arc::default(),
             upload_locks: Arc::default(),
+            upload_slots: Arc::default(),
+            key_uses: Arc::default(),
             replicas: None,
         }
     }
@@ -109,14 +123,20 @@ impl Vault {
         &self.meta
     }
 
-    /// A committed file.
-    pub async fn file(&self, id: FileId) -> Result<FileRecord> {
-        self.meta.file(id).await?.ok_or(CoreError::NotFound)
+    /// A committed file the principal may see; another account's is `NotFound`, exactly like
+    /// a missing one.
+    pub async fn file(&self, who: &Principal, id: FileId) -> Result<FileRecord> {
+        self.meta
+            .file(id)
+            .await?
+            .filter(|f| who.may_see(f.owner))
+            .ok_or(CoreError::NotFound)
     }
 
     /// The whole manifest of a committed file. Its size grows with the file: for the API's
     /// file detail, not for streaming.
-    pub async fn manifest(&self, id: FileId) -> Result<Vec<ChunkEntry>> {
+    pub async fn manifest(&self, who: &Principal, id: FileId) -> Result<Vec<ChunkEntry>> {
+        self.file(who, id).await?;
         let mut all = Vec::new();
         loop {
             let page = self.meta.manifest(id, all.len() as u64, 10_000).await?;
@@ -127,13 +147,21 @@ impl Vault {
         }
     }
 
-    /// Committed files, newest first.
-    pub async fn list(&self, before: Option<FileId>, limit: u32) -> Result<Vec<FileRecord>> {
-        Ok(self.meta.list_files(before, limit).await?)
+    /// Committed files the principal may see, newest first.
+    pub async fn list(
+        &self,
+        who: &Principal,
+        before: Option<FileId>,
+        limit: u32,
+    ) -> Result<Vec<FileRecord>> {
+        Ok(self.meta.list_files(who.scope(), before, limit).await?)
     }
 
-    /// Deletes a committed file: invisible at once; its chunks are collected by GC.
-    pub async fn delete(&self, id: FileId) -> Result<()> {
+    /// Deletes a committed file: invisible at once; its chunks are collected by GC; its size
+    /// is credited back to its owner's quota.
+    pub async fn delete(&self, who: &Principal, id: FileId) -> Result<()> {
+        // The owner of a file never changes, so checking first is as good as checking inside.
+        self.file(who, id).await?;
         if self.meta.delete_file(id).await? {
             Ok(())
         } else {

@@ -22,8 +22,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chunkvault_blob::{BlobError, BlobMeta, BlobStore};
 use chunkvault_meta::{
-    ChunkRecord, ChunkState, CommitFile, FileRecord, MetaError, MetaStore, NewUpload, PendingChunk,
-    SchemaStatus, UploadRecord,
+    Account, AccountId, ApiKeyRecord, ChunkRecord, ChunkState, CommitFile, FileRecord, LinkSecret,
+    MetaError, MetaStore, NewUpload, PendingChunk, SchemaStatus, UploadRecord,
 };
 use chunkvault_types::{ChunkEntry, ChunkId, FileId};
 use futures::StreamExt;
@@ -72,6 +72,8 @@ fn meta_kind(e: &MetaError) -> &'static str {
         MetaError::ChunkBusy { .. } => "chunk_busy",
         MetaError::Unavailable { .. } => "unavailable",
         MetaError::Schema { .. } => "schema",
+        MetaError::QuotaExceeded { .. } => "quota_exceeded",
+        MetaError::AlreadyExists { .. } => "already_exists",
         _ => "other",
     }
 }
@@ -209,8 +211,13 @@ impl MetaStore for MeteredMeta {
         )
     }
 
-    async fn list_files(&self, before: Option<FileId>, limit: u32) -> MetaResult<Vec<FileRecord>> {
-        meta_call!("list_files", self.inner.list_files(before, limit))
+    async fn list_files(
+        &self,
+        owner: Option<AccountId>,
+        before: Option<FileId>,
+        limit: u32,
+    ) -> MetaResult<Vec<FileRecord>> {
+        meta_call!("list_files", self.inner.list_files(owner, before, limit))
     }
 
     async fn delete_file(&self, id: FileId) -> MetaResult<bool> {
@@ -264,6 +271,73 @@ impl MetaStore for MeteredMeta {
 
     async fn release_lease(&self, name: &str, holder: &str) -> MetaResult<()> {
         meta_call!("release_lease", self.inner.release_lease(name, holder))
+    }
+
+    async fn chunks_held_by(
+        &self,
+        owner: AccountId,
+        hashes: &[ChunkId],
+    ) -> MetaResult<Vec<ChunkId>> {
+        meta_call!("chunks_held_by", self.inner.chunks_held_by(owner, hashes))
+    }
+
+    async fn create_account(&self, account: &Account) -> MetaResult<()> {
+        meta_call!("create_account", self.inner.create_account(account))
+    }
+
+    async fn account(&self, id: AccountId) -> MetaResult<Option<Account>> {
+        meta_call!("account", self.inner.account(id))
+    }
+
+    async fn account_by_name(&self, name: &str) -> MetaResult<Option<Account>> {
+        meta_call!("account_by_name", self.inner.account_by_name(name))
+    }
+
+    async fn list_accounts(&self) -> MetaResult<Vec<Account>> {
+        meta_call!("list_accounts", self.inner.list_accounts())
+    }
+
+    async fn set_quota(&self, id: AccountId, quota_bytes: Option<u64>) -> MetaResult<bool> {
+        meta_call!("set_quota", self.inner.set_quota(id, quota_bytes))
+    }
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> MetaResult<()> {
+        meta_call!("create_api_key", self.inner.create_api_key(key))
+    }
+
+    async fn api_key(&self, id: &str) -> MetaResult<Option<ApiKeyRecord>> {
+        meta_call!("api_key", self.inner.api_key(id))
+    }
+
+    async fn list_api_keys(&self, account: Option<AccountId>) -> MetaResult<Vec<ApiKeyRecord>> {
+        meta_call!("list_api_keys", self.inner.list_api_keys(account))
+    }
+
+    async fn revoke_api_key(&self, id: &str, at: OffsetDateTime) -> MetaResult<bool> {
+        meta_call!("revoke_api_key", self.inner.revoke_api_key(id, at))
+    }
+
+    async fn set_api_key_expiry(&self, id: &str, at: Option<OffsetDateTime>) -> MetaResult<bool> {
+        meta_call!("set_api_key_expiry", self.inner.set_api_key_expiry(id, at))
+    }
+
+    async fn touch_api_key(&self, id: &str, at: OffsetDateTime) -> MetaResult<()> {
+        meta_call!("touch_api_key", self.inner.touch_api_key(id, at))
+    }
+
+    async fn link_secret(&self, fresh: &[u8], now: OffsetDateTime) -> MetaResult<LinkSecret> {
+        meta_call!("link_secret", self.inner.link_secret(fresh, now))
+    }
+
+    async fn rotate_link_secret(
+        &self,
+        fresh: &[u8],
+        now: OffsetDateTime,
+    ) -> MetaResult<LinkSecret> {
+        meta_call!(
+            "rotate_link_secret",
+            self.inner.rotate_link_secret(fresh, now)
+        )
     }
 
     async fn check(&self) -> MetaResult<()> {

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use tokio::task::JoinSet;
 
 use crate::upload::join_put;
-use crate::{CoreError, Result, Stats, UploadMeta, Vault};
+use crate::{CoreError, Principal, Result, Stats, UploadMeta, Vault};
 
 /// Manifest entries read per metadata query.
 const PAGE: u32 = 1000;
@@ -118,8 +118,11 @@ fn check_length(chunk_size: u64, total: Option<u64>, index: u64, length: u64) ->
 
 impl Vault {
     /// Opens an upload session. `meta.expected_size` is the file's total size when known.
-    pub async fn create_session(&self, meta: UploadMeta) -> Result<UploadRecord> {
+    pub async fn create_session(&self, who: &Principal, meta: UploadMeta) -> Result<UploadRecord> {
         let meta = meta.validate()?;
+        if let Some(size) = meta.expected_size {
+            self.check_quota(who, size).await?;
+        }
         let now = OffsetDateTime::now_utc();
         let id = FileId::new();
         self.meta
@@ -131,14 +134,24 @@ impl Vault {
                 created_at: now,
                 expires_at: now + self.config.upload_ttl,
                 declared_size: meta.expected_size,
+                owner: who.owner(),
             })
             .await?;
-        self.open_upload(id).await
+        self.open_upload(who, id).await
+    }
+
+    /// An upload of the principal's in any state; another account's is `NotFound`.
+    async fn own_upload(&self, who: &Principal, id: FileId) -> Result<UploadRecord> {
+        self.meta
+            .upload(id)
+            .await?
+            .filter(|u| who.may_see(u.owner))
+            .ok_or(CoreError::NotFound)
     }
 
     /// An upload that must still be open: `NotFound` or `UploadClosed` otherwise.
-    pub async fn open_upload(&self, id: FileId) -> Result<UploadRecord> {
-        let upload = self.meta.upload(id).await?.ok_or(CoreError::NotFound)?;
+    pub async fn open_upload(&self, who: &Principal, id: FileId) -> Result<UploadRecord> {
+        let upload = self.own_upload(who, id).await?;
         if upload.state != chunkvault_meta::UploadState::Open {
             return Err(CoreError::UploadClosed {
                 state: upload.state.as_str().into(),
@@ -148,8 +161,8 @@ impl Vault {
     }
 
     /// A session in any state, with the chunks truly stored (recorded and written).
-    pub async fn session(&self, id: FileId) -> Result<Session> {
-        let upload = self.meta.upload(id).await?.ok_or(CoreError::NotFound)?;
+    pub async fn session(&self, who: &Principal, id: FileId) -> Result<Session> {
+        let upload = self.own_upload(who, id).await?;
         let mut stored = Vec::new();
         let mut from = 0;
         loop {
@@ -174,6 +187,7 @@ impl Vault {
     /// (and match `client_hash` when given). Reads at most one chunk into memory.
     pub async fn put_session_chunk<S, E>(
         &self,
+        who: &Principal,
         id: FileId,
         index: u64,
         body: S,
@@ -184,7 +198,7 @@ impl Vault {
         E: Display,
     {
         let _lock = self.upload_locks.shared(id).await;
-        let upload = self.open_upload(id).await?;
+        let upload = self.open_upload(who, id).await?;
         let cs = upload.chunk_size;
         let expected = expected_length(cs, upload.declared_size, index)?;
         let limit = expected.unwrap_or(cs);
@@ -213,6 +227,13 @@ impl Vault {
                 format!("chunk {index} hashes to {hash}, not {claimed}"),
             ));
         }
+        // Whether the write was skipped may only be told to an account that already holds the
+        // content; to anyone else the chunk reads as written, so dedup reveals nothing about
+        // what other accounts store.
+        let held_before = match who.scope() {
+            Some(me) => !self.meta.chunks_held_by(me, &[hash]).await?.is_empty(),
+            None => true,
+        };
         let (length, written) = self
             .store_chunk(id, index, index * cs, data, Some(hash))
             .await?;
@@ -220,7 +241,7 @@ impl Vault {
             index,
             length,
             hash,
-            written,
+            written: written || !held_before,
         })
     }
 
@@ -269,6 +290,7 @@ impl Vault {
     /// the chunks are read back.
     pub async fn offer_chunks(
         &self,
+        who: &Principal,
         id: FileId,
         offers: &[ChunkOffer],
     ) -> Result<(Vec<u64>, Vec<u64>)> {
@@ -279,11 +301,32 @@ impl Vault {
             ));
         }
         let _lock = self.upload_locks.shared(id).await;
-        let upload = self.open_upload(id).await?;
+        let upload = self.open_upload(who, id).await?;
         let cs = upload.chunk_size;
         let mut pending = Vec::with_capacity(offers.len());
         for o in offers {
             check_length(cs, upload.declared_size, o.index, o.length)?;
+        }
+        // With accounts, only content the same account already references (in a file or an
+        // upload of its own) may be reported present; the rest must be sent, even when
+        // another account stores it. Nothing is recorded for those, so the session's status
+        // does not reveal it either.
+        let (offers, mut missing): (Vec<&ChunkOffer>, Vec<u64>) = match who.scope() {
+            None => (offers.iter().collect(), Vec::new()),
+            Some(me) => {
+                let hashes: Vec<ChunkId> = offers.iter().map(|o| o.hash).collect();
+                let held: std::collections::HashSet<ChunkId> = self
+                    .meta
+                    .chunks_held_by(me, &hashes)
+                    .await?
+                    .into_iter()
+                    .collect();
+                let (mine, others): (Vec<&ChunkOffer>, Vec<&ChunkOffer>) =
+                    offers.iter().partition(|o| held.contains(&o.hash));
+                (mine, others.into_iter().map(|o| o.index).collect())
+            }
+        };
+        for o in offers {
             pending.push(PendingChunk {
                 index: o.index,
                 offset: o.index * cs,
@@ -310,7 +353,7 @@ impl Vault {
             .buffered(HEADS_IN_FLIGHT)
             .try_collect()
             .await?;
-        let (mut present, mut missing) = (Vec::new(), Vec::new());
+        let mut present = Vec::new();
         for (index, have) in checked {
             if have {
                 Stats::add(&self.stats.chunks_deduplicated, 1);
@@ -318,6 +361,10 @@ impl Vault {
             } else {
                 missing.push(index);
             }
+        }
+        if who.scope().is_some() {
+            // Refused and checked offers were answered apart: back in index order.
+            missing.sort_unstable();
         }
         Ok((missing, present))
     }
@@ -328,20 +375,26 @@ impl Vault {
     /// committed are of the same chunks.
     pub async fn commit_session(
         &self,
+        who: &Principal,
         id: FileId,
         client_sha256: Option<&str>,
     ) -> Result<FileRecord> {
         let _lock = self.upload_locks.lock(id).await;
-        self.commit_unlocked(id, client_sha256).await
+        self.commit_unlocked(who, id, client_sha256).await
     }
 
-    async fn commit_unlocked(&self, id: FileId, client_sha256: Option<&str>) -> Result<FileRecord> {
+    async fn commit_unlocked(
+        &self,
+        who: &Principal,
+        id: FileId,
+        client_sha256: Option<&str>,
+    ) -> Result<FileRecord> {
         if let Some(s) = client_sha256
             && (s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()))
         {
             return Err(invalid("invalid_sha256", "sha256 must be 64 hex digits"));
         }
-        let upload = self.open_upload(id).await?;
+        let upload = self.open_upload(who, id).await?;
         let (size, sha256) = self.digest_upload(&upload).await?;
         if let Some(declared) = upload.declared_size.filter(|d| *d != size) {
             return Err(invalid(
@@ -357,7 +410,7 @@ impl Vault {
                 format!("the stored chunks hash to {sha256}, not {s}"),
             ));
         }
-        let record = self
+        let committed = self
             .meta
             .commit_upload(
                 id,
@@ -369,14 +422,26 @@ impl Vault {
                     committed_at: OffsetDateTime::now_utc(),
                 },
             )
-            .await?;
+            .await;
+        let record = match committed {
+            Ok(r) => r,
+            Err(e @ chunkvault_meta::MetaError::QuotaExceeded { .. }) => {
+                // Over quota: the upload ends here, nothing visible and nothing charged.
+                if let Err(abort) = self.meta.abort_upload(id).await {
+                    tracing::warn!(upload = %id, error = %abort, "could not abort an upload over quota; it will expire");
+                }
+                Stats::add(&self.stats.uploads_aborted, 1);
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         Stats::add(&self.stats.uploads_committed, 1);
         Ok(record)
     }
 
     /// Ends a session without a file; its chunks become collectable.
-    pub async fn abort_session(&self, id: FileId) -> Result<()> {
-        self.open_upload(id).await?;
+    pub async fn abort_session(&self, who: &Principal, id: FileId) -> Result<()> {
+        self.open_upload(who, id).await?;
         self.meta.abort_upload(id).await?;
         Stats::add(&self.stats.uploads_aborted, 1);
         Ok(())
@@ -671,13 +736,13 @@ impl Vault {
     /// The resume offset of a sequential upload: bytes stored from the start without a gap
     /// (recorded *and* written), or the whole size once committed. Waits for an append to the
     /// same upload on this node to finish.
-    pub async fn session_offset(&self, id: FileId) -> Result<(UploadRecord, u64)> {
+    pub async fn session_offset(&self, who: &Principal, id: FileId) -> Result<(UploadRecord, u64)> {
         let _lock = self.upload_locks.lock(id).await;
-        self.offset_unlocked(id).await
+        self.offset_unlocked(who, id).await
     }
 
-    async fn offset_unlocked(&self, id: FileId) -> Result<(UploadRecord, u64)> {
-        let s = self.session(id).await?;
+    async fn offset_unlocked(&self, who: &Principal, id: FileId) -> Result<(UploadRecord, u64)> {
+        let s = self.session(who, id).await?;
         let offset = match s.upload.state {
             chunkvault_meta::UploadState::Open => s.contiguous_bytes(),
             chunkvault_meta::UploadState::Committed => s.upload.declared_size.unwrap_or(0),
@@ -704,6 +769,7 @@ impl Vault {
     /// chunk per request).
     pub async fn append_session<S, E>(
         &self,
+        who: &Principal,
         id: FileId,
         offset: u64,
         body: S,
@@ -714,7 +780,7 @@ impl Vault {
         E: Display,
     {
         let _lock = self.upload_locks.lock(id).await;
-        let (upload, current) = self.offset_unlocked(id).await?;
+        let (upload, current) = self.offset_unlocked(who, id).await?;
         if upload.state != chunkvault_meta::UploadState::Open {
             return Err(CoreError::UploadClosed {
                 state: upload.state.as_str().into(),
@@ -775,7 +841,7 @@ impl Vault {
         };
         let offset = current + consumed;
         let committed = if offset == total {
-            Some(self.commit_unlocked(id, None).await?)
+            Some(self.commit_unlocked(who, id, None).await?)
         } else {
             None
         };

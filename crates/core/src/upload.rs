@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::{CoreError, Result, Stats, Vault};
+use crate::{CoreError, Principal, Result, Stats, Vault};
 
 /// Chunks this large are hashed on two blocking threads at once (SHA-256 and BLAKE3); smaller
 /// ones inline, where a thread hand-off would cost more than the hashing (~30 µs for 64 KiB).
@@ -130,23 +130,41 @@ impl Drop for AbortGuard {
 
 impl Vault {
     /// Uploads a whole file in one call: receive, then commit.
-    pub async fn upload<S, E>(&self, meta: UploadMeta, body: S) -> Result<FileRecord>
+    pub async fn upload<S, E>(
+        &self,
+        who: &Principal,
+        meta: UploadMeta,
+        body: S,
+    ) -> Result<FileRecord>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: Display,
     {
         let meta = meta.validate()?;
-        let received = self.receive(body, meta.expected_size).await?;
+        let received = self.receive(who, body, meta.expected_size).await?;
         self.commit(received, meta).await
     }
 
-    /// Opens an upload and stores the body's chunks. Nothing is visible until [`Vault::commit`].
-    /// When `expected_size` is given, a body that runs past it fails at once.
-    pub async fn receive<S, E>(&self, body: S, expected_size: Option<u64>) -> Result<Received>
+    /// Opens an upload owned by `who` and stores the body's chunks. Nothing is visible until
+    /// [`Vault::commit`]. When `expected_size` is given, a body that runs past it fails at
+    /// once; a declared size or a body over the account's remaining quota fails as soon as it
+    /// is known (the commit checks the quota again, exactly, in its transaction).
+    pub async fn receive<S, E>(
+        &self,
+        who: &Principal,
+        body: S,
+        expected_size: Option<u64>,
+    ) -> Result<Received>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin,
         E: Display,
     {
+        let remaining = self.quota_remaining(who).await?;
+        if let (Some(size), Some(left)) = (expected_size, remaining)
+            && size > left
+        {
+            return Err(quota_exceeded(left, size));
+        }
         let now = OffsetDateTime::now_utc();
         let id = FileId::new();
         self.meta
@@ -158,6 +176,7 @@ impl Vault {
                 created_at: now,
                 expires_at: now + self.config.upload_ttl,
                 declared_size: None,
+                owner: who.owner(),
             })
             .await?;
         Stats::add(&self.stats.uploads_started, 1);
@@ -186,6 +205,9 @@ impl Vault {
                 Stats::add(&stats.bytes_in, frame.len() as u64);
                 if let Some(limit) = expected_size.filter(|l| total > *l) {
                     return Err(size_mismatch(limit, total, true));
+                }
+                if let Some(left) = remaining.filter(|l| total > *l) {
+                    return Err(quota_exceeded(left, total));
                 }
                 while !frame.is_empty() {
                     let take = (chunk_size - buf.len()).min(frame.len());
@@ -335,6 +357,12 @@ pub(crate) fn join_put(
         None => Ok(()),
         Some(Ok(r)) => r,
         Some(Err(e)) => Err(e.into()),
+    }
+}
+
+pub(crate) fn quota_exceeded(left: u64, size: u64) -> CoreError {
+    CoreError::QuotaExceeded {
+        message: format!("the account's quota has {left} bytes left; this upload needs {size}"),
     }
 }
 

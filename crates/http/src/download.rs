@@ -10,7 +10,8 @@ use chunkvault_types::{ByteRange, ErrorBody, RangeRequest, parse_range};
 use futures::{StreamExt, stream};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use crate::extract::FileIdPath;
+use crate::auth::Caller;
+use crate::extract::{FileIdPath, StrictQuery};
 use crate::{ApiError, AppState};
 
 /// `GET|HEAD /download/{id}`.
@@ -29,6 +30,9 @@ Content-Length), never wrong bytes. HEAD answers the same headers without a body
         ("Range" = Option<String>, Header, description = "One byte range, `bytes=a-b`, `bytes=a-` or `bytes=-n`"),
         ("If-None-Match" = Option<String>, Header, description = "ETags; a match gives 304"),
         ("If-Range" = Option<String>, Header, description = "The ETag the client's partial copy has; another one sends the whole file"),
+        ("expires" = Option<i64>, Query, description = "Presigned link: expiry, Unix seconds"),
+        ("range" = Option<String>, Query, description = "Presigned link: the byte range `a-b` it is limited to (served as 206; a `Range` header is then ignored)"),
+        ("sig" = Option<String>, Query, description = "Presigned link: its signature. With it, no key is needed"),
     ),
     responses(
         (status = 200, description = "The whole file", content_type = "application/octet-stream", body = crate::openapi::Binary,
@@ -47,6 +51,7 @@ Content-Length), never wrong bytes. HEAD answers the same headers without a body
         (status = 304, description = "Not modified (If-None-Match matched)",
             headers(("ETag" = String, description = "`\"<sha256 hex>\"`"))),
         (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 403, description = "`link_invalid` (tampered, or signed before the secret was rotated), `link_expired`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 416, description = "`range_not_satisfiable`", body = ErrorBody,
             headers(("Content-Range" = String, description = "`bytes */SIZE`"))),
@@ -57,11 +62,52 @@ Content-Length), never wrong bytes. HEAD answers the same headers without a body
 )]
 pub(crate) async fn download(
     State(s): State<AppState>,
+    caller: Option<Caller>,
     FileIdPath(id): FileIdPath,
+    StrictQuery(query): StrictQuery,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let file = s.vault.file(id).await?;
+    let mut headers = headers;
+    let file = match caller {
+        // A key wins over a link: the caller's own access applies.
+        Some(Caller(who)) => s.vault.file(&who, id).await?,
+        None if query.contains_key("sig") => {
+            let link = chunkvault_core::Link {
+                file: id,
+                expires: query
+                    .get("expires")
+                    .and_then(|e| e.parse().ok())
+                    .unwrap_or(0),
+                range: query.get("range").cloned(),
+                sig: query.get("sig").cloned().unwrap_or_default(),
+            };
+            let file = match s.vault.verify_link(&link).await? {
+                Ok(file) => file,
+                Err(chunkvault_core::LinkFailure::Invalid) => {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "link_invalid",
+                        "this link is not valid",
+                    ));
+                }
+                Err(chunkvault_core::LinkFailure::Expired) => {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "link_expired",
+                        "this link has expired",
+                    ));
+                }
+            };
+            // A link limited to a range serves that range, whatever the client asks.
+            if let Some(r) = &link.range {
+                headers.remove(header::IF_RANGE);
+                headers.insert(header::RANGE, value(&format!("bytes={r}")));
+            }
+            file
+        }
+        None => return Err(crate::auth::unauthorized()),
+    };
     let etag = format!("\"{}\"", file.sha256);
     let inm = headers
         .get(header::IF_NONE_MATCH)

@@ -85,6 +85,14 @@ impl From<CoreError> for ApiError {
                     "the metadata store cannot be reached; retry later",
                 )
             }
+            CoreError::QuotaExceeded { message } => {
+                Self::new(S::INSUFFICIENT_STORAGE, "quota_exceeded", message)
+            }
+            CoreError::TooManyUploads { max } => Self::new(
+                S::TOO_MANY_REQUESTS,
+                "too_many_uploads",
+                format!("at most {max} uploads may be in progress at once per account"),
+            ),
             CoreError::Damaged { .. } => Self::new(
                 S::INTERNAL_SERVER_ERROR,
                 "chunk_damaged",
@@ -227,6 +235,28 @@ pub(crate) const ERROR_CODES: &[(&str, u16, &str)] = &[
         400,
         "tus: a request needs an extension this server does not offer",
     ),
+    (
+        "invalid_expiry",
+        400,
+        "a link's expires_in is not a duration up to 30 days",
+    ),
+    (
+        "invalid_range",
+        400,
+        "a link's range is not bytes=a-b with a <= b",
+    ),
+    (
+        "unauthorized",
+        401,
+        "no API key, or one that is unknown, wrong, revoked or expired (one answer for all)",
+    ),
+    ("forbidden", 403, "the endpoint is for admin accounts"),
+    (
+        "link_invalid",
+        403,
+        "a presigned link's signature does not match (tampered, or the secret was rotated)",
+    ),
+    ("link_expired", 403, "a presigned link is past its expiry"),
     ("not_found", 404, "no such file"),
     ("no_route", 404, "no such endpoint"),
     ("no_scrub", 404, "this server has not run a scrub yet"),
@@ -286,6 +316,26 @@ pub(crate) const ERROR_CODES: &[(&str, u16, &str)] = &[
         "tus: Tus-Resumable is missing or not 1.0.0",
     ),
     ("body_too_large", 413, "a JSON request body is too large"),
+    (
+        "too_many_auth_failures",
+        429,
+        "too many failed authentications from this address (with Retry-After)",
+    ),
+    (
+        "too_many_uploads",
+        429,
+        "the account has max_uploads_per_account uploads in progress on this node",
+    ),
+    (
+        "headers_too_large",
+        431,
+        "the request headers total more than 32 KiB",
+    ),
+    (
+        "quota_exceeded",
+        507,
+        "the upload does not fit the account's quota; nothing of it is visible or charged",
+    ),
     ("too_large", 413, "tus: Upload-Length is over Tus-Max-Size"),
     (
         "invalid_content_type",

@@ -5,9 +5,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chunkvault_core::ScrubReport;
-use chunkvault_types::{ErrorBody, FileDetail, FileList};
+use chunkvault_types::{ErrorBody, FileDetail, FileList, LinkCreate, LinkInfo};
 use serde::Serialize;
 
+use crate::auth::Caller;
 use crate::error::file_id;
 use crate::extract::{FileIdPath, StrictQuery};
 use crate::upload::file_info;
@@ -36,6 +37,7 @@ const MAX_PAGE: u32 = 1000;
 )]
 pub(crate) async fn list(
     State(s): State<AppState>,
+    Caller(who): Caller,
     StrictQuery(q): StrictQuery,
 ) -> Result<Json<FileList>, ApiError> {
     let limit = match q.get("limit") {
@@ -51,7 +53,7 @@ pub(crate) async fn list(
         },
     };
     let after = q.get("after").map(|a| file_id(a)).transpose()?;
-    let files = s.vault.list(after, limit).await?;
+    let files = s.vault.list(&who, after, limit).await?;
     let next = (files.len() == limit as usize)
         .then(|| files.last().map(|f| f.id.to_string()))
         .flatten();
@@ -79,10 +81,11 @@ pub(crate) async fn list(
 )]
 pub(crate) async fn detail(
     State(s): State<AppState>,
+    Caller(who): Caller,
     FileIdPath(id): FileIdPath,
 ) -> Result<Json<FileDetail>, ApiError> {
-    let file = s.vault.file(id).await?;
-    let manifest = s.vault.manifest(id).await?;
+    let file = s.vault.file(&who, id).await?;
+    let manifest = s.vault.manifest(&who, id).await?;
     Ok(Json(FileDetail {
         file: file_info(file),
         manifest,
@@ -108,10 +111,93 @@ pub(crate) async fn detail(
 )]
 pub(crate) async fn delete(
     State(s): State<AppState>,
+    Caller(who): Caller,
     FileIdPath(id): FileIdPath,
 ) -> Result<StatusCode, ApiError> {
-    s.vault.delete(id).await?;
+    s.vault.delete(&who, id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Longest validity of a presigned link.
+const MAX_LINK_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// `POST /files/{id}/links`.
+#[utoipa::path(
+    post,
+    path = "/files/{id}/links",
+    tag = "files",
+    operation_id = "create_link",
+    summary = "A presigned download link to one of your files",
+    description = "Anyone holding the link may download the file (or the given range) without a \
+key until it expires. Links are signed with a server secret (HMAC-SHA256) covering the file id, \
+the expiry, the range and the secret's generation; `chunkvault admin rotate-link-secret` \
+revokes every link at once.",
+    params(("id" = String, Path, format = Uuid, description = "The file id")),
+    request_body(content = LinkCreate, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The link", body = LinkInfo),
+        (status = 400, description = "`invalid_id`, `invalid_json`, `invalid_expiry`, `invalid_range`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 503, description = "`metadata_store_unavailable`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
+pub(crate) async fn create_link(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    FileIdPath(id): FileIdPath,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<LinkInfo>), ApiError> {
+    let req: LinkCreate = crate::session::json_body(body, true)?;
+    let lifetime = humantime::parse_duration(req.expires_in.trim())
+        .ok()
+        .filter(|d| !d.is_zero() && *d <= MAX_LINK_LIFETIME)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_expiry",
+                "expires_in must be a duration such as 1h or 7d, at most 30 days",
+            )
+        })?;
+    let range = match req.range.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(r) => Some(normalise_range(r)?),
+    };
+    let expires_at = time::OffsetDateTime::now_utc() + lifetime;
+    let link = s
+        .vault
+        .sign_link(&who, id, expires_at.unix_timestamp(), range)
+        .await?;
+    let mut url = format!("/download/{id}?expires={}", link.expires);
+    if let Some(r) = &link.range {
+        url.push_str(&format!("&range={r}"));
+    }
+    url.push_str(&format!("&sig={}", link.sig));
+    Ok((
+        StatusCode::CREATED,
+        Json(LinkInfo {
+            url,
+            expires_at: time::OffsetDateTime::from_unix_timestamp(link.expires)
+                .unwrap_or(expires_at),
+        }),
+    ))
+}
+
+/// A link's range as `a-b` (both ends given, inclusive): the form the signature covers and the
+/// query carries without escaping.
+fn normalise_range(r: &str) -> Result<String, ApiError> {
+    let spec = r.strip_prefix("bytes=").unwrap_or(r);
+    let parsed = spec.split_once('-').and_then(|(a, b)| {
+        let (a, b) = (a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?);
+        (a <= b).then_some((a, b))
+    });
+    let (a, b) = parsed.ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_range",
+            "range must be bytes=a-b with a <= b (both ends given)",
+        )
+    })?;
+    Ok(format!("{a}-{b}"))
 }
 
 /// The body of `/healthz` and `/readyz` when all is well.

@@ -1,6 +1,7 @@
 //! The HTTP API: an axum router that parses requests, calls core, and maps results to
 //! statuses and stable error codes. No business logic lives here.
 
+mod auth;
 mod download;
 mod error;
 mod extract;
@@ -22,6 +23,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use auth::{AuthMode, AuthOptions, MAX_HEADER_BYTES};
 pub use error::ApiError;
 
 /// Everything a handler needs.
@@ -30,6 +32,8 @@ pub struct AppState {
     pub vault: Vault,
     /// What `/metrics` last published of this vault's pipeline counters (see observe.rs).
     published: observe::Published,
+    auth: std::sync::Arc<AuthOptions>,
+    failures: std::sync::Arc<auth::FailureLimiter>,
 }
 
 /// The route table: the one place an endpoint is registered. `routes!` adds a handler and the
@@ -59,6 +63,7 @@ fn api() -> OpenApiRouter<AppState> {
         )))
         .routes(routes!(files::list))
         .routes(routes!(files::detail, files::delete))
+        .routes(routes!(files::create_link))
         .routes(routes!(files::healthz))
         .routes(routes!(files::readyz))
         .routes(routes!(files::last_scrub))
@@ -95,19 +100,34 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// The router for `vault`: the route table, the API page at `/docs`, JSON errors for unknown
-/// paths and methods, and request tracking on all of it.
+/// The router for `vault` with authentication off (every request has full access): what a
+/// server listening on loopback only runs by default.
 pub fn router(vault: Vault) -> Router {
+    router_with(vault, AuthOptions::off())
+}
+
+/// The router for `vault`: the route table, the API page at `/docs`, JSON errors for unknown
+/// paths and methods, authentication, a bound on request header sizes, and request tracking
+/// on all of it.
+pub fn router_with(vault: Vault, auth: AuthOptions) -> Router {
     let state = AppState {
         vault,
         published: Default::default(),
+        failures: std::sync::Arc::new(auth::FailureLimiter::new(auth.failures_per_minute)),
+        auth: std::sync::Arc::new(auth),
     };
     observe::init();
     let (api, _doc) = api().split_for_parts();
     api.merge(openapi::docs_ui())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        // Route layers run innermost-last: tracking sees every answer, authentication's too.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .route_layer(axum::middleware::from_fn(observe::track))
+        .layer(axum::middleware::from_fn(auth::limit_headers))
         .with_state(state)
 }
 
@@ -122,7 +142,11 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer address feeds the per-address limit on failed authentications.
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

@@ -47,6 +47,95 @@ pub(crate) struct ApiDoc;
 pub(crate) fn finish(doc: &mut utoipa::openapi::OpenApi) {
     unique_operation_ids(doc);
     error_code_enum(doc);
+    auth_responses(doc);
+}
+
+/// The answers authentication adds, from the one access table (`auth::access`): 401 and 429
+/// on every endpoint that needs a key, 403 on admin ones, 431 everywhere.
+fn auth_responses(doc: &mut utoipa::openapi::OpenApi) {
+    use crate::auth::{Access, access};
+    use axum::http::Method;
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    let add = |op: &mut utoipa::openapi::path::Operation, status: &str, text: &str| match op
+        .responses
+        .responses
+        .get_mut(status)
+    {
+        Some(RefOr::T(r)) => r.description = format!("{}; {text}", r.description),
+        Some(RefOr::Ref(_)) => {}
+        None => {
+            op.responses
+                .responses
+                .insert(status.to_string(), error(text));
+        }
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let ops = [
+            (Method::GET, &mut item.get),
+            (Method::HEAD, &mut item.head),
+            (Method::POST, &mut item.post),
+            (Method::PUT, &mut item.put),
+            (Method::PATCH, &mut item.patch),
+            (Method::DELETE, &mut item.delete),
+            (Method::OPTIONS, &mut item.options),
+        ];
+        for (method, op) in ops {
+            let Some(op) = op else { continue };
+            add(
+                op,
+                "431",
+                "`headers_too_large`: the request headers total over 32 KiB",
+            );
+            let needs = access(&method, path);
+            if needs == Access::Open {
+                continue;
+            }
+            op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new::<
+                &str,
+                [&str; 0],
+                &str,
+            >("bearer", [])]);
+            add(
+                op,
+                "401",
+                "`unauthorized`: no API key, or an unknown, wrong, revoked or expired one (with `WWW-Authenticate: Bearer`)",
+            );
+            add(
+                op,
+                "429",
+                "`too_many_auth_failures`: too many failed authentications from this address (with `Retry-After`)",
+            );
+            if needs == Access::Admin {
+                add(op, "403", "`forbidden`: admin accounts only");
+            }
+        }
+    }
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.security_schemes.insert(
+        "bearer".into(),
+        utoipa::openapi::security::SecurityScheme::Http(
+            utoipa::openapi::security::HttpBuilder::new()
+                .scheme(utoipa::openapi::security::HttpAuthScheme::Bearer)
+                .bearer_format("cvk_<id>_<secret>")
+                .description(Some(
+                    "An API key from `chunkvault admin create-key`. Not needed when the server runs with auth off.",
+                ))
+                .build(),
+        ),
+    );
 }
 
 /// A handler serving several methods (`GET` and `HEAD` of a download, `POST` and `PUT` of an

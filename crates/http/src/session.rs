@@ -14,6 +14,7 @@ use chunkvault_types::{
 };
 use serde::de::DeserializeOwned;
 
+use crate::auth::Caller;
 use crate::error::file_id;
 use crate::extract::FileIdPath;
 use crate::upload::file_info;
@@ -24,7 +25,10 @@ pub(crate) const CHUNK_HASH_HEADER: &str = "chunk-hash";
 
 type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
-fn json_body<T: DeserializeOwned + Default>(body: Body, required: bool) -> Result<T, ApiError> {
+pub(crate) fn json_body<T: DeserializeOwned + Default>(
+    body: Body,
+    required: bool,
+) -> Result<T, ApiError> {
     let body = body.map_err(|e| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -69,20 +73,25 @@ pub(crate) fn session_info(s: &Session) -> SessionInfo {
         (status = 413, description = "`body_too_large`", body = ErrorBody),
         (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `busy`, `backend_timeout`", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds"))),
+        (status = 507, description = "`quota_exceeded`: the declared size is over the account's remaining quota", body = ErrorBody),
     )
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
+    Caller(who): Caller,
     body: Body,
 ) -> Result<Response, ApiError> {
     let req: SessionCreate = json_body(body, true)?;
     let upload = state
         .vault
-        .create_session(UploadMeta {
-            name: req.name,
-            content_type: req.content_type,
-            expected_size: req.size,
-        })
+        .create_session(
+            &who,
+            UploadMeta {
+                name: req.name,
+                content_type: req.content_type,
+                expected_size: req.size,
+            },
+        )
         .await?;
     let info = session_info(&Session {
         upload,
@@ -114,9 +123,10 @@ pub(crate) async fn create(
 )]
 pub(crate) async fn status(
     State(state): State<AppState>,
+    Caller(who): Caller,
     FileIdPath(id): FileIdPath,
 ) -> Result<Json<SessionInfo>, ApiError> {
-    let s = state.vault.session(id).await?;
+    let s = state.vault.session(&who, id).await?;
     Ok(Json(session_info(&s)))
 }
 
@@ -140,11 +150,12 @@ pub(crate) async fn status(
 )]
 pub(crate) async fn offer(
     State(state): State<AppState>,
+    Caller(who): Caller,
     FileIdPath(id): FileIdPath,
     body: Body,
 ) -> Result<Json<OfferResult>, ApiError> {
     let req: ChunkOffers = json_body(body, true)?;
-    let (missing, present) = state.vault.offer_chunks(id, &req.chunks).await?;
+    let (missing, present) = state.vault.offer_chunks(&who, id, &req.chunks).await?;
     Ok(Json(OfferResult { missing, present }))
 }
 
@@ -196,18 +207,20 @@ fn chunk_hash(headers: &HeaderMap) -> Result<Option<ChunkId>, ApiError> {
         (status = 400, description = "`invalid_id`, `invalid_index`, `invalid_header`, `chunk_size_mismatch`, `chunk_hash_mismatch`, `upload_interrupted`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`upload_closed`", body = ErrorBody),
+        (status = 429, description = "`too_many_uploads`: the account has `max_uploads_per_account` uploads in progress on this node", body = ErrorBody),
         (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `busy`, `backend_timeout`", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds"))),
     )
 )]
 pub(crate) async fn put_chunk(
     State(state): State<AppState>,
+    Caller(who): Caller,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
     req: Request,
 ) -> Result<Json<ChunkStored>, ApiError> {
     let (parts, body) = req.into_parts();
     let mut body = body.into_data_stream();
-    let result = put_chunk_inner(&state, path, &parts.headers, &mut body).await;
+    let result = put_chunk_inner(&state, &who, path, &parts.headers, &mut body).await;
     if result.is_err() {
         crate::tus::drain(&mut body).await;
     }
@@ -216,6 +229,7 @@ pub(crate) async fn put_chunk(
 
 async fn put_chunk_inner(
     state: &AppState,
+    who: &chunkvault_core::Principal,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
     headers: &HeaderMap,
     body: &mut axum::body::BodyDataStream,
@@ -224,9 +238,10 @@ async fn put_chunk_inner(
         path.map_err(|_| ApiError::bad_request("invalid_id", "the path is not valid"))?;
     let (id, index) = chunk_path(raw)?;
     let claimed = chunk_hash(headers)?;
+    let _slot = state.vault.upload_slot(who)?;
     let put = state
         .vault
-        .put_session_chunk(id, index, body, claimed)
+        .put_session_chunk(who, id, index, body, claimed)
         .await?;
     Ok(Json(ChunkStored {
         index: put.index,
@@ -253,17 +268,19 @@ async fn put_chunk_inner(
         (status = 500, description = "`chunk_damaged`", body = ErrorBody),
         (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `busy`, `backend_timeout`", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds"))),
+        (status = 507, description = "`quota_exceeded`: the file would take the account over its quota; the upload is aborted and nothing is charged", body = ErrorBody),
     )
 )]
 pub(crate) async fn commit(
     State(state): State<AppState>,
+    Caller(who): Caller,
     FileIdPath(id): FileIdPath,
     body: Body,
 ) -> Result<Response, ApiError> {
     let req: SessionCommit = json_body(body, false)?;
     let record = state
         .vault
-        .commit_session(id, req.sha256.as_deref())
+        .commit_session(&who, id, req.sha256.as_deref())
         .await?;
     let info = file_info(record);
     let location = format!("/files/{}", info.id);
@@ -293,8 +310,9 @@ pub(crate) async fn commit(
 )]
 pub(crate) async fn abort(
     State(state): State<AppState>,
+    Caller(who): Caller,
     FileIdPath(id): FileIdPath,
 ) -> Result<StatusCode, ApiError> {
-    state.vault.abort_session(id).await?;
+    state.vault.abort_session(&who, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

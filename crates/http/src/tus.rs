@@ -15,6 +15,7 @@ use chunkvault_meta::UploadRecord;
 
 use chunkvault_types::ErrorBody;
 
+use crate::auth::Caller;
 use crate::extract::FileIdPath;
 use crate::{ApiError, AppState};
 
@@ -221,15 +222,21 @@ pub(crate) async fn upload_options() -> Response {
         (status = 412, description = "`tus_version_unsupported`: `Tus-Resumable` missing or not `1.0.0` (answer carries `Tus-Version`)", body = ErrorBody),
         (status = 413, description = "`too_large`: over `Tus-Max-Size`", body = ErrorBody),
         (status = 415, description = "`invalid_content_type`", body = ErrorBody),
+        (status = 429, description = "`too_many_uploads`", body = ErrorBody),
         (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `busy`, `backend_timeout`", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds"))),
+        (status = 507, description = "`quota_exceeded`: `Upload-Length` (or the finished file) is over the account's remaining quota", body = ErrorBody),
     )
 )]
-pub(crate) async fn create(State(state): State<AppState>, req: Request) -> Response {
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    req: Request,
+) -> Response {
     if let Some(r) = check_version(req.headers()) {
         return r;
     }
-    match create_inner(&state, req).await {
+    match create_inner(&state, &who, req).await {
         Ok(r) => r,
         Err(TusError::Api(e)) => e.into_response(),
         Err(TusError::Core(e)) => tus_error(e),
@@ -253,7 +260,11 @@ impl From<CoreError> for TusError {
     }
 }
 
-async fn create_inner(state: &AppState, req: Request) -> Result<Response, TusError> {
+async fn create_inner(
+    state: &AppState,
+    who: &chunkvault_core::Principal,
+    req: Request,
+) -> Result<Response, TusError> {
     let headers = req.headers();
     if headers.contains_key("upload-defer-length") || headers.contains_key("upload-concat") {
         return Err(ApiError::bad_request(
@@ -282,27 +293,31 @@ async fn create_inner(state: &AppState, req: Request) -> Result<Response, TusErr
     let with_body = is_offset_stream(headers);
     let sum = checksum(headers).map_err(TusError::from)?;
     let vault = &state.vault;
+    let _slot = vault.upload_slot(who)?;
     let upload = vault
-        .create_session(UploadMeta {
-            // A tus client need not name its file.
-            name: name
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| "unnamed".into()),
-            content_type: ty.unwrap_or_default(),
-            expected_size: Some(length),
-        })
+        .create_session(
+            who,
+            UploadMeta {
+                // A tus client need not name its file.
+                name: name
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "unnamed".into()),
+                content_type: ty.unwrap_or_default(),
+                expected_size: Some(length),
+            },
+        )
         .await?;
     let id = upload.id;
     let mut offset = None;
     if length == 0 {
-        vault.commit_session(id, None).await?;
+        vault.commit_session(who, id, None).await?;
         offset = Some(0);
     } else if with_body {
         let body = req.into_body().into_data_stream();
         // The upload exists now: a failed first PATCH still leaves a resource to resume.
-        offset = Some(match vault.append_session(id, 0, body, sum).await {
+        offset = Some(match vault.append_session(who, id, 0, body, sum).await {
             Ok(a) => a.offset,
-            Err(CoreError::BodyFailed { .. }) => vault.session_offset(id).await?.1,
+            Err(CoreError::BodyFailed { .. }) => vault.session_offset(who, id).await?.1,
             Err(e) => return Err(e.into()),
         });
     }
@@ -334,13 +349,14 @@ async fn create_inner(state: &AppState, req: Request) -> Result<Response, TusErr
 )]
 pub(crate) async fn head(
     State(state): State<AppState>,
+    Caller(who): Caller,
     FileIdPath(id): FileIdPath,
     headers: HeaderMap,
 ) -> Response {
     if let Some(r) = check_version(&headers) {
         return r;
     }
-    match state.vault.session_offset(id).await {
+    match state.vault.session_offset(&who, id).await {
         Ok((upload, offset)) => {
             let mut resp = StatusCode::OK.into_response();
             set(&mut resp, "upload-offset", offset.to_string());
@@ -387,20 +403,23 @@ pub(crate) async fn head(
         (status = 409, description = "`offset_mismatch`, `upload_closed`", body = ErrorBody),
         (status = 412, description = "`tus_version_unsupported`: `Tus-Resumable` missing or not `1.0.0` (answer carries `Tus-Version`)", body = ErrorBody),
         (status = 415, description = "`invalid_content_type`", body = ErrorBody),
+        (status = 429, description = "`too_many_uploads`", body = ErrorBody),
         (status = 460, description = "`checksum_mismatch`: nothing of the body was stored", body = ErrorBody),
         (status = 500, description = "`chunk_damaged`", body = ErrorBody),
         (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `busy`, `backend_timeout`", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds"))),
+        (status = 507, description = "`quota_exceeded`: the finished file is over the account's quota; the upload is aborted", body = ErrorBody),
     )
 )]
 pub(crate) async fn patch(
     State(state): State<AppState>,
+    Caller(who): Caller,
     FileIdPath(id): FileIdPath,
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
     let mut body = body.into_data_stream();
-    let resp = patch_inner(&state, id, &parts.headers, &mut body).await;
+    let resp = patch_inner(&state, &who, id, &parts.headers, &mut body).await;
     if !resp.status().is_success() {
         drain(&mut body).await;
     }
@@ -425,6 +444,7 @@ pub(crate) async fn drain(body: &mut axum::body::BodyDataStream) {
 
 async fn patch_inner(
     state: &AppState,
+    who: &chunkvault_core::Principal,
     id: chunkvault_types::FileId,
     headers: &HeaderMap,
     body: &mut axum::body::BodyDataStream,
@@ -453,7 +473,11 @@ async fn patch_inner(
         Err(e) => return e.into_response(),
     };
     let vault = &state.vault;
-    match vault.append_session(id, offset, body, sum).await {
+    let _slot = match vault.upload_slot(who) {
+        Ok(s) => s,
+        Err(e) => return tus_error(e),
+    };
+    match vault.append_session(who, id, offset, body, sum).await {
         Ok(a) => {
             let mut resp = StatusCode::NO_CONTENT.into_response();
             set(&mut resp, "upload-offset", a.offset.to_string());
@@ -497,13 +521,14 @@ async fn patch_inner(
 )]
 pub(crate) async fn delete(
     State(state): State<AppState>,
+    Caller(who): Caller,
     FileIdPath(id): FileIdPath,
     headers: HeaderMap,
 ) -> Response {
     if let Some(r) = check_version(&headers) {
         return r;
     }
-    match state.vault.abort_session(id).await {
+    match state.vault.abort_session(&who, id).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(CoreError::UploadClosed { state }) if state == "committed" => ApiError::new(
             StatusCode::CONFLICT,

@@ -12,6 +12,7 @@ use chunkvault_meta::FileRecord;
 use chunkvault_types::{ErrorBody, FileInfo};
 use futures::TryStreamExt;
 
+use crate::auth::Caller;
 use crate::extract::StrictQuery;
 use crate::{ApiError, AppState};
 
@@ -74,13 +75,16 @@ accepted because `curl -T` sends it.",
 `multiple_files`, `field_too_large`, `invalid_field`, `invalid_header`, `invalid_query`, \
 `invalid_manifest`, `upload_interrupted`", body = ErrorBody),
         (status = 409, description = "`upload_closed`: the upload expired or was aborted while it ran", body = ErrorBody),
+        (status = 429, description = "`too_many_uploads`: the account has `max_uploads_per_account` uploads in progress on this node", body = ErrorBody),
         (status = 500, description = "`internal`", body = ErrorBody),
         (status = 503, description = "`blob_store_unavailable`, `metadata_store_unavailable`, `busy`", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds"))),
+        (status = 507, description = "`quota_exceeded`: the file does not fit the account's quota; nothing of it is visible or charged", body = ErrorBody),
     )
 )]
 pub(crate) async fn upload(
     State(state): State<AppState>,
+    Caller(who): Caller,
     StrictQuery(mut query): StrictQuery,
     req: Request,
 ) -> Result<Response, ApiError> {
@@ -93,13 +97,14 @@ pub(crate) async fn upload(
                 .to_ascii_lowercase()
                 .starts_with("multipart/form-data")
         });
+    let _slot = state.vault.upload_slot(&who)?;
     let record = if is_multipart {
         let form = Multipart::from_request(req, &state)
             .await
             .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
-        upload_form(&state.vault, form).await?
+        upload_form(&state.vault, &who, form).await?
     } else {
-        upload_raw(&state.vault, &mut query, req).await?
+        upload_raw(&state.vault, &who, &mut query, req).await?
     };
     let info = file_info(record);
     let location = format!("/files/{}", info.id);
@@ -157,6 +162,7 @@ fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiErr
 
 async fn upload_raw(
     vault: &Vault,
+    who: &chunkvault_core::Principal,
     query: &mut std::collections::HashMap<String, String>,
     req: Request,
 ) -> Result<FileRecord, ApiError> {
@@ -171,10 +177,14 @@ async fn upload_raw(
     }
     .validate()?;
     let body = req.into_body().into_data_stream();
-    Ok(vault.upload(meta, body).await?)
+    Ok(vault.upload(who, meta, body).await?)
 }
 
-async fn upload_form(vault: &Vault, mut form: Multipart) -> Result<FileRecord, ApiError> {
+async fn upload_form(
+    vault: &Vault,
+    who: &chunkvault_core::Principal,
+    mut form: Multipart,
+) -> Result<FileRecord, ApiError> {
     let mut name = None;
     let mut content_type = None;
     let mut size_text = None;
@@ -214,7 +224,7 @@ async fn upload_form(vault: &Vault, mut form: Multipart) -> Result<FileRecord, A
                 }
                 let expected = parse_size(size_text.clone())?;
                 let stream = field.map_err(|e| e.body_text());
-                received = Some(vault.receive(stream, expected).await?);
+                received = Some(vault.receive(who, stream, expected).await?);
             }
             _ => {
                 // Unknown fields are read and dropped, bounded like the others.

@@ -204,7 +204,11 @@ async fn corrupt_copies_are_served_around_then_repaired() {
     let s = start(2).await;
     let data = random(7, 10 * (64 << 10) + 123);
     let id = s.upload_ok("f", &data).await;
-    let manifest = s.vault.manifest(id.parse().unwrap()).await.unwrap();
+    let manifest = s
+        .vault
+        .manifest(&chunkvault_core::Principal::Open, id.parse().unwrap())
+        .await
+        .unwrap();
     // Corrupt the preferred copy of every chunk, underneath the replicated store.
     for e in &manifest {
         let first = &s.replicas.placement_of(&e.hash)[0];

@@ -6,8 +6,8 @@ use chunkvault_types::{ChunkId, FileId};
 use time::OffsetDateTime;
 
 use crate::{
-    ChunkState, CommitFile, MetaError, MetaStore, NewUpload, PendingChunk, SchemaStatus,
-    UploadState,
+    Account, AccountId, ApiKeyRecord, ChunkState, CommitFile, MetaError, MetaStore, NewUpload,
+    PendingChunk, Role, SchemaStatus, UploadState,
 };
 
 const CS: u64 = 4;
@@ -26,6 +26,7 @@ fn new_upload(name: &str) -> NewUpload {
         created_at: t,
         expires_at: t + Duration::from_secs(3600),
         declared_size: None,
+        owner: None,
     }
 }
 
@@ -82,6 +83,10 @@ pub async fn run_all(m: &dyn MetaStore) {
     leases_exclude_other_holders(m).await;
     concurrent_uploads_of_the_same_chunks(m).await;
     open_upload_references_and_declared_size(m).await;
+    accounts_and_keys(m).await;
+    quota_is_charged_at_commit_and_credited_at_delete(m).await;
+    listing_and_chunks_held_are_per_owner(m).await;
+    link_secret_is_shared_and_rotates(m).await;
 }
 
 pub async fn schema_is_current(m: &dyn MetaStore) {
@@ -102,7 +107,7 @@ pub async fn upload_is_invisible_until_commit(m: &dyn MetaStore) {
     assert!(m.file(u.id).await.unwrap().is_none());
     assert!(m.manifest(u.id, 0, 10).await.unwrap().is_empty());
     assert!(
-        !m.list_files(None, 100)
+        !m.list_files(None, None, 100)
             .await
             .unwrap()
             .iter()
@@ -299,15 +304,15 @@ pub async fn listing_is_newest_first_and_paginated(m: &dyn MetaStore) {
     for i in 0..5 {
         ids.push(store_file(m, 4, 500 + i).await);
     }
-    let all = m.list_files(None, 1000).await.unwrap();
+    let all = m.list_files(None, None, 1000).await.unwrap();
     let pos: Vec<usize> = ids
         .iter()
         .map(|id| all.iter().position(|f| f.id == *id).unwrap())
         .collect();
     assert!(pos.windows(2).all(|w| w[0] > w[1]), "newest first");
-    let first = m.list_files(None, 2).await.unwrap();
+    let first = m.list_files(None, None, 2).await.unwrap();
     assert_eq!(first.len(), 2);
-    let next = m.list_files(Some(first[1].id), 2).await.unwrap();
+    let next = m.list_files(None, Some(first[1].id), 2).await.unwrap();
     assert!(next.iter().all(|f| f.id < first[1].id));
 }
 
@@ -536,4 +541,206 @@ pub async fn open_upload_references_and_declared_size(m: &dyn MetaStore) {
             .unwrap()
             .is_empty()
     );
+}
+
+fn account(name: &str, quota: Option<u64>) -> Account {
+    Account {
+        id: AccountId::new(),
+        name: format!("{name}-{}", uuid::Uuid::new_v4().simple()),
+        role: Role::User,
+        quota_bytes: quota,
+        bytes_used: 0,
+        created_at: now(),
+        disabled: false,
+    }
+}
+
+/// Stores a file of `owner` and returns its id (or the commit's error).
+async fn store_owned(
+    m: &dyn MetaStore,
+    owner: AccountId,
+    size: u64,
+    seed: u32,
+) -> Result<FileId, MetaError> {
+    let mut u = new_upload("owned");
+    u.owner = Some(owner);
+    m.create_upload(&u).await.unwrap();
+    m.add_chunks(u.id, &chunks_for(size, seed)).await.unwrap();
+    m.commit_upload(u.id, &commit(size)).await.map(|_| u.id)
+}
+
+pub async fn accounts_and_keys(m: &dyn MetaStore) {
+    let a = account("alice", Some(1000));
+    m.create_account(&a).await.unwrap();
+    let again = Account {
+        id: AccountId::new(),
+        ..a.clone()
+    };
+    assert!(matches!(
+        m.create_account(&again).await,
+        Err(MetaError::AlreadyExists { .. })
+    ));
+    assert_eq!(m.account(a.id).await.unwrap().unwrap().name, a.name);
+    let by_name = m.account_by_name(&a.name).await.unwrap().unwrap();
+    assert_eq!(by_name.id, a.id);
+    assert_eq!(by_name.quota_bytes, Some(1000));
+    assert!(m.account(AccountId::new()).await.unwrap().is_none());
+    assert!(
+        m.list_accounts()
+            .await
+            .unwrap()
+            .iter()
+            .any(|x| x.id == a.id)
+    );
+    assert!(m.set_quota(a.id, None).await.unwrap());
+    assert_eq!(m.account(a.id).await.unwrap().unwrap().quota_bytes, None);
+    assert!(!m.set_quota(AccountId::new(), Some(1)).await.unwrap());
+
+    let key_id = format!("k{}", &uuid::Uuid::new_v4().simple().to_string()[..11]);
+    let key = ApiKeyRecord {
+        id: key_id.clone(),
+        account: a.id,
+        name: "laptop".into(),
+        secret_hash: vec![7; 32],
+        created_at: now(),
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+    };
+    m.create_api_key(&key).await.unwrap();
+    assert!(matches!(
+        m.create_api_key(&key).await,
+        Err(MetaError::AlreadyExists { .. })
+    ));
+    let stored = m.api_key(&key_id).await.unwrap().unwrap();
+    assert_eq!(stored.secret_hash, vec![7; 32]);
+    assert_eq!(stored.account, a.id);
+    assert!(m.api_key("nokey").await.unwrap().is_none());
+    let listed = m.list_api_keys(Some(a.id)).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(!m.list_api_keys(None).await.unwrap().is_empty());
+
+    let t = now();
+    m.touch_api_key(&key_id, t).await.unwrap();
+    let until = t + Duration::from_secs(60);
+    assert!(m.set_api_key_expiry(&key_id, Some(until)).await.unwrap());
+    assert!(m.revoke_api_key(&key_id, t).await.unwrap());
+    // A second revocation keeps the first time.
+    assert!(
+        m.revoke_api_key(&key_id, t + Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    let k = m.api_key(&key_id).await.unwrap().unwrap();
+    assert_eq!(
+        k.revoked_at.map(|r| r.unix_timestamp()),
+        Some(t.unix_timestamp())
+    );
+    assert_eq!(
+        k.expires_at.map(|r| r.unix_timestamp()),
+        Some(until.unix_timestamp())
+    );
+    assert!(k.last_used_at.is_some());
+    assert!(!m.revoke_api_key("nokey", t).await.unwrap());
+}
+
+async fn used(m: &dyn MetaStore, id: AccountId) -> u64 {
+    m.account(id).await.unwrap().unwrap().bytes_used
+}
+
+pub async fn quota_is_charged_at_commit_and_credited_at_delete(m: &dyn MetaStore) {
+    let a = account("quota", Some(20));
+    m.create_account(&a).await.unwrap();
+    let f1 = store_owned(m, a.id, 12, 7000).await.unwrap();
+    assert_eq!(used(m, a.id).await, 12);
+    assert_eq!(m.file(f1).await.unwrap().unwrap().owner, Some(a.id));
+    // 12 + 9 > 20: refused, nothing visible, nothing charged; the upload stays open for the
+    // caller to abort.
+    let mut u = new_upload("over");
+    u.owner = Some(a.id);
+    m.create_upload(&u).await.unwrap();
+    m.add_chunks(u.id, &chunks_for(9, 7100)).await.unwrap();
+    match m.commit_upload(u.id, &commit(9)).await {
+        Err(MetaError::QuotaExceeded { quota, used, size }) => {
+            assert_eq!((quota, used, size), (20, 12, 9))
+        }
+        other => panic!("expected QuotaExceeded, got {other:?}"),
+    }
+    assert!(m.file(u.id).await.unwrap().is_none());
+    assert_eq!(used(m, a.id).await, 12);
+    m.abort_upload(u.id).await.unwrap();
+    // Exactly up to the quota is fine.
+    let f2 = store_owned(m, a.id, 8, 7200).await.unwrap();
+    assert_eq!(used(m, a.id).await, 20);
+    assert!(m.delete_file(f1).await.unwrap());
+    assert_eq!(used(m, a.id).await, 8);
+    assert!(!m.delete_file(f1).await.unwrap());
+    assert_eq!(used(m, a.id).await, 8, "a second delete credits nothing");
+    assert!(m.delete_file(f2).await.unwrap());
+    assert_eq!(used(m, a.id).await, 0);
+    // Files without an owner charge no one.
+    let free = store_file(m, 5, 7300).await;
+    assert_eq!(m.file(free).await.unwrap().unwrap().owner, None);
+}
+
+pub async fn listing_and_chunks_held_are_per_owner(m: &dyn MetaStore) {
+    let a = account("lista", None);
+    let b = account("listb", None);
+    m.create_account(&a).await.unwrap();
+    m.create_account(&b).await.unwrap();
+    let fa = store_owned(m, a.id, 8, 8000).await.unwrap();
+    let fb = store_owned(m, b.id, 8, 8100).await.unwrap();
+    let of_a = m.list_files(Some(a.id), None, 100).await.unwrap();
+    assert_eq!(of_a.iter().map(|f| f.id).collect::<Vec<_>>(), vec![fa]);
+    let all = m.list_files(None, None, 1000).await.unwrap();
+    assert!(all.iter().any(|f| f.id == fa) && all.iter().any(|f| f.id == fb));
+    assert!(
+        m.list_files(Some(a.id), Some(fa), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // a holds 8000 and 8001, b holds 8100 and 8101; an open upload counts too.
+    let held = m
+        .chunks_held_by(a.id, &[hash(8000), hash(8100), hash(8001), hash(8000)])
+        .await
+        .unwrap();
+    let mut held_sorted = held.clone();
+    held_sorted.sort();
+    let mut expected = vec![hash(8000), hash(8001)];
+    expected.sort();
+    assert_eq!(held_sorted, expected);
+    let mut u = new_upload("open");
+    u.owner = Some(b.id);
+    m.create_upload(&u).await.unwrap();
+    m.add_chunks(u.id, &chunks_for(4, 8200)).await.unwrap();
+    assert_eq!(
+        m.chunks_held_by(b.id, &[hash(8200)]).await.unwrap(),
+        vec![hash(8200)]
+    );
+    assert!(
+        m.chunks_held_by(a.id, &[hash(8200)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    m.abort_upload(u.id).await.unwrap();
+    assert!(
+        m.chunks_held_by(b.id, &[hash(8200)])
+            .await
+            .unwrap()
+            .is_empty(),
+        "an aborted upload holds nothing"
+    );
+}
+
+pub async fn link_secret_is_shared_and_rotates(m: &dyn MetaStore) {
+    let first = m.link_secret(&[1; 32], now()).await.unwrap();
+    let again = m.link_secret(&[2; 32], now()).await.unwrap();
+    assert_eq!(first, again, "the first secret stays");
+    let rotated = m.rotate_link_secret(&[3; 32], now()).await.unwrap();
+    assert_eq!(rotated.generation, first.generation + 1);
+    assert_eq!(rotated.secret, vec![3; 32]);
+    assert_eq!(m.link_secret(&[4; 32], now()).await.unwrap(), rotated);
 }

@@ -56,6 +56,12 @@ pub enum MetaError {
     /// The database cannot be reached (pool timeout, connection refused, I/O).
     #[error("the metadata store is unavailable")]
     Unavailable { source: BoxError },
+    /// Committing would take the owner's stored bytes over its quota; nothing was committed.
+    #[error("the account's quota of {quota} bytes would be exceeded ({used} used, {size} more)")]
+    QuotaExceeded { quota: u64, used: u64, size: u64 },
+    /// A unique name or id is already taken (account names, key ids).
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
     /// The schema is missing, older or newer than this binary.
     #[error("{message}")]
     Schema { message: String },
@@ -100,6 +106,9 @@ pub struct NewUpload {
     pub expires_at: OffsetDateTime,
     /// The total size the client announced, when it did (resumable uploads).
     pub declared_size: Option<u64>,
+    /// The account the upload (and the file it becomes) belongs to; `None` when
+    /// authentication is off.
+    pub owner: Option<AccountId>,
 }
 
 /// A chunk an upload is about to store (or has stored).
@@ -142,6 +151,8 @@ pub struct FileRecord {
     pub sha256: String,
     pub created_at: OffsetDateTime,
     pub committed_at: OffsetDateTime,
+    /// The account it belongs to; `None` for files stored without authentication.
+    pub owner: Option<AccountId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +198,88 @@ pub struct UploadRecord {
     pub chunks_recorded: u64,
     /// The total size announced when the upload was opened.
     pub declared_size: Option<u64>,
+    pub owner: Option<AccountId>,
+}
+
+/// An account's id (a UUIDv7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountId(pub uuid::Uuid);
+
+impl AccountId {
+    pub fn new() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+}
+
+impl Default for AccountId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for AccountId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "user" => Some(Self::User),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// An account: who owns files and API keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: AccountId,
+    pub name: String,
+    pub role: Role,
+    /// Most bytes of committed files the account may hold; `None`: no limit.
+    pub quota_bytes: Option<u64>,
+    /// Bytes of the account's committed files (exact: charged at commit, credited at delete).
+    pub bytes_used: u64,
+    pub created_at: OffsetDateTime,
+    pub disabled: bool,
+}
+
+/// An API key as stored: the hash of its secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// The public part of the key (`cvk_<id>_...`), shown in listings and logs.
+    pub id: String,
+    pub account: AccountId,
+    pub name: String,
+    /// SHA-256 of the secret part.
+    pub secret_hash: Vec<u8>,
+    pub created_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+    pub revoked_at: Option<OffsetDateTime>,
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// The secret presigned links are signed with, and its generation (bumped by every rotation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkSecret {
+    pub generation: u64,
+    pub secret: Vec<u8>,
 }
 
 /// One chunk row, for scrub and GC walks.
@@ -217,8 +310,10 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
 
     /// Makes an open upload a visible file, atomically: checks that the recorded chunks are
     /// exactly indices `0..n` laid end to end at the upload's chunk size and add up to
-    /// `commit.size`, marks its chunks live, and records name, type, size and digest.
-    /// The caller must have written every `MustWrite` blob first.
+    /// `commit.size`, marks its chunks live, records name, type, size and digest, and charges
+    /// the size to the owner's `bytes_used`. [`MetaError::QuotaExceeded`] (nothing changed)
+    /// when that would exceed the owner's quota. The caller must have written every
+    /// `MustWrite` blob first.
     async fn commit_upload(&self, upload: FileId, commit: &CommitFile) -> Result<FileRecord>;
 
     /// Ends an open upload without a file: drops its references. Idempotent; `NotFound` for an
@@ -246,10 +341,17 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
     /// Empty for an unknown or uncommitted file.
     async fn manifest(&self, id: FileId, from_index: u64, limit: u32) -> Result<Vec<ChunkEntry>>;
 
-    /// Committed files, newest first, strictly older than `before` when given.
-    async fn list_files(&self, before: Option<FileId>, limit: u32) -> Result<Vec<FileRecord>>;
+    /// Committed files, newest first, strictly older than `before` when given; only those of
+    /// `owner` when given.
+    async fn list_files(
+        &self,
+        owner: Option<AccountId>,
+        before: Option<FileId>,
+        limit: u32,
+    ) -> Result<Vec<FileRecord>>;
 
-    /// Removes a committed file and its chunk references; false when there was none.
+    /// Removes a committed file and its chunk references, and credits its size back to its
+    /// owner's `bytes_used`; false when there was none.
     async fn delete_file(&self, id: FileId) -> Result<bool>;
 
     /// Expires open uploads whose expiry is before `now`, dropping their references.
@@ -289,6 +391,52 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
 
     /// Gives the lease up if `holder` has it.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
+
+    /// Of `hashes`, those that files or open uploads of `owner` reference (each once, in any
+    /// order). Dedup tells a client that content is present only for these, so no account
+    /// learns what another stores.
+    async fn chunks_held_by(&self, owner: AccountId, hashes: &[ChunkId]) -> Result<Vec<ChunkId>>;
+
+    /// Creates an account; [`MetaError::AlreadyExists`] when the name is taken.
+    async fn create_account(&self, account: &Account) -> Result<()>;
+
+    async fn account(&self, id: AccountId) -> Result<Option<Account>>;
+
+    async fn account_by_name(&self, name: &str) -> Result<Option<Account>>;
+
+    /// Every account, oldest first.
+    async fn list_accounts(&self) -> Result<Vec<Account>>;
+
+    /// Sets (or with `None` removes) an account's quota; false for an unknown account.
+    /// Files already stored stay, even over a lowered quota; new commits are refused.
+    async fn set_quota(&self, id: AccountId, quota_bytes: Option<u64>) -> Result<bool>;
+
+    /// Stores a new API key; [`MetaError::AlreadyExists`] when the id is taken.
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
+
+    /// A key by its public id, in any state (revoked and expired included).
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>>;
+
+    /// The keys of one account, or of all; oldest first.
+    async fn list_api_keys(&self, account: Option<AccountId>) -> Result<Vec<ApiKeyRecord>>;
+
+    /// Revokes a key at `at` (idempotent: the first revocation time stays); false for an
+    /// unknown key.
+    async fn revoke_api_key(&self, id: &str, at: OffsetDateTime) -> Result<bool>;
+
+    /// Makes a key expire at `at` (earlier or later than set before); false for an unknown key.
+    async fn set_api_key_expiry(&self, id: &str, at: Option<OffsetDateTime>) -> Result<bool>;
+
+    /// Records that a key was used at `at`.
+    async fn touch_api_key(&self, id: &str, at: OffsetDateTime) -> Result<()>;
+
+    /// The link-signing secret; when there is none yet, `fresh` becomes it (generation 1).
+    /// Several nodes calling this at once all get the same secret.
+    async fn link_secret(&self, fresh: &[u8], now: OffsetDateTime) -> Result<LinkSecret>;
+
+    /// Replaces the link-signing secret with `fresh` and bumps its generation, which
+    /// invalidates every link signed before.
+    async fn rotate_link_secret(&self, fresh: &[u8], now: OffsetDateTime) -> Result<LinkSecret>;
 
     /// Checks that the database answers. Cheap enough for a readiness probe.
     async fn check(&self) -> Result<()>;

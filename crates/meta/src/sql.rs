@@ -6,8 +6,7 @@
 //! A macro rather than generics over `sqlx::Database`: the trait bounds sqlx needs for generic
 //! executors and codecs would outweigh the code they save.
 
-pub(crate) const FILE_COLUMNS: &str =
-    "id, name, content_type, size, chunk_size, chunk_count, sha256, created_at, committed_at";
+pub(crate) const FILE_COLUMNS: &str = "id, name, content_type, size, chunk_size, chunk_count, sha256, created_at, committed_at, owner";
 
 /// Rows per multi-row statement: far below both databases' bind-variable limits (5 binds a row).
 pub(crate) const BATCH: usize = 1000;
@@ -27,8 +26,9 @@ macro_rules! impl_meta_store {
 
         use crate::sql::{BATCH, FILE_COLUMNS};
         use crate::{
-            from_micros, micros, ChunkRecord, ChunkState, CommitFile, FileRecord, MetaError, MetaStore,
-            NewUpload, PendingChunk, Result, SchemaStatus, UploadRecord, UploadState,
+            from_micros, micros, Account, AccountId, ApiKeyRecord, ChunkRecord, ChunkState, CommitFile,
+            FileRecord, LinkSecret, MetaError, MetaStore, NewUpload, PendingChunk, Result, Role,
+            SchemaStatus, UploadRecord, UploadState,
         };
 
         type Tx = sqlx::Transaction<'static, $db>;
@@ -44,7 +44,50 @@ macro_rules! impl_meta_store {
                 sha256: row.try_get("sha256")?,
                 created_at: from_micros(row.try_get("created_at")?),
                 committed_at: from_micros(row.try_get("committed_at")?),
+                owner: row.try_get::<Option<uuid::Uuid>, _>("owner")?.map(AccountId),
             })
+        }
+
+        const ACCOUNT_COLUMNS: &str = "id, name, role, quota_bytes, bytes_used, created_at, disabled";
+
+        fn account_record(row: &<$db as sqlx::Database>::Row) -> Result<Account> {
+            let role: String = row.try_get("role")?;
+            Ok(Account {
+                id: AccountId(row.try_get("id")?),
+                name: row.try_get("name")?,
+                role: Role::parse(&role)
+                    .ok_or_else(|| MetaError::Other { source: format!("unknown role {role:?}").into() })?,
+                quota_bytes: row.try_get::<Option<i64>, _>("quota_bytes")?.map(|q| q as u64),
+                bytes_used: row.try_get::<i64, _>("bytes_used")? as u64,
+                created_at: from_micros(row.try_get("created_at")?),
+                disabled: row.try_get("disabled")?,
+            })
+        }
+
+        const KEY_COLUMNS: &str = "id, account_id, name, secret_hash, created_at, expires_at, revoked_at, last_used_at";
+
+        fn key_record(row: &<$db as sqlx::Database>::Row) -> Result<ApiKeyRecord> {
+            let opt = |name: &str| -> Result<Option<OffsetDateTime>> {
+                Ok(row.try_get::<Option<i64>, _>(name)?.map(from_micros))
+            };
+            Ok(ApiKeyRecord {
+                id: row.try_get("id")?,
+                account: AccountId(row.try_get("account_id")?),
+                name: row.try_get("name")?,
+                secret_hash: row.try_get("secret_hash")?,
+                created_at: from_micros(row.try_get("created_at")?),
+                expires_at: opt("expires_at")?,
+                revoked_at: opt("revoked_at")?,
+                last_used_at: opt("last_used_at")?,
+            })
+        }
+
+        /// A unique-constraint violation becomes [`MetaError::AlreadyExists`].
+        fn unique(e: sqlx::Error, what: String) -> MetaError {
+            match &e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => MetaError::AlreadyExists { what },
+                _ => e.into(),
+            }
         }
 
         fn chunk_id(bytes: Vec<u8>) -> Result<ChunkId> {
@@ -58,15 +101,15 @@ macro_rules! impl_meta_store {
             i64::try_from(v).map_err(|_| MetaError::InvalidManifest { message: format!("{what} {v} is out of range") })
         }
 
-        /// Locks the upload's row and returns its state and chunk size.
-        async fn lock_upload(tx: &mut Tx, id: FileId) -> Result<(UploadState, i64)> {
-            let sql = format!("SELECT state, chunk_size FROM files WHERE id = $1{}", dialect::LOCK_ROW);
+        /// Locks the upload's row and returns its state, chunk size and owner.
+        async fn lock_upload(tx: &mut Tx, id: FileId) -> Result<(UploadState, i64, Option<uuid::Uuid>)> {
+            let sql = format!("SELECT state, chunk_size, owner FROM files WHERE id = $1{}", dialect::LOCK_ROW);
             let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id.as_uuid()).fetch_optional(&mut **tx).await?;
             let row = row.ok_or(MetaError::NotFound)?;
             let state: String = row.try_get(0)?;
             let state = UploadState::parse(&state)
                 .ok_or_else(|| MetaError::Other { source: format!("unknown upload state {state:?}").into() })?;
-            Ok((state, row.try_get(1)?))
+            Ok((state, row.try_get(1)?, row.try_get(2)?))
         }
 
         /// Locks the chunk rows a file references, in hash order: the order `add_chunks` locks
@@ -109,8 +152,8 @@ macro_rules! impl_meta_store {
         impl MetaStore for $store {
             async fn create_upload(&self, u: &NewUpload) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO files (id, state, name, content_type, chunk_size, created_at, expires_at, declared_size)
-                     VALUES ($1, 'open', $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO files (id, state, name, content_type, chunk_size, created_at, expires_at, declared_size, owner)
+                     VALUES ($1, 'open', $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(u.id.as_uuid())
                 .bind(&u.name)
@@ -119,6 +162,7 @@ macro_rules! impl_meta_store {
                 .bind(micros(u.created_at))
                 .bind(micros(u.expires_at))
                 .bind(u.declared_size.map(|d| to_i64(d, "declared size")).transpose()?)
+                .bind(u.owner.map(|o| o.0))
                 .execute(&self.write)
                 .await?;
                 Ok(())
@@ -202,7 +246,7 @@ macro_rules! impl_meta_store {
 
             async fn commit_upload(&self, upload: FileId, c: &CommitFile) -> Result<FileRecord> {
                 let mut tx = self.write.begin().await?;
-                let (state, chunk_size) = lock_upload(&mut tx, upload).await?;
+                let (state, chunk_size, owner) = lock_upload(&mut tx, upload).await?;
                 if state != UploadState::Open {
                     return Err(MetaError::NotOpen { state: state.as_str().into() });
                 }
@@ -230,6 +274,30 @@ macro_rules! impl_meta_store {
                             "expected {n} chunks of {chunk_size} bytes totalling {size}; recorded {count} totalling {total}, {misplaced} misplaced"
                         ),
                     });
+                }
+                if let Some(owner) = owner {
+                    // One statement checks and charges, so concurrent commits of one account
+                    // cannot both slip under the quota (PostgreSQL locks the row; SQLite has
+                    // one writer).
+                    let charged = sqlx::query(
+                        "UPDATE accounts SET bytes_used = bytes_used + $2
+                         WHERE id = $1 AND (quota_bytes IS NULL OR bytes_used + $2 <= quota_bytes)",
+                    )
+                    .bind(owner)
+                    .bind(size)
+                    .execute(&mut *tx)
+                    .await?;
+                    if charged.rows_affected() != 1 {
+                        let row = sqlx::query("SELECT quota_bytes, bytes_used FROM accounts WHERE id = $1")
+                            .bind(owner)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        return Err(MetaError::QuotaExceeded {
+                            quota: row.try_get::<Option<i64>, _>(0)?.unwrap_or(0) as u64,
+                            used: row.try_get::<i64, _>(1)? as u64,
+                            size: c.size,
+                        });
+                    }
                 }
                 lock_file_chunks(&mut tx, upload).await?;
                 sqlx::query(
@@ -278,7 +346,7 @@ macro_rules! impl_meta_store {
             async fn upload(&self, id: FileId) -> Result<Option<UploadRecord>> {
                 let row = sqlx::query(
                     "SELECT state, name, content_type, chunk_size, created_at, expires_at,
-                            (SELECT COUNT(*) FROM file_chunks WHERE file_id = $1), declared_size
+                            (SELECT COUNT(*) FROM file_chunks WHERE file_id = $1), declared_size, owner
                      FROM files WHERE id = $1",
                 )
                 .bind(id.as_uuid())
@@ -297,6 +365,7 @@ macro_rules! impl_meta_store {
                     expires_at: from_micros(row.try_get(5)?),
                     chunks_recorded: row.try_get::<i64, _>(6)? as u64,
                     declared_size: row.try_get::<Option<i64>, _>(7)?.map(|d| d as u64),
+                    owner: row.try_get::<Option<uuid::Uuid>, _>(8)?.map(AccountId),
                 }))
             }
 
@@ -352,19 +421,21 @@ macro_rules! impl_meta_store {
                     .collect()
             }
 
-            async fn list_files(&self, before: Option<FileId>, limit: u32) -> Result<Vec<FileRecord>> {
-                let rows = match before {
-                    Some(b) => {
+            async fn list_files(&self, owner: Option<AccountId>, before: Option<FileId>, limit: u32) -> Result<Vec<FileRecord>> {
+                // The largest UUID stands for "no lower bound", so one statement serves both.
+                let before = before.map(|b| *b.as_uuid()).unwrap_or(uuid::Uuid::max());
+                let rows = match owner {
+                    Some(o) => {
                         let sql = format!(
-                            "SELECT {FILE_COLUMNS} FROM files WHERE state = 'committed' AND id < $1 ORDER BY id DESC LIMIT $2"
+                            "SELECT {FILE_COLUMNS} FROM files WHERE state = 'committed' AND owner = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
                         );
-                        sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(b.as_uuid()).bind(i64::from(limit)).fetch_all(&self.read).await?
+                        sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(o.0).bind(before).bind(i64::from(limit)).fetch_all(&self.read).await?
                     }
                     None => {
                         let sql = format!(
-                            "SELECT {FILE_COLUMNS} FROM files WHERE state = 'committed' ORDER BY id DESC LIMIT $1"
+                            "SELECT {FILE_COLUMNS} FROM files WHERE state = 'committed' AND id < $1 ORDER BY id DESC LIMIT $2"
                         );
-                        sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(i64::from(limit)).fetch_all(&self.read).await?
+                        sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(before).bind(i64::from(limit)).fetch_all(&self.read).await?
                     }
                 };
                 rows.iter().map(file_record).collect()
@@ -372,10 +443,20 @@ macro_rules! impl_meta_store {
 
             async fn delete_file(&self, id: FileId) -> Result<bool> {
                 let mut tx = self.write.begin().await?;
-                match lock_upload(&mut tx, id).await {
-                    Ok((UploadState::Committed, _)) => {}
+                let owner = match lock_upload(&mut tx, id).await {
+                    Ok((UploadState::Committed, _, owner)) => owner,
                     Ok(_) | Err(MetaError::NotFound) => return Ok(false),
                     Err(e) => return Err(e),
+                };
+                if let Some(owner) = owner {
+                    sqlx::query(
+                        "UPDATE accounts SET bytes_used = CASE WHEN bytes_used > s.size THEN bytes_used - s.size ELSE 0 END
+                         FROM (SELECT size FROM files WHERE id = $2) AS s WHERE accounts.id = $1",
+                    )
+                    .bind(owner)
+                    .bind(id.as_uuid())
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 drop_refs(&mut tx, id, OffsetDateTime::now_utc()).await?;
                 sqlx::query("DELETE FROM files WHERE id = $1").bind(id.as_uuid()).execute(&mut *tx).await?;
@@ -535,6 +616,169 @@ macro_rules! impl_meta_store {
                     .execute(&self.write)
                     .await?;
                 Ok(())
+            }
+
+            async fn chunks_held_by(&self, owner: AccountId, hashes: &[ChunkId]) -> Result<Vec<ChunkId>> {
+                let mut unique = hashes.to_vec();
+                unique.sort();
+                unique.dedup();
+                let mut held = Vec::new();
+                for batch in unique.chunks(BATCH) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT DISTINCT fc.hash FROM file_chunks fc JOIN files f ON f.id = fc.file_id
+                         WHERE f.state IN ('open', 'committed') AND f.owner = ",
+                    );
+                    qb.push_bind(owner.0);
+                    qb.push(" AND fc.hash IN ");
+                    push_hashes(&mut qb, batch);
+                    for row in qb.build().fetch_all(&self.read).await? {
+                        held.push(chunk_id(row.try_get(0)?)?);
+                    }
+                }
+                Ok(held)
+            }
+
+            async fn create_account(&self, a: &Account) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO accounts (id, name, role, quota_bytes, bytes_used, created_at, disabled)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(a.id.0)
+                .bind(&a.name)
+                .bind(a.role.as_str())
+                .bind(a.quota_bytes.map(|q| to_i64(q, "quota")).transpose()?)
+                .bind(to_i64(a.bytes_used, "bytes used")?)
+                .bind(micros(a.created_at))
+                .bind(a.disabled)
+                .execute(&self.write)
+                .await
+                .map_err(|e| unique(e, format!("account {:?}", a.name)))?;
+                Ok(())
+            }
+
+            async fn account(&self, id: AccountId) -> Result<Option<Account>> {
+                let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id.0).fetch_optional(&self.read).await?;
+                row.as_ref().map(account_record).transpose()
+            }
+
+            async fn account_by_name(&self, name: &str) -> Result<Option<Account>> {
+                let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE name = $1");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(name).fetch_optional(&self.read).await?;
+                row.as_ref().map(account_record).transpose()
+            }
+
+            async fn list_accounts(&self) -> Result<Vec<Account>> {
+                let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id");
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(&self.read).await?;
+                rows.iter().map(account_record).collect()
+            }
+
+            async fn set_quota(&self, id: AccountId, quota_bytes: Option<u64>) -> Result<bool> {
+                let done = sqlx::query("UPDATE accounts SET quota_bytes = $2 WHERE id = $1")
+                    .bind(id.0)
+                    .bind(quota_bytes.map(|q| to_i64(q, "quota")).transpose()?)
+                    .execute(&self.write)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn create_api_key(&self, k: &ApiKeyRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO api_keys (id, account_id, name, secret_hash, created_at, expires_at, revoked_at, last_used_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&k.id)
+                .bind(k.account.0)
+                .bind(&k.name)
+                .bind(k.secret_hash.as_slice())
+                .bind(micros(k.created_at))
+                .bind(k.expires_at.map(micros))
+                .bind(k.revoked_at.map(micros))
+                .bind(k.last_used_at.map(micros))
+                .execute(&self.write)
+                .await
+                .map_err(|e| unique(e, format!("key {:?}", k.id)))?;
+                Ok(())
+            }
+
+            async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>> {
+                let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(&self.read).await?;
+                row.as_ref().map(key_record).transpose()
+            }
+
+            async fn list_api_keys(&self, account: Option<AccountId>) -> Result<Vec<ApiKeyRecord>> {
+                let rows = match account {
+                    Some(a) => {
+                        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE account_id = $1 ORDER BY created_at, id");
+                        sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(a.0).fetch_all(&self.read).await?
+                    }
+                    None => {
+                        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id");
+                        sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(&self.read).await?
+                    }
+                };
+                rows.iter().map(key_record).collect()
+            }
+
+            async fn revoke_api_key(&self, id: &str, at: OffsetDateTime) -> Result<bool> {
+                let done = sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
+                    .bind(id)
+                    .bind(micros(at))
+                    .execute(&self.write)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn set_api_key_expiry(&self, id: &str, at: Option<OffsetDateTime>) -> Result<bool> {
+                let done = sqlx::query("UPDATE api_keys SET expires_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(at.map(micros))
+                    .execute(&self.write)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn touch_api_key(&self, id: &str, at: OffsetDateTime) -> Result<()> {
+                sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(micros(at))
+                    .execute(&self.write)
+                    .await?;
+                Ok(())
+            }
+
+            async fn link_secret(&self, fresh: &[u8], now: OffsetDateTime) -> Result<LinkSecret> {
+                let read = || sqlx::query("SELECT generation, secret FROM link_secret WHERE id = 1");
+                if let Some(row) = read().fetch_optional(&self.read).await? {
+                    return Ok(LinkSecret { generation: row.try_get::<i64, _>(0)? as u64, secret: row.try_get(1)? });
+                }
+                // First use: whichever node inserts first wins, the others read its secret.
+                sqlx::query(
+                    "INSERT INTO link_secret (id, generation, secret, created_at) VALUES (1, 1, $1, $2)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(fresh)
+                .bind(micros(now))
+                .execute(&self.write)
+                .await?;
+                let row = read().fetch_one(&self.write).await?;
+                Ok(LinkSecret { generation: row.try_get::<i64, _>(0)? as u64, secret: row.try_get(1)? })
+            }
+
+            async fn rotate_link_secret(&self, fresh: &[u8], now: OffsetDateTime) -> Result<LinkSecret> {
+                let row = sqlx::query(
+                    "INSERT INTO link_secret (id, generation, secret, created_at) VALUES (1, 1, $1, $2)
+                     ON CONFLICT (id) DO UPDATE SET generation = link_secret.generation + 1,
+                       secret = excluded.secret, created_at = excluded.created_at
+                     RETURNING generation, secret",
+                )
+                .bind(fresh)
+                .bind(micros(now))
+                .fetch_one(&self.write)
+                .await?;
+                Ok(LinkSecret { generation: row.try_get::<i64, _>(0)? as u64, secret: row.try_get(1)? })
             }
 
             async fn check(&self) -> Result<()> {

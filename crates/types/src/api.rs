@@ -166,3 +166,26 @@ pub struct SessionCommit {
     #[serde(default)]
     pub sha256: Option<String>,
 }
+
+/// `POST /files/{id}/links`: ask for a presigned download link.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LinkCreate {
+    /// How long the link stays valid, e.g. `"1h"`, `"30m"`, `"7d"` (at most 30 days).
+    pub expires_in: String,
+    /// Limit the link to one byte range, `bytes=a-b` (a `Range` header value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<String>,
+}
+
+/// A presigned download link: anyone holding `url` may download the file (or its range)
+/// without a key until `expires_at`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LinkInfo {
+    /// Path and query on this server: `/download/{id}?expires=...&sig=...`.
+    pub url: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub expires_at: OffsetDateTime,
+}

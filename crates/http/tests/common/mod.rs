@@ -117,6 +117,15 @@ impl TestServer {
     }
 
     pub async fn start_with(backend: Backend, config: VaultConfig) -> Self {
+        Self::start_with_auth(backend, config, chunkvault_http::AuthOptions::off()).await
+    }
+
+    /// A server with authentication configured by `auth`.
+    pub async fn start_with_auth(
+        backend: Backend,
+        config: VaultConfig,
+        auth: chunkvault_http::AuthOptions,
+    ) -> Self {
         let mut dir = None;
         let mut db = None;
         let mut blob_dir = None;
@@ -178,7 +187,7 @@ impl TestServer {
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let router = chunkvault_http::router(vault.clone());
+        let router = chunkvault_http::router_with(vault.clone(), auth);
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = rx.await;
@@ -314,13 +323,22 @@ impl TestServer {
         let mut out = HashSet::new();
         let mut before: Option<FileId> = None;
         loop {
-            let files = self.vault.list(before, 1000).await.expect("list files");
+            let files = self
+                .vault
+                .list(&chunkvault_core::Principal::Open, before, 1000)
+                .await
+                .expect("list files");
             let Some(last) = files.last() else {
                 return out;
             };
             before = Some(last.id);
             for f in &files {
-                for e in self.vault.manifest(f.id).await.expect("manifest") {
+                for e in self
+                    .vault
+                    .manifest(&chunkvault_core::Principal::Open, f.id)
+                    .await
+                    .expect("manifest")
+                {
                     out.insert(e.hash);
                 }
             }

@@ -1,0 +1,44 @@
+-- Authentication and authorization: accounts, API keys, the secret presigned links are signed
+-- with, and an owner on every file and upload. Append-only: never edit a migration that shipped.
+
+-- role: 'user' or 'admin'. quota_bytes NULL: no quota. bytes_used: the sizes of the account's
+-- committed files, charged in the commit's transaction and credited back on delete.
+CREATE TABLE accounts (
+    id          UUID PRIMARY KEY,            -- UUIDv7
+    name        TEXT NOT NULL UNIQUE,
+    role        TEXT NOT NULL CHECK (role IN ('user', 'admin')),
+    quota_bytes BIGINT CHECK (quota_bytes IS NULL OR quota_bytes >= 0),
+    bytes_used  BIGINT NOT NULL DEFAULT 0 CHECK (bytes_used >= 0),
+    created_at  BIGINT NOT NULL,
+    disabled    BOOLEAN NOT NULL DEFAULT FALSE
+);
+
+-- A key is `cvk_<id>_<secret>`; only SHA-256 of the secret is kept (the secret is 256 random
+-- bits, so a plain hash cannot be brute-forced).
+CREATE TABLE api_keys (
+    id           TEXT PRIMARY KEY,
+    account_id   UUID NOT NULL REFERENCES accounts (id),
+    name         TEXT NOT NULL,
+    secret_hash  BYTEA NOT NULL,
+    created_at   BIGINT NOT NULL,
+    expires_at   BIGINT,
+    revoked_at   BIGINT,
+    last_used_at BIGINT
+);
+
+CREATE INDEX api_keys_account ON api_keys (account_id);
+
+-- One row: the HMAC secret of presigned links and its generation. Rotating it replaces both,
+-- which invalidates every link signed before.
+CREATE TABLE link_secret (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    generation BIGINT NOT NULL,
+    secret     BYTEA NOT NULL,
+    created_at BIGINT NOT NULL
+);
+
+-- The account that created the upload or file. NULL for files from before authentication
+-- existed (and for uploads made with auth off): only admins see those.
+ALTER TABLE files ADD COLUMN owner UUID REFERENCES accounts (id);
+
+CREATE INDEX files_owner_committed ON files (owner, id) WHERE state = 'committed';
