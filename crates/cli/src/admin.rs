@@ -46,6 +46,10 @@ pub enum AdminCommand {
         #[arg(long = "in")]
         after: Option<String>,
     },
+    /// Disable an account: every key of it is refused until it is enabled again.
+    DisableUser { user: String },
+    /// Enable a disabled account.
+    EnableUser { user: String },
     /// Set an account's quota (e.g. 10GiB), or `none` to remove it.
     SetQuota { user: String, size: String },
     /// Replace the secret presigned links are signed with: every link given out stops working.
@@ -159,6 +163,16 @@ pub async fn run(config: &Config, cmd: AdminCommand) -> Result<ExitCode> {
                 quota_text(quota),
                 a.bytes_used
             );
+        }
+        AdminCommand::DisableUser { user } => {
+            let a = account(meta, &user).await?;
+            meta.set_account_disabled(a.id, true).await?;
+            println!("disabled {}: its keys are refused", a.name);
+        }
+        AdminCommand::EnableUser { user } => {
+            let a = account(meta, &user).await?;
+            meta.set_account_disabled(a.id, false).await?;
+            println!("enabled {}", a.name);
         }
         AdminCommand::RotateLinkSecret => {
             let generation = chunkvault_core::rotate_link_secret(meta).await?;

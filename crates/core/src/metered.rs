@@ -301,6 +301,13 @@ impl MetaStore for MeteredMeta {
         meta_call!("set_quota", self.inner.set_quota(id, quota_bytes))
     }
 
+    async fn set_account_disabled(&self, id: AccountId, disabled: bool) -> MetaResult<bool> {
+        meta_call!(
+            "set_account_disabled",
+            self.inner.set_account_disabled(id, disabled)
+        )
+    }
+
     async fn create_api_key(&self, key: &ApiKeyRecord) -> MetaResult<()> {
         meta_call!("create_api_key", self.inner.create_api_key(key))
     }

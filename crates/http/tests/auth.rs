@@ -1,7 +1,8 @@
 //! Authentication and authorization over a real socket, on both backend pairs:
 //! - every route of the OpenAPI document, tried with no key, a malformed key, a wrong secret,
-//!   a revoked key, an expired key and another user's key: refused with the right status, one
-//!   body for every refused key, and nothing of the owner's data in any answer;
+//!   a revoked key, an expired key, a disabled account's key and another user's key: refused
+//!   with the right status, one body for every refused key, and nothing of the owner's data
+//!   in any answer;
 //! - presigned links: valid, ranged, expired, tampered (signature, expiry, range), after the
 //!   secret is rotated, after the file is deleted;
 //! - quotas: exceeded at creation, mid-upload and at commit, nothing visible, `bytes_used`
@@ -161,6 +162,8 @@ async fn every_route_refuses_what_is_not_yours(backend: Backend) {
     )
     .await
     .unwrap();
+    let carol = user(&s, "carol", Role::User, None).await;
+    meta.set_account_disabled(carol.id, true).await.unwrap();
     let (alice_key_id, _) = chunkvault_core::parse_token(&alice.key).unwrap();
     let wrong_secret = format!("cvk_{alice_key_id}_{}", "0".repeat(64));
     let bad_keys: Vec<(&str, Option<String>)> = vec![
@@ -169,6 +172,7 @@ async fn every_route_refuses_what_is_not_yours(backend: Backend) {
         ("wrong secret", Some(wrong_secret)),
         ("revoked", Some(revoked.token.clone())),
         ("expired", Some(expired.token.clone())),
+        ("disabled account", Some(carol.key.clone())),
     ];
 
     // Alice's data: a file, an open session with a chunk, a tus upload.

@@ -595,6 +595,10 @@ pub async fn accounts_and_keys(m: &dyn MetaStore) {
     assert!(m.set_quota(a.id, None).await.unwrap());
     assert_eq!(m.account(a.id).await.unwrap().unwrap().quota_bytes, None);
     assert!(!m.set_quota(AccountId::new(), Some(1)).await.unwrap());
+    assert!(m.set_account_disabled(a.id, true).await.unwrap());
+    assert!(m.account(a.id).await.unwrap().unwrap().disabled);
+    assert!(m.set_account_disabled(a.id, false).await.unwrap());
+    assert!(!m.account(a.id).await.unwrap().unwrap().disabled);
 
     let key_id = format!("k{}", &uuid::Uuid::new_v4().simple().to_string()[..11]);
     let key = ApiKeyRecord {

@@ -219,7 +219,7 @@ impl Default for AccountId {
 
 impl std::fmt::Display for AccountId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        std::fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -410,6 +410,10 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
     /// Sets (or with `None` removes) an account's quota; false for an unknown account.
     /// Files already stored stay, even over a lowered quota; new commits are refused.
     async fn set_quota(&self, id: AccountId, quota_bytes: Option<u64>) -> Result<bool>;
+
+    /// Disables (every key of the account is refused) or enables an account; false for an
+    /// unknown account.
+    async fn set_account_disabled(&self, id: AccountId, disabled: bool) -> Result<bool>;
 
     /// Stores a new API key; [`MetaError::AlreadyExists`] when the id is taken.
     async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<()>;

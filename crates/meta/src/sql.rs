@@ -683,6 +683,15 @@ macro_rules! impl_meta_store {
                 Ok(done.rows_affected() == 1)
             }
 
+            async fn set_account_disabled(&self, id: AccountId, disabled: bool) -> Result<bool> {
+                let done = sqlx::query("UPDATE accounts SET disabled = $2 WHERE id = $1")
+                    .bind(id.0)
+                    .bind(disabled)
+                    .execute(&self.write)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn create_api_key(&self, k: &ApiKeyRecord) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO api_keys (id, account_id, name, secret_hash, created_at, expires_at, revoked_at, last_used_at)
