@@ -126,7 +126,7 @@ fn auth_responses(doc: &mut utoipa::openapi::OpenApi) {
     let components = doc.components.get_or_insert_with(Default::default);
     components.security_schemes.insert(
         "bearer".into(),
-        utoipa::openapi::security::SecurityScheme::Http(
+        RefOr::T(utoipa::openapi::security::SecurityScheme::Http(
             utoipa::openapi::security::HttpBuilder::new()
                 .scheme(utoipa::openapi::security::HttpAuthScheme::Bearer)
                 .bearer_format("cvk_<id>_<secret>")
@@ -134,7 +134,7 @@ fn auth_responses(doc: &mut utoipa::openapi::OpenApi) {
                     "An API key from `chunkvault admin create-key`. Not needed when the server runs with auth off.",
                 ))
                 .build(),
-        ),
+        )),
     );
 }
 
