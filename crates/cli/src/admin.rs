@@ -63,6 +63,9 @@ pub async fn run(config: &Config, cmd: AdminCommand) -> Result<ExitCode> {
         AdminCommand::CreateUser { name, admin, quota } => {
             let quota = quota.map(|q| parse_quota(&q)).transpose()?.flatten();
             let role = if admin { Role::Admin } else { Role::User };
+            if meta.account_by_name(&name).await?.is_some() {
+                bail!("account {name:?} already exists");
+            }
             let a = chunkvault_core::create_account(meta, &name, role, quota)
                 .await
                 .map_err(|e| anyhow!("cannot create account {name:?}: {e}"))?;
