@@ -8,6 +8,7 @@
 //! - quotas: exceeded at creation, mid-upload and at commit, nothing visible, `bytes_used`
 //!   exact through uploads and deletes;
 //! - dedup tells an account only about content it already holds itself;
+//! - refused keys are logged with the reason and the key id, never a secret;
 //! - the per-address limit on failed authentications, the per-account upload limit and the
 //!   limit on header sizes.
 
@@ -795,7 +796,80 @@ async fn limits_on_headers_and_concurrent_uploads(backend: Backend) {
     upload_ok(&s, &alice.key, "third.bin", b"third").await;
 }
 
+/// Everything the process logs, for checking what a log line does and does not contain.
+/// Global: the server logs from the runtime's worker threads.
+fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("one subscriber per test binary");
+        buf
+    })
+    .clone()
+}
+
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn refused_keys_are_logged_without_their_secret(backend: Backend) {
+    let logs = captured_logs();
+    let s = start(backend, 1000).await;
+    let alice = user(&s, "alice", Role::User, None).await;
+    let (id, secret) = chunkvault_core::parse_token(&alice.key).unwrap();
+    // The right id with another secret, and the right key once revoked.
+    let wrong_secret: String = secret.chars().rev().collect();
+    let wrong = format!("cvk_{id}_{wrong_secret}");
+    let r = req(&s, Method::GET, "/files", Some(&wrong))
+        .send()
+        .await
+        .unwrap();
+    let wrong_body = expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    s.vault
+        .meta()
+        .revoke_api_key(id, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    let r = req(&s, Method::GET, "/files", Some(&alice.key))
+        .send()
+        .await
+        .unwrap();
+    let revoked_body = expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    assert_eq!(wrong_body, revoked_body, "the answer does not say why");
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let ours: Vec<&str> = text.lines().filter(|l| l.contains(id)).collect();
+    assert!(
+        ours.iter()
+            .any(|l| l.contains("authentication failed") && l.contains("wrong secret")),
+        "{ours:?}"
+    );
+    assert!(ours.iter().any(|l| l.contains("revoked key")), "{ours:?}");
+    assert!(!text.contains(secret), "a log line holds the key's secret");
+    assert!(
+        !text.contains(&wrong_secret),
+        "a log line holds a presented secret"
+    );
+}
+
 backend_tests!(
+    refused_keys_are_logged_without_their_secret,
     every_route_refuses_what_is_not_yours,
     presigned_links,
     quota_is_exact_and_nothing_over_it_is_visible,
