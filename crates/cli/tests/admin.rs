@@ -1,6 +1,6 @@
 //! `chunkvault admin ...` through the real binary, on the same configuration as a running
 //! `serve` (SQLite in a data directory): accounts, keys (printed alone on the last line),
-//! revocation and quotas take effect on the running server at once; the CLI sends its key from
+//! revocation, expiry, disabling and quotas take effect on the running server at once; the CLI sends its key from
 //! `CHUNKVAULT_TOKEN` or a client file; presigned links from `chunkvault link`; and `serve`
 //! refuses `--auth off` on a network address unless told explicitly.
 
@@ -190,6 +190,30 @@ async fn admin_commands_drive_a_running_server() {
         .await
         .unwrap();
     assert_eq!(put.status(), reqwest::StatusCode::INSUFFICIENT_STORAGE);
+
+    // Disabling the account refuses its keys until it is enabled again; an expired key is
+    // refused.
+    let out = ok(&run(&data, &["admin", "create-key", "alice"]));
+    let key2 = out.lines().last().unwrap().trim().to_string();
+    let (key2_id, _) = chunkvault_core::parse_token(&key2).unwrap();
+    let status = |k: String| {
+        let r = http.get(&files).bearer_auth(k);
+        async move { r.send().await.unwrap().status() }
+    };
+    assert_eq!(status(key2.clone()).await, reqwest::StatusCode::OK);
+    ok(&run(&data, &["admin", "disable-user", "alice"]));
+    assert_eq!(
+        status(key2.clone()).await,
+        reqwest::StatusCode::UNAUTHORIZED
+    );
+    ok(&run(&data, &["admin", "enable-user", "alice"]));
+    assert_eq!(status(key2.clone()).await, reqwest::StatusCode::OK);
+    ok(&run(&data, &["admin", "expire-key", key2_id]));
+    assert_eq!(
+        status(key2.clone()).await,
+        reqwest::StatusCode::UNAUTHORIZED
+    );
+    assert!(ok(&run(&data, &["admin", "list-keys", "alice"])).contains("expired"));
 
     // Revoking the key takes effect at once.
     ok(&run(&data, &["admin", "revoke-key", &key_id]));
