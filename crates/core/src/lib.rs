@@ -6,6 +6,7 @@
 mod download;
 mod error;
 mod gc;
+mod locations;
 mod metered;
 mod repair;
 mod scrub;
@@ -22,6 +23,7 @@ use chunkvault_types::{ChunkEntry, FileId};
 
 pub use error::{CoreError, Result};
 pub use gc::{GcOptions, GcReport};
+pub use locations::MetaLocationIndex;
 pub use metered::{MeteredBlobs, MeteredMeta};
 pub use repair::{RepairReport, RestoredChunk, UnrestoredChunk};
 pub use scrub::{ScrubFinding, ScrubOptions, ScrubReport};

@@ -22,8 +22,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chunkvault_blob::{BlobError, BlobMeta, BlobStore};
 use chunkvault_meta::{
-    ChunkRecord, ChunkState, CommitFile, FileRecord, MetaError, MetaStore, NewUpload, PendingChunk,
-    SchemaStatus, UploadRecord,
+    ChunkCopy, ChunkRecord, ChunkState, CommitFile, FileRecord, MetaError, MetaStore, NewUpload,
+    PendingChunk, SchemaStatus, UploadRecord,
 };
 use chunkvault_types::{ChunkEntry, ChunkId, FileId};
 use futures::StreamExt;
@@ -250,6 +250,18 @@ impl MetaStore for MeteredMeta {
 
     async fn files_with_chunk(&self, id: &ChunkId, limit: u32) -> MetaResult<Vec<FileId>> {
         meta_call!("files_with_chunk", self.inner.files_with_chunk(id, limit))
+    }
+
+    async fn record_copies(&self, copies: &[ChunkCopy]) -> MetaResult<()> {
+        meta_call!("record_copies", self.inner.record_copies(copies))
+    }
+
+    async fn chunk_copies(&self, id: &ChunkId) -> MetaResult<Vec<ChunkCopy>> {
+        meta_call!("chunk_copies", self.inner.chunk_copies(id))
+    }
+
+    async fn forget_copies(&self, location: &str, ids: &[ChunkId]) -> MetaResult<()> {
+        meta_call!("forget_copies", self.inner.forget_copies(location, ids))
     }
 
     async fn try_lease(

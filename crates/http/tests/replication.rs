@@ -1,6 +1,7 @@
 //! End to end through the HTTP server with three local-directory locations, replicas = 2:
 //! one location fails in the middle of a stream of uploads and downloads, one copy of every
-//! chunk is corrupted, and repair brings everything back to full policy.
+//! chunk is corrupted, and repair brings everything back to full policy. The metadata records
+//! where every copy lives: writes, failovers, repair, drain and GC keep those records right.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,8 @@ use chunkvault_blob::{
     ReplicatedBlobStore, RetryOptions,
 };
 use chunkvault_core::{ScrubOptions, Vault, VaultConfig};
-use chunkvault_meta::{MetaStore, SqliteMeta, SqliteOptions};
+use chunkvault_meta::{ChunkCopy, CopyStatus, MetaStore, SqliteMeta, SqliteOptions};
+use chunkvault_types::ChunkId;
 use rand::{RngCore, SeedableRng};
 use reqwest::StatusCode;
 
@@ -63,15 +65,16 @@ async fn start(write_quorum: usize) -> Server {
         },
     )
     .unwrap();
-    let vault = Vault::new(
-        Arc::new(replicas.clone()),
+    // As `serve` builds it: the copies of every chunk are recorded in the metadata.
+    let vault = Vault::replicated(
+        replicas,
         Arc::new(meta),
         VaultConfig {
             chunk_size: 64 << 10,
             ..VaultConfig::default()
         },
-    )
-    .with_replicas(replicas.clone());
+    );
+    let replicas = vault.replicas().unwrap().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -99,7 +102,23 @@ fn random(seed: u64, len: usize) -> Vec<u8> {
     v
 }
 
+/// (location, state) of the recorded copies, as a set.
+fn states(copies: &[ChunkCopy]) -> std::collections::BTreeSet<(String, CopyStatus)> {
+    copies
+        .iter()
+        .map(|c| (c.location.clone(), c.state))
+        .collect()
+}
+
 impl Server {
+    async fn copies(&self, id: &ChunkId) -> Vec<ChunkCopy> {
+        self.vault.meta().chunk_copies(id).await.unwrap()
+    }
+
+    async fn manifest(&self, id: &str) -> Vec<chunkvault_types::ChunkEntry> {
+        self.vault.manifest(id.parse().unwrap()).await.unwrap()
+    }
+
     async fn upload(&self, name: &str, data: &[u8]) -> reqwest::Response {
         self.http
             .post(format!("{}/upload", self.base))
@@ -215,12 +234,58 @@ async fn corrupt_copies_are_served_around_then_repaired() {
         raw.put(&e.hash, Bytes::from(bad)).await.unwrap();
     }
     assert!(s.download(&id).await == data, "the good copies are served");
+    // The reads recorded what they found: the preferred copy corrupt, the other one intact.
+    for e in &manifest {
+        let placed = s.replicas.placement_of(&e.hash);
+        assert_eq!(
+            states(&s.copies(&e.hash).await),
+            vec![
+                (placed[0].clone(), CopyStatus::Corrupt),
+                (placed[1].clone(), CopyStatus::Ok)
+            ]
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>(),
+        );
+    }
     let scrub = s.vault.scrub(&ScrubOptions::default()).await.unwrap();
     assert_eq!(scrub.findings.len(), manifest.len());
     assert!(scrub.findings.iter().all(|f| f.problem == "below_policy"));
     // The reads queued every chunk; the queued repair (the server's 5-second task) fixes them.
     let report = s.vault.repair_queued().await.unwrap();
     assert_eq!(report.restored.len(), manifest.len(), "{report:?}");
+    for e in &manifest {
+        assert!(
+            s.copies(&e.hash)
+                .await
+                .iter()
+                .all(|c| c.state == CopyStatus::Ok),
+            "repair recorded the restored copies"
+        );
+    }
+    // The counters of all this are on /metrics (the recorder is shared by the tests of this
+    // file, which run at once: at least what this test caused).
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} is not on /metrics:\n{metrics}"))
+    };
+    let n = manifest.len() as f64;
+    assert!(value("chunkvault_replica_corrupt_copies_seen_total") >= 2.0 * n);
+    assert!(value("chunkvault_replica_read_failovers_total") >= n);
+    assert!(value("chunkvault_replica_repairs_queued_total") >= n);
+    assert!(value("chunkvault_replica_copies_restored_total") >= n);
+    assert!(value("chunkvault_replica_repair_queue_chunks") >= 0.0);
+    assert!(value("chunkvault_replica_chunks_below_policy") >= 0.0);
     assert!(
         s.vault
             .scrub(&ScrubOptions::default())
@@ -262,4 +327,122 @@ async fn gc_deletes_every_copy_on_every_location() {
             f.inner().describe()
         );
     }
+}
+
+/// Writes record their copies; a drain moves the records with the copies, and reads then go
+/// straight to the recorded copies (placement still names the drained location first for some
+/// chunks, which without records would cost a failover per chunk); GC removes the records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn location_records_follow_writes_drain_reads_and_gc() {
+    let s = start(2).await;
+    let data = random(11, 12 * (64 << 10));
+    let id = s.upload_ok("f", &data).await;
+    let manifest = s.manifest(&id).await;
+    for e in &manifest {
+        let expected: std::collections::BTreeSet<_> = s
+            .replicas
+            .placement_of(&e.hash)
+            .into_iter()
+            .map(|l| (l, CopyStatus::Ok))
+            .collect();
+        assert_eq!(states(&s.copies(&e.hash).await), expected, "written copies");
+    }
+    let first_on_c = manifest
+        .iter()
+        .filter(|e| s.replicas.placement_of(&e.hash)[0] == "c")
+        .count();
+    assert!(first_on_c > 0, "some chunk prefers c (fixed seed)");
+
+    let report = s.vault.drain("c").await.unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    for e in &manifest {
+        let copies = s.copies(&e.hash).await;
+        assert_eq!(
+            states(&copies),
+            [
+                ("a".to_string(), CopyStatus::Ok),
+                ("b".to_string(), CopyStatus::Ok)
+            ]
+            .into_iter()
+            .collect(),
+            "after the drain both copies are recorded on a and b, none on c"
+        );
+    }
+
+    let stats = s.replicas.stats();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let (failovers, missing) = (
+        load(&stats.read_failovers),
+        load(&stats.missing_copies_seen),
+    );
+    assert!(s.download(&id).await == data);
+    assert_eq!(
+        (
+            load(&stats.read_failovers),
+            load(&stats.missing_copies_seen)
+        ),
+        (failovers, missing),
+        "no read asked c, which placement prefers for {first_on_c} chunks"
+    );
+
+    let resp = s
+        .http
+        .delete(format!("{}/files/{id}", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    s.vault
+        .gc(&chunkvault_core::GcOptions {
+            grace: Duration::ZERO,
+            holder: "test".into(),
+            lease_ttl: Duration::from_secs(60),
+        })
+        .await
+        .unwrap();
+    for e in &manifest {
+        assert!(s.copies(&e.hash).await.is_empty(), "GC removed the records");
+    }
+}
+
+/// A wiped location: reads go around it, and repair re-creates its copies and records them
+/// as verified again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_locations_records_are_repaired() {
+    let s = start(2).await;
+    let data = random(12, 16 * (64 << 10) + 5);
+    let id = s.upload_ok("f", &data).await;
+    let manifest = s.manifest(&id).await;
+    std::fs::remove_dir_all(s._dir.path().join("b")).unwrap();
+    assert!(
+        s.download(&id).await == data,
+        "reads go around the wiped location"
+    );
+    let before_repair = time::OffsetDateTime::now_utc();
+    let report = s.vault.repair().await.unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    let on_b = manifest
+        .iter()
+        .filter(|e| s.replicas.placement_of(&e.hash).contains(&"b".to_string()))
+        .count();
+    assert!(on_b > 0);
+    assert_eq!(report.restored.len(), on_b);
+    for e in &manifest {
+        let copies = s.copies(&e.hash).await;
+        assert_eq!(copies.len(), 2);
+        for c in &copies {
+            assert_eq!(c.state, CopyStatus::Ok);
+            assert!(
+                c.verified_at >= before_repair - Duration::from_millis(1),
+                "repair verified (or rewrote) every placed copy: {c:?}"
+            );
+        }
+    }
+    assert!(
+        s.vault
+            .scrub(&ScrubOptions::default())
+            .await
+            .unwrap()
+            .is_clean()
+    );
 }
