@@ -28,6 +28,24 @@ struct Server {
 }
 
 async fn start(write_quorum: usize) -> Server {
+    start_over(&["a", "b", "c"], |locations| {
+        ReplicatedBlobStore::new(
+            locations,
+            Policy {
+                replicas: 2,
+                write_quorum,
+            },
+        )
+        .unwrap()
+    })
+    .await
+}
+
+/// A server over local-directory locations named `names`, with the policy `make` builds.
+async fn start_over(
+    names: &[&str],
+    make: impl FnOnce(Vec<Location>) -> ReplicatedBlobStore,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let meta = SqliteMeta::open(&SqliteOptions {
         path: dir.path().join("meta.db"),
@@ -39,7 +57,7 @@ async fn start(write_quorum: usize) -> Server {
     meta.migrate().await.unwrap();
     let mut faults = Vec::new();
     let mut locations = Vec::new();
-    for name in ["a", "b", "c"] {
+    for &name in names {
         let store = ObjectStoreBlobs::open(
             &BlobConfig::Local {
                 root: dir.path().join(name),
@@ -57,14 +75,7 @@ async fn start(write_quorum: usize) -> Server {
         });
         faults.push(f);
     }
-    let replicas = ReplicatedBlobStore::new(
-        locations,
-        Policy {
-            replicas: 2,
-            write_quorum,
-        },
-    )
-    .unwrap();
+    let replicas = make(locations);
     // As `serve` builds it: the copies of every chunk are recorded in the metadata.
     let vault = Vault::replicated(
         replicas,
@@ -444,5 +455,81 @@ async fn a_wiped_locations_records_are_repaired() {
             .await
             .unwrap()
             .is_clean()
+    );
+}
+
+/// Erasure coding 4 + 2 over six locations: every shard is recorded with its index where
+/// placement put it; reads take the data shards only (the parity locations down cost no
+/// failover), rebuild from parity when a data shard is gone, and repair records the rebuilt
+/// shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_coded_shards_are_recorded_and_read_data_first() {
+    let names = ["a", "b", "c", "d", "e", "f"];
+    let s = start_over(&names, |locations| {
+        ReplicatedBlobStore::erasure(locations, 4, 2, 6).unwrap()
+    })
+    .await;
+    let data = random(13, 50_000);
+    let id = s.upload_ok("ec", &data).await;
+    let manifest = s.manifest(&id).await;
+    assert_eq!(manifest.len(), 1);
+    let chunk = manifest[0].hash;
+    let placed = s.replicas.placement_of(&chunk);
+    let mut recorded: Vec<(String, Option<u32>, CopyStatus)> = s
+        .copies(&chunk)
+        .await
+        .into_iter()
+        .map(|c| (c.location, c.shard, c.state))
+        .collect();
+    recorded.sort_by_key(|c| c.1);
+    let expected: Vec<(String, Option<u32>, CopyStatus)> = placed
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.clone(), Some(i as u32), CopyStatus::Ok))
+        .collect();
+    assert_eq!(
+        recorded, expected,
+        "shard i recorded on the i-th placed location"
+    );
+
+    let fault = |name: &str| &s.faults[names.iter().position(|n| *n == name).unwrap()];
+    let stats = s.replicas.stats();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    // Both parity locations down: the data shards suffice and nothing is skipped.
+    fault(&placed[4]).set(Fault::Down);
+    fault(&placed[5]).set(Fault::Down);
+    let failovers = load(&stats.read_failovers);
+    assert!(s.download(&id).await == data);
+    assert_eq!(
+        load(&stats.read_failovers),
+        failovers,
+        "parity shards were not read"
+    );
+    // Parity back, one data shard deleted: rebuilt from parity, counted as a failover.
+    fault(&placed[4]).set(Fault::None);
+    fault(&placed[5]).set(Fault::None);
+    fault(&placed[1]).inner().delete(&chunk).await.unwrap();
+    assert!(s.download(&id).await == data);
+    assert!(load(&stats.read_failovers) > failovers);
+    let missing = s
+        .copies(&chunk)
+        .await
+        .into_iter()
+        .find(|c| c.location == placed[1])
+        .unwrap();
+    assert_eq!(
+        (missing.state, missing.shard),
+        (CopyStatus::Missing, Some(1)),
+        "the read recorded the lost shard, keeping its index"
+    );
+    let report = s.vault.repair().await.unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.restored.len(), 1);
+    assert!(
+        s.copies(&chunk)
+            .await
+            .iter()
+            .all(|c| c.state == CopyStatus::Ok),
+        "repair recorded the rebuilt shard"
     );
 }
