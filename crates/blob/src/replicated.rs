@@ -839,7 +839,26 @@ impl ReplicatedBlobStore {
                 }
             })
             .collect();
+        let placed: Vec<usize> = now.iter().map(|c| c.0).collect();
         self.note(id, now).await;
+        // Once the policy is met, bad records of copies it does not need (a location no longer
+        // placed or no longer configured) are dropped, or they would keep the chunk queued.
+        if outcome.complete()
+            && let Some(index) = &self.index
+        {
+            for c in self.recorded(id).await {
+                let needed = self
+                    .index_of(&c.location)
+                    .is_some_and(|i| placed.contains(&i));
+                if c.state != CopyState::Healthy
+                    && !needed
+                    && let Err(e) = index.forget(&c.location, &[*id]).await
+                {
+                    self.stats.index_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(chunk = %id, error = %e, "cannot forget a stale copy record");
+                }
+            }
+        }
         if let Some(x) = excluded
             && outcome.failed.is_empty()
             && !outcome.lost
@@ -916,6 +935,9 @@ impl BlobStore for ReplicatedBlobStore {
             match r {
                 Ok(()) => written.push((i, shard(pos), CopyState::Healthy)),
                 Err(e) => {
+                    // Recorded as missing: the record is the repair queue that survives a
+                    // restart (a failed put may have stored it after all; repair checks).
+                    written.push((i, shard(pos), CopyState::Missing));
                     tracing::warn!(chunk = %id, location = %self.locations[i].name, error = %e, "chunk copy not written");
                     self.stats
                         .copies_not_written
@@ -923,17 +945,16 @@ impl BlobStore for ReplicatedBlobStore {
                     errors.push(format!("{}: {e}", self.locations[i].name));
                 }
             }
-            if written.len() >= self.policy.write_quorum {
-                break;
-            }
-            if written.len() + writes.len() < self.policy.write_quorum {
+            let ok = written.iter().filter(|w| w.2 == CopyState::Healthy).count();
+            if ok >= self.policy.write_quorum || ok + writes.len() < self.policy.write_quorum {
                 break;
             }
         }
-        let ok = written.len();
+        let ok = written.iter().filter(|w| w.2 == CopyState::Healthy).count();
         if ok < self.policy.write_quorum {
             if ok > 0 {
                 self.enqueue(*id);
+                self.note(id, written).await;
             }
             return Err(unavailable(format!(
                 "only {ok} of {} copies of chunk {id} written, {} required: {}",
@@ -965,6 +986,7 @@ impl BlobStore for ReplicatedBlobStore {
                     match r {
                         Ok(()) => written.push((i, this.erasure.map(|_| pos), CopyState::Healthy)),
                         Err(e) => {
+                            written.push((i, this.erasure.map(|_| pos), CopyState::Missing));
                             tracing::warn!(chunk = %id, location = %this.locations[i].name, error = %e, "background chunk copy not written; queued for repair");
                             this.stats
                                 .copies_not_written

@@ -264,6 +264,17 @@ impl MetaStore for MeteredMeta {
         meta_call!("forget_copies", self.inner.forget_copies(location, ids))
     }
 
+    async fn chunks_with_bad_copies(
+        &self,
+        after: Option<ChunkId>,
+        limit: u32,
+    ) -> MetaResult<Vec<ChunkId>> {
+        meta_call!(
+            "chunks_with_bad_copies",
+            self.inner.chunks_with_bad_copies(after, limit)
+        )
+    }
+
     async fn try_lease(
         &self,
         name: &str,

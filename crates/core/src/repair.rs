@@ -145,12 +145,32 @@ impl Vault {
         Ok(report)
     }
 
-    /// Repairs the chunks the read and write paths queued (copies skipped or not written).
-    /// Chunks the metadata no longer references are left to GC.
+    /// Repairs the chunks the read and write paths queued (copies skipped or not written),
+    /// and those the metadata records with a missing or corrupt copy (so the queue survives a
+    /// restart). Chunks the metadata no longer references are left to GC.
     pub async fn repair_queued(&self) -> Result<RepairReport> {
         let replicas = self.require_replicas()?;
         let mut report = RepairReport::default();
-        let queued = replicas.take_repair_queue();
+        let mut queued = replicas.take_repair_queue();
+        let mut after = None;
+        let recorded = loop {
+            match self.meta.chunks_with_bad_copies(after, 1000).await {
+                Ok(page) if page.is_empty() => break Ok(()),
+                Ok(page) => {
+                    after = page.last().copied();
+                    queued.extend(page);
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        if let Err(e) = recorded {
+            for id in &queued {
+                replicas.requeue(*id);
+            }
+            return Err(e.into());
+        }
+        queued.sort();
+        queued.dedup();
         for (n, id) in queued.iter().enumerate() {
             // A chunk of a failed upload, or one GC just deleted: not ours to bring back.
             let referenced = match self.meta.files_with_chunk(id, 1).await {

@@ -533,3 +533,75 @@ async fn erasure_coded_shards_are_recorded_and_read_data_first() {
         "repair recorded the rebuilt shard"
     );
 }
+
+/// Copies a write could not store are recorded as missing, so the repair queue survives a
+/// restart: with the in-memory queue gone, the queued repair still finds and restores them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_not_written_are_repaired_after_a_restart() {
+    let s = start(1).await;
+    s.faults[2].set(Fault::Down);
+    let data = random(14, 12 * (64 << 10));
+    let id = s.upload_ok("f", &data).await;
+    let manifest = s.manifest(&id).await;
+    let on_c: Vec<ChunkId> = manifest
+        .iter()
+        .map(|e| e.hash)
+        .filter(|h| s.replicas.placement_of(h).contains(&"c".to_string()))
+        .collect();
+    assert!(!on_c.is_empty(), "c holds a share (fixed seed)");
+    // The background writes to c fail at once (the fault), then are recorded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut recorded = 0;
+        for h in &on_c {
+            let copies = s.copies(h).await;
+            if copies
+                .iter()
+                .any(|c| c.location == "c" && c.state == CopyStatus::Missing)
+            {
+                recorded += 1;
+            }
+        }
+        if recorded == on_c.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{recorded} of {} copies on c recorded missing",
+            on_c.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut bad = s
+        .vault
+        .meta()
+        .chunks_with_bad_copies(None, 100)
+        .await
+        .unwrap();
+    bad.sort();
+    let mut expected = on_c.clone();
+    expected.sort();
+    assert_eq!(bad, expected);
+
+    // A restart loses the in-memory queue; c comes back.
+    s.replicas.take_repair_queue();
+    s.faults[2].set(Fault::None);
+    let report = s.vault.repair_queued().await.unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.restored.len(), on_c.len());
+    assert!(
+        s.vault
+            .meta()
+            .chunks_with_bad_copies(None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.vault
+            .scrub(&ScrubOptions::default())
+            .await
+            .unwrap()
+            .is_clean()
+    );
+}

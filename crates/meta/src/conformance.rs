@@ -598,6 +598,25 @@ pub async fn chunk_copies_are_recorded_replaced_and_forgotten(m: &dyn MetaStore)
         vec![copy(90_000, "east", None, CopyStatus::Ok), seen.clone()]
     );
 
+    // The chunks with a copy not ok: 90_000 (west missing) and 90_001 (north corrupt), in
+    // hash order, paged; a pending chunk's bad copy is not listed until it is live.
+    let mut bad = vec![hash(90_000), hash(90_001)];
+    bad.sort();
+    assert_eq!(m.chunks_with_bad_copies(None, 10).await.unwrap(), bad);
+    assert_eq!(m.chunks_with_bad_copies(None, 1).await.unwrap(), bad[..1]);
+    assert_eq!(
+        m.chunks_with_bad_copies(Some(bad[0]), 10).await.unwrap(),
+        bad[1..]
+    );
+    let open = new_upload("pending");
+    m.create_upload(&open).await.unwrap();
+    m.add_chunks(open.id, &chunks_for(4, 90_500)).await.unwrap();
+    m.record_copies(&[copy(90_500, "east", None, CopyStatus::Missing)])
+        .await
+        .unwrap();
+    assert_eq!(m.chunks_with_bad_copies(None, 10).await.unwrap(), bad);
+    m.abort_upload(open.id).await.unwrap();
+
     // A drain forgets one location's copies, only those.
     m.forget_copies("east", &[hash(90_000), hash(90_001), hash(90_999)])
         .await
@@ -628,6 +647,13 @@ pub async fn chunk_copies_are_recorded_replaced_and_forgotten(m: &dyn MetaStore)
     );
     m.gc_forget(&claimed).await.unwrap();
     assert!(m.chunk_copies(&hash(90_000)).await.unwrap().is_empty());
+    assert!(
+        !m.chunks_with_bad_copies(None, 100)
+            .await
+            .unwrap()
+            .iter()
+            .any(|h| [hash(90_000), hash(90_001)].contains(h))
+    );
     assert!(m.chunk_copies(&hash(90_001)).await.unwrap().is_empty());
 }
 

@@ -337,6 +337,14 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
     /// Idempotent.
     async fn forget_copies(&self, location: &str, ids: &[ChunkId]) -> Result<()>;
 
+    /// Live chunks with at least one copy recorded missing or corrupt, in hash order, strictly
+    /// after `after`: the repair queue that survives a restart.
+    async fn chunks_with_bad_copies(
+        &self,
+        after: Option<ChunkId>,
+        limit: u32,
+    ) -> Result<Vec<ChunkId>>;
+
     /// Takes or renews the named lease for `holder`; false when another holder has it unexpired.
     async fn try_lease(
         &self,

@@ -582,6 +582,19 @@ macro_rules! impl_meta_store {
                 Ok(())
             }
 
+            async fn chunks_with_bad_copies(&self, after: Option<ChunkId>, limit: u32) -> Result<Vec<ChunkId>> {
+                let after = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+                let rows = sqlx::query(
+                    "SELECT DISTINCT l.hash FROM chunk_locations l JOIN chunks c ON c.hash = l.hash
+                     WHERE l.state <> 'ok' AND c.state = 'live' AND l.hash > $1 ORDER BY l.hash LIMIT $2",
+                )
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await?;
+                rows.into_iter().map(|r| chunk_id(r.try_get(0)?)).collect()
+            }
+
             async fn try_lease(&self, name: &str, holder: &str, ttl: Duration, now: OffsetDateTime) -> Result<bool> {
                 let until = micros(now) + ttl.as_micros().min(i64::MAX as u128) as i64;
                 let done = sqlx::query(

@@ -17,3 +17,7 @@ CREATE TABLE chunk_locations (
 
 -- A drain lists what one location holds.
 CREATE INDEX chunk_locations_location ON chunk_locations (location);
+
+-- The chunks with a copy found missing or corrupt, or not written: the repair queue that
+-- survives a restart.
+CREATE INDEX chunk_locations_bad ON chunk_locations (hash) WHERE state <> 'ok';
