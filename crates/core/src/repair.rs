@@ -5,14 +5,13 @@
 //! (rendezvous hashing over location names) says where they should be, and repair reads every
 //! placed copy, re-creates what is missing or damaged and records what it found and wrote.
 
+use std::sync::Arc;
+
 use chunkvault_blob::{BlobError, ReplicatedBlobStore};
+use chunkvault_meta::MetaStore;
 use chunkvault_types::{ChunkId, FileId};
 use futures::TryStreamExt;
 use serde::Serialize;
-
-use std::sync::Arc;
-
-use chunkvault_meta::MetaStore;
 
 use crate::{CoreError, Result, Vault, VaultConfig};
 
