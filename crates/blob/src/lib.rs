@@ -33,8 +33,8 @@ pub use faulty::{Fault, FaultyBlobStore};
 pub use key::{CHUNK_PREFIX, chunk_key, parse_chunk_key};
 pub use pool::{ChunkBuf, POOLED_MIN};
 pub use replicated::{
-    ChunkHealth, CopyState, HEDGE_AFTER, Location, Policy, RepairOutcome, ReplicaStats,
-    ReplicatedBlobStore, placement,
+    ChunkHealth, CopyState, HEDGE_AFTER, IndexedCopy, Location, LocationIndex, Policy,
+    RepairOutcome, ReplicaStats, ReplicatedBlobStore, placement,
 };
 
 /// What a store knows about one stored blob.

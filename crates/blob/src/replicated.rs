@@ -53,6 +53,12 @@ pub struct ReplicaStats {
     pub missing_copies_seen: AtomicU64,
     /// Copies a put could not write (after the quorum, or in a failed put).
     pub copies_not_written: AtomicU64,
+    /// Chunks put on the repair queue (each time one was added that was not queued yet).
+    pub repairs_queued: AtomicU64,
+    /// Copies or shards re-created by repair or drain.
+    pub copies_restored: AtomicU64,
+    /// Reads or writes of the location index that failed (the read then probed).
+    pub index_errors: AtomicU64,
 }
 
 /// The state of one copy of a chunk.
@@ -102,6 +108,35 @@ impl RepairOutcome {
     }
 }
 
+/// One copy (or shard) of a chunk as a [`LocationIndex`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedCopy {
+    pub chunk: ChunkId,
+    pub location: String,
+    /// `None` for a whole copy; the shard index under erasure coding.
+    pub shard: Option<usize>,
+    /// `Healthy`, `Missing` or `Corrupt`; `Unreachable` says nothing about the copy and is never
+    /// recorded.
+    pub state: CopyState,
+}
+
+/// Where the copies of each chunk live, kept outside the blob stores (chunkvault's metadata
+/// database implements it, through core). The blobs stay the truth: the index lets reads and
+/// repair go straight to a copy, and a chunk it knows nothing about (written before it
+/// existed) is found by placement and probing, so a lost or stale record never loses data.
+#[async_trait]
+pub trait LocationIndex: Send + Sync + std::fmt::Debug + 'static {
+    /// The recorded copies of `id`, in any state; empty when none are recorded.
+    async fn copies(&self, id: &ChunkId) -> Result<Vec<IndexedCopy>>;
+
+    /// Records what was just seen of some copies (one call per chunk operation, written as one
+    /// batch). Idempotent.
+    async fn record(&self, copies: &[IndexedCopy]) -> Result<()>;
+
+    /// Forgets the copies of `ids` on `location` (moved off it by a drain). Idempotent.
+    async fn forget(&self, location: &str, ids: &[ChunkId]) -> Result<()>;
+}
+
 /// See the module documentation. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ReplicatedBlobStore {
@@ -116,6 +151,8 @@ pub struct ReplicatedBlobStore {
     /// Erasure coding instead of copies: (data, parity) shards, shard `i` on the `i`-th placed
     /// location; `policy.replicas` is then `data + parity`.
     erasure: Option<(usize, usize)>,
+    /// Where copies live, when the deployment records it (see [`LocationIndex`]).
+    index: Option<Arc<dyn LocationIndex>>,
 }
 
 /// The rendezvous (highest random weight) score of `id` on location `name`: BLAKE3 of both,
@@ -187,6 +224,7 @@ impl ReplicatedBlobStore {
             queue: Arc::default(),
             background: Arc::default(),
             erasure: None,
+            index: None,
         })
     }
 
@@ -225,6 +263,87 @@ impl ReplicatedBlobStore {
         Ok(store)
     }
 
+    /// Records where copies live in `index` from now on, and asks it first on reads and repairs.
+    pub fn with_index(mut self, index: Arc<dyn LocationIndex>) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    /// The recorded copies of `id`; empty without an index or when it cannot answer (reads
+    /// then find copies by placement and probing, as without an index).
+    async fn recorded(&self, id: &ChunkId) -> Vec<IndexedCopy> {
+        let Some(index) = &self.index else {
+            return Vec::new();
+        };
+        match index.copies(id).await {
+            Ok(copies) => copies,
+            Err(e) => {
+                self.stats.index_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(chunk = %id, error = %e, "cannot read where the copies of a chunk live; probing");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Records what was seen of copies of `id`: `(location index, shard, state)`. Failures are
+    /// logged and counted, not returned: the copies themselves are what they are, and the next
+    /// read or repair records them again.
+    async fn note(
+        &self,
+        id: &ChunkId,
+        seen: impl IntoIterator<Item = (usize, Option<usize>, CopyState)>,
+    ) {
+        let Some(index) = &self.index else { return };
+        let copies: Vec<IndexedCopy> = seen
+            .into_iter()
+            .filter(|(_, _, state)| *state != CopyState::Unreachable)
+            .map(|(i, shard, state)| IndexedCopy {
+                chunk: *id,
+                location: self.locations[i].name.clone(),
+                shard,
+                state,
+            })
+            .collect();
+        if copies.is_empty() {
+            return;
+        }
+        if let Err(e) = index.record(&copies).await {
+            self.stats.index_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(chunk = %id, error = %e, "cannot record where the copies of a chunk live");
+        }
+    }
+
+    /// What a read saw that the index does not say yet: a recorded copy found missing or
+    /// corrupt, or a healthy copy found where none was recorded.
+    async fn note_read(
+        &self,
+        id: &ChunkId,
+        recorded: &[IndexedCopy],
+        seen: &[(usize, Option<usize>, CopyState)],
+    ) {
+        if self.index.is_none() {
+            return;
+        }
+        let changed: Vec<(usize, Option<usize>, CopyState)> = seen
+            .iter()
+            .filter_map(|&(i, shard, state)| {
+                let name = &self.locations[i].name;
+                let before = recorded.iter().find(|c| &c.location == name);
+                let differs = match state {
+                    CopyState::Healthy => before.is_none_or(|c| c.state != CopyState::Healthy),
+                    CopyState::Missing => before.is_some_and(|c| c.state != CopyState::Missing),
+                    CopyState::Corrupt => before.is_none_or(|c| c.state != CopyState::Corrupt),
+                    CopyState::Unreachable => false,
+                };
+                // A shard that could not be parsed keeps the index it was recorded with.
+                differs.then(|| (i, shard.or(before.and_then(|c| c.shard)), state))
+            })
+            .collect();
+        if !changed.is_empty() {
+            self.note(id, changed).await;
+        }
+    }
+
     /// `(data, parity)` when the policy is erasure coding.
     pub fn erasure_coding(&self) -> Option<(usize, usize)> {
         self.erasure
@@ -260,20 +379,51 @@ impl ReplicatedBlobStore {
         }
     }
 
-    /// Reads shards from the placed locations at once (then the others), and rebuilds the
-    /// chunk from the first `data` intact ones.
+    /// Reads the `data` data shards first (where the index records them, else where placement
+    /// puts them), so an intact chunk is joined without decoding; only when one of them fails
+    /// are the parity shards read, then every other location. Rebuilds the chunk from the
+    /// first `data` intact shards.
     async fn get_erasure(&self, id: &ChunkId, data: usize) -> Result<Bytes> {
         let placed = self.placed(id, None);
+        let recorded = self.recorded(id).await;
+        let mut seen = Vec::new();
         let mut shards: HashMap<usize, crate::erasure::Shard> = HashMap::new();
         let mut unreachable = Vec::new();
         let mut damaged = false;
-        let groups = [
-            placed.clone(),
-            (0..self.locations.len())
-                .filter(|i| !placed.contains(i))
-                .collect::<Vec<_>>(),
-        ];
-        for group in groups {
+        let holder = |shard: usize| {
+            recorded
+                .iter()
+                .find(|c| c.state == CopyState::Healthy && c.shard == Some(shard))
+                .and_then(|c| self.index_of(&c.location))
+                .or_else(|| placed.get(shard).copied())
+        };
+        let mut first: Vec<usize> = Vec::with_capacity(data);
+        for i in (0..data).filter_map(holder) {
+            if !first.contains(&i) {
+                first.push(i);
+            }
+        }
+        let mut second: Vec<usize> = Vec::new();
+        for i in recorded
+            .iter()
+            .filter(|c| c.state == CopyState::Healthy)
+            .filter_map(|c| self.index_of(&c.location))
+            .chain(placed.iter().copied())
+        {
+            if !first.contains(&i) && !second.contains(&i) {
+                second.push(i);
+            }
+        }
+        let rest: Vec<usize> = (0..self.locations.len())
+            .filter(|i| !first.contains(i) && !second.contains(i))
+            .collect();
+        let expected = |i: usize| {
+            placed.contains(&i)
+                || recorded
+                    .iter()
+                    .any(|c| c.location == self.locations[i].name)
+        };
+        for group in [first, second, rest] {
             let mut reads: FuturesUnordered<_> = group
                 .iter()
                 .map(|&i| {
@@ -283,11 +433,12 @@ impl ReplicatedBlobStore {
                 })
                 .collect();
             while let Some((i, (state, shard))) = reads.next().await {
+                seen.push((i, shard.as_ref().map(|s| s.index), state));
                 match (state, shard) {
                     (CopyState::Healthy, Some(s)) => {
                         shards.entry(s.index).or_insert(s);
                     }
-                    (CopyState::Missing, _) if !placed.contains(&i) => {}
+                    (CopyState::Missing, _) if !expected(i) => {}
                     (CopyState::Unreachable, _) => {
                         unreachable.push(self.locations[i].name.clone());
                         damaged = true;
@@ -323,6 +474,7 @@ impl ReplicatedBlobStore {
                     self.stats.read_failovers.fetch_add(1, Ordering::Relaxed);
                     self.enqueue(*id);
                 }
+                self.note_read(id, &recorded, &seen).await;
                 return match rebuilt {
                     Ok((_, chunk)) => Ok(chunk),
                     Err(e) => Err(BlobError::Other {
@@ -333,6 +485,7 @@ impl ReplicatedBlobStore {
             }
         }
         self.enqueue(*id);
+        self.note_read(id, &recorded, &seen).await;
         if !unreachable.is_empty() {
             return Err(unavailable(format!(
                 "chunk {id}: {} of {data} shards readable; unreachable: {}",
@@ -424,12 +577,15 @@ impl ReplicatedBlobStore {
                 }
             }
         }
-        if let Some(x) = excluded
-            && outcome.failed.is_empty()
-        {
-            self.locations[x].store.delete(id).await?;
-        }
-        Ok(outcome)
+        let finals: Vec<(usize, Option<usize>, CopyState)> = placed
+            .iter()
+            .enumerate()
+            .map(|(pos, &i)| {
+                let state = states.get(&pos).copied().unwrap_or(CopyState::Missing);
+                (i, Some(pos), state)
+            })
+            .collect();
+        self.finish_repair(id, excluded, finals, outcome).await
     }
 
     pub fn policy(&self) -> Policy {
@@ -462,6 +618,26 @@ impl ReplicatedBlobStore {
         .collect()
     }
 
+    /// The order a read asks locations in: those the index records a healthy copy on (in
+    /// placement preference), then the placed ones, then every other (copies a drain or a
+    /// placement change left, chunks the index does not know).
+    fn read_order(&self, placed: &[usize], recorded: &[IndexedCopy]) -> Vec<usize> {
+        let preference = |i: &usize| placed.iter().position(|p| p == i).unwrap_or(usize::MAX);
+        let mut order: Vec<usize> = recorded
+            .iter()
+            .filter(|c| c.state == CopyState::Healthy)
+            .filter_map(|c| self.index_of(&c.location))
+            .collect();
+        order.sort_by_key(|i| (preference(i), *i));
+        order.dedup();
+        for i in placed.iter().copied().chain(0..self.locations.len()) {
+            if !order.contains(&i) {
+                order.push(i);
+            }
+        }
+        order
+    }
+
     /// Location names `id` is placed on, in preference order.
     pub fn placement_of(&self, id: &ChunkId) -> Vec<String> {
         self.placed(id, None)
@@ -471,10 +647,19 @@ impl ReplicatedBlobStore {
     }
 
     fn enqueue(&self, id: ChunkId) {
-        self.queue
+        let new = self
+            .queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id);
+        if new {
+            self.stats.repairs_queued.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Chunks waiting on the repair queue.
+    pub fn repair_queue_len(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Puts a chunk (back) on the repair queue.
@@ -508,10 +693,12 @@ impl ReplicatedBlobStore {
         }
     }
 
-    /// Reads every placed copy of `id` (and looks for copies elsewhere) and reports their state.
+    /// Reads every placed copy of `id` (and looks for copies elsewhere), reports their state and
+    /// records it in the index.
     pub async fn inspect(&self, id: &ChunkId) -> ChunkHealth {
         let placed = self.placed(id, None);
         let mut copies = Vec::with_capacity(placed.len());
+        let mut seen = Vec::with_capacity(placed.len());
         for (pos, &i) in placed.iter().enumerate() {
             let store = self.locations[i].store.as_ref();
             let state = match self.erasure {
@@ -519,7 +706,10 @@ impl ReplicatedBlobStore {
                 None => Self::read_copy(store, id).await.0,
             };
             copies.push((self.locations[i].name.clone(), state));
+            seen.push((i, self.erasure.map(|_| pos), state));
         }
+        // Every placed copy was just read in full: its record is now verified.
+        self.note(id, seen).await;
         let mut extra_healthy = Vec::new();
         for (i, l) in self.locations.iter().enumerate() {
             if placed.contains(&i) {
@@ -613,10 +803,73 @@ impl ReplicatedBlobStore {
                 },
             }
         }
+        let finals: Vec<(usize, Option<usize>, CopyState)> = placed
+            .iter()
+            .map(|&i| {
+                (
+                    i,
+                    None,
+                    states.get(&i).copied().unwrap_or(CopyState::Missing),
+                )
+            })
+            .collect();
+        self.finish_repair(id, excluded, finals, outcome).await
+    }
+
+    /// Records the outcome of a repair of `id` (`finals`: each placed location, its shard and
+    /// what was found there before the repair), and when draining `excluded`, deletes the copy
+    /// there once every placed copy is in place and forgets it.
+    async fn finish_repair(
+        &self,
+        id: &ChunkId,
+        excluded: Option<usize>,
+        finals: Vec<(usize, Option<usize>, CopyState)>,
+        outcome: RepairOutcome,
+    ) -> Result<RepairOutcome> {
+        self.stats
+            .copies_restored
+            .fetch_add(outcome.restored.len() as u64, Ordering::Relaxed);
+        let now: Vec<(usize, Option<usize>, CopyState)> = finals
+            .into_iter()
+            .map(|(i, shard, before)| {
+                if outcome.restored.contains(&self.locations[i].name) {
+                    (i, shard, CopyState::Healthy)
+                } else {
+                    (i, shard, before)
+                }
+            })
+            .collect();
+        let placed: Vec<usize> = now.iter().map(|c| c.0).collect();
+        self.note(id, now).await;
+        // Once the policy is met, bad records of copies it does not need (a location no longer
+        // placed or no longer configured) are dropped, or they would keep the chunk queued.
+        if outcome.complete()
+            && let Some(index) = &self.index
+        {
+            for c in self.recorded(id).await {
+                let needed = self
+                    .index_of(&c.location)
+                    .is_some_and(|i| placed.contains(&i));
+                if c.state != CopyState::Healthy
+                    && !needed
+                    && let Err(e) = index.forget(&c.location, &[*id]).await
+                {
+                    self.stats.index_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(chunk = %id, error = %e, "cannot forget a stale copy record");
+                }
+            }
+        }
         if let Some(x) = excluded
             && outcome.failed.is_empty()
+            && !outcome.lost
         {
             self.locations[x].store.delete(id).await?;
+            if let Some(index) = &self.index
+                && let Err(e) = index.forget(&self.locations[x].name, &[*id]).await
+            {
+                self.stats.index_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(chunk = %id, error = %e, "cannot forget a drained copy");
+            }
         }
         Ok(outcome)
     }
@@ -658,7 +911,8 @@ impl BlobStore for ReplicatedBlobStore {
         let mut writes: FuturesUnordered<_> = placed
             .iter()
             .zip(payloads)
-            .map(|(&i, data)| {
+            .enumerate()
+            .map(|(pos, (&i, data))| {
                 let store = self.locations[i].store.clone();
                 let id = *id;
                 // Spawned, so writes beyond the quorum finish after this call returns.
@@ -670,16 +924,20 @@ impl BlobStore for ReplicatedBlobStore {
                             source: Box::new(e),
                         }),
                     };
-                    (i, r)
+                    (pos, i, r)
                 }
             })
             .collect();
-        let mut ok = 0;
+        let shard = |pos: usize| self.erasure.map(|_| pos);
+        let mut written = Vec::new();
         let mut errors = Vec::new();
-        while let Some((i, r)) = writes.next().await {
+        while let Some((pos, i, r)) = writes.next().await {
             match r {
-                Ok(()) => ok += 1,
+                Ok(()) => written.push((i, shard(pos), CopyState::Healthy)),
                 Err(e) => {
+                    // Recorded as missing: the record is the repair queue that survives a
+                    // restart (a failed put may have stored it after all; repair checks).
+                    written.push((i, shard(pos), CopyState::Missing));
                     tracing::warn!(chunk = %id, location = %self.locations[i].name, error = %e, "chunk copy not written");
                     self.stats
                         .copies_not_written
@@ -687,16 +945,16 @@ impl BlobStore for ReplicatedBlobStore {
                     errors.push(format!("{}: {e}", self.locations[i].name));
                 }
             }
-            if ok >= self.policy.write_quorum {
-                break;
-            }
-            if ok + writes.len() < self.policy.write_quorum {
+            let ok = written.iter().filter(|w| w.2 == CopyState::Healthy).count();
+            if ok >= self.policy.write_quorum || ok + writes.len() < self.policy.write_quorum {
                 break;
             }
         }
+        let ok = written.iter().filter(|w| w.2 == CopyState::Healthy).count();
         if ok < self.policy.write_quorum {
             if ok > 0 {
                 self.enqueue(*id);
+                self.note(id, written).await;
             }
             return Err(unavailable(format!(
                 "only {ok} of {} copies of chunk {id} written, {} required: {}",
@@ -705,6 +963,8 @@ impl BlobStore for ReplicatedBlobStore {
                 errors.join("; ")
             )));
         }
+        // The durable copies, in one record; the rest are recorded when they land.
+        self.note(id, written).await;
         if !errors.is_empty() {
             self.enqueue(*id);
         }
@@ -721,15 +981,21 @@ impl BlobStore for ReplicatedBlobStore {
                 .push(watch);
             tokio::spawn(async move {
                 let _done = done;
-                while let Some((i, r)) = writes.next().await {
-                    if let Err(e) = r {
-                        tracing::warn!(chunk = %id, location = %this.locations[i].name, error = %e, "background chunk copy not written; queued for repair");
-                        this.stats
-                            .copies_not_written
-                            .fetch_add(1, Ordering::Relaxed);
-                        this.enqueue(id);
+                let mut written = Vec::new();
+                while let Some((pos, i, r)) = writes.next().await {
+                    match r {
+                        Ok(()) => written.push((i, this.erasure.map(|_| pos), CopyState::Healthy)),
+                        Err(e) => {
+                            written.push((i, this.erasure.map(|_| pos), CopyState::Missing));
+                            tracing::warn!(chunk = %id, location = %this.locations[i].name, error = %e, "background chunk copy not written; queued for repair");
+                            this.stats
+                                .copies_not_written
+                                .fetch_add(1, Ordering::Relaxed);
+                            this.enqueue(id);
+                        }
                     }
                 }
+                this.note(&id, written).await;
                 let mut bg = this.background.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(list) = bg.get_mut(&id) {
                     list.retain(|w| w.has_changed().is_ok());
@@ -742,8 +1008,9 @@ impl BlobStore for ReplicatedBlobStore {
         Ok(())
     }
 
-    /// Tries the placed locations in preference order, then the others; skips copies that are
-    /// missing, unreachable or fail `ChunkId::matches`. A location that has not answered after
+    /// Tries the locations the index records a copy on, then the placed locations in
+    /// preference order, then the others; skips copies that are
+    /// missing, unreachable or fail `ChunkId::matches`, and records what it found wrong. A location that has not answered after
     /// [`HEDGE_AFTER`] gets company: the next one is asked too, and the first healthy copy wins,
     /// so one slow or hanging location costs a read at most that delay. When every copy found is
     /// corrupt, one is returned so the caller reports damage rather than a missing chunk.
@@ -752,11 +1019,9 @@ impl BlobStore for ReplicatedBlobStore {
             return self.get_erasure(id, data).await;
         }
         let placed = self.placed(id, None);
-        let order: Vec<usize> = placed
-            .iter()
-            .copied()
-            .chain((0..self.locations.len()).filter(|i| !placed.contains(i)))
-            .collect();
+        let recorded = self.recorded(id).await;
+        let order = self.read_order(&placed, &recorded);
+        let mut seen = Vec::new();
         let mut corrupt = None;
         let mut unreachable = Vec::new();
         let mut skipped = false;
@@ -787,12 +1052,14 @@ impl BlobStore for ReplicatedBlobStore {
                 continue;
             };
             let l = &self.locations[i];
+            seen.push((i, None, state));
             match (state, data) {
                 (CopyState::Healthy, Some(data)) => {
                     if skipped {
                         self.stats.read_failovers.fetch_add(1, Ordering::Relaxed);
                         self.enqueue(*id);
                     }
+                    self.note_read(id, &recorded, &seen).await;
                     return Ok(data);
                 }
                 (CopyState::Corrupt, data) => {
@@ -804,7 +1071,8 @@ impl BlobStore for ReplicatedBlobStore {
                     skipped = true;
                 }
                 (CopyState::Missing, _) => {
-                    if placed.contains(&i) {
+                    let was_recorded = recorded.iter().any(|c| c.location == l.name);
+                    if placed.contains(&i) || was_recorded {
                         self.stats
                             .missing_copies_seen
                             .fetch_add(1, Ordering::Relaxed);
@@ -817,6 +1085,7 @@ impl BlobStore for ReplicatedBlobStore {
                 }
             }
         }
+        self.note_read(id, &recorded, &seen).await;
         if let Some(data) = corrupt {
             self.enqueue(*id);
             return Ok(data);

@@ -29,6 +29,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Config, MetaConfig, ServeArgs, StoreArgs, parse_size};
 
+mod policies;
+
 const MB: f64 = 1e6;
 const GIB: f64 = (1u64 << 30) as f64;
 const MIB: f64 = (1u64 << 20) as f64;
@@ -91,6 +93,13 @@ pub struct BenchArgs {
     /// An extra argument for the server child, repeatable: --server-arg=--chunk-size=8MiB.
     #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
+    /// Compare placement policies instead of chunkvault with a baseline: a comma-separated
+    /// list of `single`, `replicas=N` (write quorum N; `replicas=N/W` for W), `ec=D+P`. Each
+    /// runs its own server over local directories in the run dir (N+1 for replicas, D+P for
+    /// erasure coding), every round, interleaved; figures are printed as ratios to the first
+    /// policy's. Implies --no-baseline; --backend local only.
+    #[arg(long, value_delimiter = ',', value_name = "POLICY")]
+    pub policies: Vec<String>,
 }
 
 struct Params {
@@ -130,6 +139,20 @@ pub async fn run(store: &StoreArgs, args: BenchArgs) -> Result<ExitCode> {
         clk_tck_source,
         server_args: args.server_args.clone(),
     };
+    if !args.policies.is_empty() {
+        let list = args
+            .policies
+            .iter()
+            .map(|s| policies::BenchPolicy::parse(s))
+            .collect::<Result<Vec<_>>>()?;
+        let run_dir = RunDir::create(&args.work_dir, args.keep)?;
+        tokio::select! {
+            r = policies::run(&params, store, &run_dir, &list, args.json) => r?,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        }
+        drop(run_dir);
+        return Ok(ExitCode::SUCCESS);
+    }
     // Fail before creating anything when the baseline cannot run.
     let nginx = if params.baseline && params.backend == Backend::Local {
         Some(NginxBinary::find()?)
@@ -879,6 +902,10 @@ const STORE_LOCATION_ENV: &[&str] = &[
     "AZURE_CONTAINER_NAME",
     "AZURE_STORAGE_ENDPOINT",
     "CHUNKVAULT_LISTEN",
+    "CHUNKVAULT_LOCATIONS",
+    "CHUNKVAULT_REPLICAS",
+    "CHUNKVAULT_WRITE_QUORUM",
+    "CHUNKVAULT_ERASURE",
 ];
 
 /// The server child's environment changes: set (Some) or removed (None). Global flags given

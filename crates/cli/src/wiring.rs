@@ -166,10 +166,10 @@ fn source_text(e: &dyn std::error::Error) -> String {
 pub async fn open_vault(config: &Config, schema: Schema) -> Result<Vault> {
     let meta = open_meta(config, schema).await?;
     let (blobs, replicas) = open_blob_stores(config).await?;
-    let vault = Vault::new(blobs, meta, config.vault.clone());
     Ok(match replicas {
-        Some(r) => vault.with_replicas(r),
-        None => vault,
+        // Several locations: where each copy lives is recorded in the metadata.
+        Some(r) => Vault::replicated(r, meta, config.vault.clone()),
+        None => Vault::new(blobs, meta, config.vault.clone()),
     })
 }
 

@@ -7,6 +7,7 @@ mod auth;
 mod download;
 mod error;
 mod gc;
+mod locations;
 mod metered;
 mod repair;
 mod scrub;
@@ -27,6 +28,7 @@ pub use auth::{
 };
 pub use error::{CoreError, Result};
 pub use gc::{GcOptions, GcReport};
+pub use locations::MetaLocationIndex;
 pub use metered::{MeteredBlobs, MeteredMeta};
 pub use repair::{RepairReport, RestoredChunk, UnrestoredChunk};
 pub use scrub::{ScrubFinding, ScrubOptions, ScrubReport};

@@ -22,8 +22,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chunkvault_blob::{BlobError, BlobMeta, BlobStore};
 use chunkvault_meta::{
-    Account, AccountId, ApiKeyRecord, ChunkRecord, ChunkState, CommitFile, FileRecord, LinkSecret,
-    MetaError, MetaStore, NewUpload, PendingChunk, SchemaStatus, UploadRecord,
+    Account, AccountId, ApiKeyRecord, ChunkCopy, ChunkRecord, ChunkState, CommitFile, FileRecord,
+    LinkSecret, MetaError, MetaStore, NewUpload, PendingChunk, SchemaStatus, UploadRecord,
 };
 use chunkvault_types::{ChunkEntry, ChunkId, FileId};
 use futures::StreamExt;
@@ -257,6 +257,29 @@ impl MetaStore for MeteredMeta {
 
     async fn files_with_chunk(&self, id: &ChunkId, limit: u32) -> MetaResult<Vec<FileId>> {
         meta_call!("files_with_chunk", self.inner.files_with_chunk(id, limit))
+    }
+
+    async fn record_copies(&self, copies: &[ChunkCopy]) -> MetaResult<()> {
+        meta_call!("record_copies", self.inner.record_copies(copies))
+    }
+
+    async fn chunk_copies(&self, id: &ChunkId) -> MetaResult<Vec<ChunkCopy>> {
+        meta_call!("chunk_copies", self.inner.chunk_copies(id))
+    }
+
+    async fn forget_copies(&self, location: &str, ids: &[ChunkId]) -> MetaResult<()> {
+        meta_call!("forget_copies", self.inner.forget_copies(location, ids))
+    }
+
+    async fn chunks_with_bad_copies(
+        &self,
+        after: Option<ChunkId>,
+        limit: u32,
+    ) -> MetaResult<Vec<ChunkId>> {
+        meta_call!(
+            "chunks_with_bad_copies",
+            self.inner.chunks_with_bad_copies(after, limit)
+        )
     }
 
     async fn try_lease(

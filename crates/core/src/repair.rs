@@ -1,15 +1,19 @@
 //! Repair and drain over a [`ReplicatedBlobStore`]: bring every chunk the metadata knows back
 //! to its placement policy from a healthy copy, or move every copy off one location.
 //!
-//! Where copies live is not recorded in the metadata: it follows from deterministic placement
-//! (rendezvous hashing over location names), and repair probes the placed locations.
+//! Where copies live is recorded in the metadata ([`crate::MetaLocationIndex`]); placement
+//! (rendezvous hashing over location names) says where they should be, and repair reads every
+//! placed copy, re-creates what is missing or damaged and records what it found and wrote.
+
+use std::sync::Arc;
 
 use chunkvault_blob::{BlobError, ReplicatedBlobStore};
+use chunkvault_meta::MetaStore;
 use chunkvault_types::{ChunkId, FileId};
 use futures::TryStreamExt;
 use serde::Serialize;
 
-use crate::{CoreError, Result, Vault};
+use crate::{CoreError, Result, Vault, VaultConfig};
 
 /// What a repair or drain did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -46,6 +50,20 @@ pub struct UnrestoredChunk {
 }
 
 impl Vault {
+    /// A vault over several blob locations: `replicas` records where every copy lives in
+    /// `meta` (see [`crate::MetaLocationIndex`]) and is both the vault's blob store and its
+    /// location-aware handle (repair, drain, policy-aware scrub). The way to build one; a
+    /// single-location deployment uses [`Vault::new`] and records no locations.
+    pub fn replicated(
+        replicas: ReplicatedBlobStore,
+        meta: Arc<dyn MetaStore>,
+        config: VaultConfig,
+    ) -> Self {
+        let index = crate::MetaLocationIndex::new(Arc::new(crate::MeteredMeta::new(meta.clone())));
+        let replicas = replicas.with_index(Arc::new(index));
+        Self::new(Arc::new(replicas.clone()), meta, config).with_replicas(replicas)
+    }
+
     /// Adds the location-aware handle of the blob store this vault was built with (the same
     /// store, seen through its own API), which enables repair, drain and policy-aware scrub.
     pub fn with_replicas(mut self, replicas: ReplicatedBlobStore) -> Self {
@@ -119,15 +137,39 @@ impl Vault {
                     .await?;
             }
         }
+        crate::Stats::set(
+            &self.stats.chunks_below_policy,
+            report.unrestored.len() as u64,
+        );
         Ok(report)
     }
 
-    /// Repairs the chunks the read and write paths queued (copies skipped or not written).
-    /// Chunks the metadata no longer references are left to GC.
+    /// Repairs the chunks the read and write paths queued (copies skipped or not written),
+    /// and those the metadata records with a missing or corrupt copy (so the queue survives a
+    /// restart). Chunks the metadata no longer references are left to GC.
     pub async fn repair_queued(&self) -> Result<RepairReport> {
         let replicas = self.require_replicas()?;
         let mut report = RepairReport::default();
-        let queued = replicas.take_repair_queue();
+        let mut queued = replicas.take_repair_queue();
+        let mut after = None;
+        let recorded = loop {
+            match self.meta.chunks_with_bad_copies(after, 1000).await {
+                Ok(page) if page.is_empty() => break Ok(()),
+                Ok(page) => {
+                    after = page.last().copied();
+                    queued.extend(page);
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        if let Err(e) = recorded {
+            for id in &queued {
+                replicas.requeue(*id);
+            }
+            return Err(e.into());
+        }
+        queued.sort();
+        queued.dedup();
         for (n, id) in queued.iter().enumerate() {
             // A chunk of a failed upload, or one GC just deleted: not ours to bring back.
             let referenced = match self.meta.files_with_chunk(id, 1).await {

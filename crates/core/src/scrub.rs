@@ -154,6 +154,12 @@ impl Vault {
             }
         }
         report.finished_at = OffsetDateTime::now_utc();
+        if self.replicas.is_some() {
+            Stats::set(
+                &self.stats.chunks_below_policy,
+                report.findings.len() as u64,
+            );
+        }
         metrics::gauge!("chunkvault_scrub_last_finished_timestamp_seconds")
             .set(report.finished_at.unix_timestamp() as f64);
         metrics::gauge!("chunkvault_scrub_last_findings").set(report.findings.len() as f64);

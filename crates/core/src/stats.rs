@@ -18,11 +18,19 @@ pub struct Stats {
     pub chunks_verified: AtomicU64,
     pub chunks_corrupt: AtomicU64,
     pub chunks_missing: AtomicU64,
+    /// A gauge, not a counter: with several locations, the chunks the last full repair pass
+    /// left below their placement policy, or the last scrub found below it (whichever ran
+    /// last).
+    pub chunks_below_policy: AtomicU64,
 }
 
 impl Stats {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set(gauge: &AtomicU64, n: u64) {
+        gauge.store(n, Ordering::Relaxed);
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {

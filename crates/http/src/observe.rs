@@ -131,6 +131,45 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
         let before = published.insert(name, now).unwrap_or(0);
         metrics::counter!(name).increment(now.saturating_sub(before));
     }
+    // With several locations: the read path, the writes beyond the quorum and repair.
+    if let Some(r) = s.vault.replicas() {
+        let rs = r.stats();
+        for (name, value) in [
+            (
+                "chunkvault_replica_read_failovers_total",
+                &rs.read_failovers,
+            ),
+            ("chunkvault_replica_read_hedges_total", &rs.read_hedges),
+            (
+                "chunkvault_replica_corrupt_copies_seen_total",
+                &rs.corrupt_copies_seen,
+            ),
+            (
+                "chunkvault_replica_missing_copies_seen_total",
+                &rs.missing_copies_seen,
+            ),
+            (
+                "chunkvault_replica_copies_not_written_total",
+                &rs.copies_not_written,
+            ),
+            (
+                "chunkvault_replica_repairs_queued_total",
+                &rs.repairs_queued,
+            ),
+            (
+                "chunkvault_replica_copies_restored_total",
+                &rs.copies_restored,
+            ),
+            ("chunkvault_replica_index_errors_total", &rs.index_errors),
+        ] {
+            let now = Stats::get(value);
+            let before = published.insert(name, now).unwrap_or(0);
+            metrics::counter!(name).increment(now.saturating_sub(before));
+        }
+        metrics::gauge!("chunkvault_replica_repair_queue_chunks").set(r.repair_queue_len() as f64);
+        metrics::gauge!("chunkvault_replica_chunks_below_policy")
+            .set(Stats::get(&st.chunks_below_policy) as f64);
+    }
     // Uploads in progress in this process. Saturating: the counters are read one by one while
     // uploads finish.
     let open = Stats::get(&st.uploads_started)

@@ -6,8 +6,8 @@ use chunkvault_types::{ChunkId, FileId};
 use time::OffsetDateTime;
 
 use crate::{
-    Account, AccountId, ApiKeyRecord, ChunkState, CommitFile, MetaError, MetaStore, NewUpload,
-    PendingChunk, Role, SchemaStatus, UploadState,
+    Account, AccountId, ApiKeyRecord, ChunkCopy, ChunkState, CommitFile, CopyStatus, MetaError,
+    MetaStore, NewUpload, PendingChunk, Role, SchemaStatus, UploadState,
 };
 
 const CS: u64 = 4;
@@ -87,6 +87,8 @@ pub async fn run_all(m: &dyn MetaStore) {
     quota_is_charged_at_commit_and_credited_at_delete(m).await;
     listing_and_chunks_held_are_per_owner(m).await;
     link_secret_is_shared_and_rotates(m).await;
+    chunk_copies_are_recorded_replaced_and_forgotten(m).await;
+    chunk_copies_are_recorded_in_batches(m).await;
 }
 
 pub async fn schema_is_current(m: &dyn MetaStore) {
@@ -747,4 +749,148 @@ pub async fn link_secret_is_shared_and_rotates(m: &dyn MetaStore) {
     assert_eq!(rotated.generation, first.generation + 1);
     assert_eq!(rotated.secret, vec![3; 32]);
     assert_eq!(m.link_secret(&[4; 32], now()).await.unwrap(), rotated);
+}
+
+fn copy(n: u32, location: &str, shard: Option<u32>, state: CopyStatus) -> ChunkCopy {
+    ChunkCopy {
+        hash: hash(n),
+        location: location.into(),
+        shard,
+        state,
+        // Whole seconds: both databases keep microseconds, and the comparison is exact.
+        verified_at: OffsetDateTime::from_unix_timestamp(1_800_000_000 + i64::from(n)).unwrap(),
+    }
+}
+
+pub async fn chunk_copies_are_recorded_replaced_and_forgotten(m: &dyn MetaStore) {
+    let file = store_file(m, 8, 90_000).await;
+    assert!(
+        m.chunk_copies(&hash(90_000)).await.unwrap().is_empty(),
+        "nothing is recorded until a copy is"
+    );
+    m.record_copies(&[
+        copy(90_000, "west", None, CopyStatus::Ok),
+        copy(90_000, "east", None, CopyStatus::Ok),
+        copy(90_001, "east", Some(0), CopyStatus::Ok),
+        copy(90_001, "north", Some(1), CopyStatus::Ok),
+        // Two records of one copy in one call: the last wins.
+        copy(90_001, "north", Some(1), CopyStatus::Corrupt),
+        // No chunk row: skipped, not an error.
+        copy(90_999, "east", None, CopyStatus::Ok),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        m.chunk_copies(&hash(90_000)).await.unwrap(),
+        vec![
+            copy(90_000, "east", None, CopyStatus::Ok),
+            copy(90_000, "west", None, CopyStatus::Ok)
+        ],
+        "in location order"
+    );
+    assert_eq!(
+        m.chunk_copies(&hash(90_001)).await.unwrap(),
+        vec![
+            copy(90_001, "east", Some(0), CopyStatus::Ok),
+            copy(90_001, "north", Some(1), CopyStatus::Corrupt)
+        ]
+    );
+    assert!(m.chunk_copies(&hash(90_999)).await.unwrap().is_empty());
+
+    // A later record replaces the earlier one (a read found the copy missing).
+    let mut seen = copy(90_000, "west", None, CopyStatus::Missing);
+    seen.verified_at += Duration::from_secs(60);
+    m.record_copies(std::slice::from_ref(&seen)).await.unwrap();
+    m.record_copies(std::slice::from_ref(&seen))
+        .await
+        .expect("idempotent");
+    assert_eq!(
+        m.chunk_copies(&hash(90_000)).await.unwrap(),
+        vec![copy(90_000, "east", None, CopyStatus::Ok), seen.clone()]
+    );
+
+    // The chunks with a copy not ok: 90_000 (west missing) and 90_001 (north corrupt), in
+    // hash order, paged; a pending chunk's bad copy is not listed until it is live.
+    let mut bad = vec![hash(90_000), hash(90_001)];
+    bad.sort();
+    assert_eq!(m.chunks_with_bad_copies(None, 10).await.unwrap(), bad);
+    assert_eq!(m.chunks_with_bad_copies(None, 1).await.unwrap(), bad[..1]);
+    assert_eq!(
+        m.chunks_with_bad_copies(Some(bad[0]), 10).await.unwrap(),
+        bad[1..]
+    );
+    let open = new_upload("pending");
+    m.create_upload(&open).await.unwrap();
+    m.add_chunks(open.id, &chunks_for(4, 90_500)).await.unwrap();
+    m.record_copies(&[copy(90_500, "east", None, CopyStatus::Missing)])
+        .await
+        .unwrap();
+    assert_eq!(m.chunks_with_bad_copies(None, 10).await.unwrap(), bad);
+    m.abort_upload(open.id).await.unwrap();
+
+    // A drain forgets one location's copies, only those.
+    m.forget_copies("east", &[hash(90_000), hash(90_001), hash(90_999)])
+        .await
+        .unwrap();
+    m.forget_copies("east", &[hash(90_000)])
+        .await
+        .expect("idempotent");
+    assert_eq!(
+        m.chunk_copies(&hash(90_000)).await.unwrap(),
+        vec![seen.clone()]
+    );
+    assert_eq!(
+        m.chunk_copies(&hash(90_001)).await.unwrap(),
+        vec![copy(90_001, "north", Some(1), CopyStatus::Corrupt)]
+    );
+
+    // GC removes a chunk's records with its row, and a chunk being collected records nothing.
+    m.delete_file(file).await.unwrap();
+    let claimed = claim_all(m, now() + Duration::from_secs(1)).await;
+    assert!(claimed.contains(&hash(90_000)) && claimed.contains(&hash(90_001)));
+    m.record_copies(&[copy(90_000, "south", None, CopyStatus::Ok)])
+        .await
+        .unwrap();
+    assert_eq!(
+        m.chunk_copies(&hash(90_000)).await.unwrap(),
+        vec![seen],
+        "no new record for a chunk GC is deleting"
+    );
+    m.gc_forget(&claimed).await.unwrap();
+    assert!(m.chunk_copies(&hash(90_000)).await.unwrap().is_empty());
+    assert!(
+        !m.chunks_with_bad_copies(None, 100)
+            .await
+            .unwrap()
+            .iter()
+            .any(|h| [hash(90_000), hash(90_001)].contains(h))
+    );
+    assert!(m.chunk_copies(&hash(90_001)).await.unwrap().is_empty());
+}
+
+pub async fn chunk_copies_are_recorded_in_batches(m: &dyn MetaStore) {
+    // More records than one statement takes (BATCH rows): 1,200 chunks on two locations.
+    let n = 1_200u32;
+    store_file(m, u64::from(n) * CS, 100_000).await;
+    let records: Vec<ChunkCopy> = (0..n)
+        .flat_map(|i| {
+            [
+                copy(100_000 + i, "a", Some(i % 6), CopyStatus::Ok),
+                copy(100_000 + i, "b", None, CopyStatus::Missing),
+            ]
+        })
+        .collect();
+    m.record_copies(&records).await.unwrap();
+    for i in [0, 599, 1_199] {
+        assert_eq!(
+            m.chunk_copies(&hash(100_000 + i)).await.unwrap(),
+            vec![
+                copy(100_000 + i, "a", Some(i % 6), CopyStatus::Ok),
+                copy(100_000 + i, "b", None, CopyStatus::Missing)
+            ]
+        );
+    }
+    let ids: Vec<ChunkId> = (0..n).map(|i| hash(100_000 + i)).collect();
+    m.forget_copies("b", &ids).await.unwrap();
+    assert_eq!(m.chunk_copies(&hash(100_600)).await.unwrap().len(), 1);
 }

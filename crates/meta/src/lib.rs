@@ -291,6 +291,50 @@ pub struct ChunkRecord {
     pub live: bool,
 }
 
+/// What was last seen of one copy (or erasure-coded shard) of a chunk on one blob location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CopyStatus {
+    /// Written, or read back intact.
+    Ok,
+    /// Not there when it was looked for.
+    Missing,
+    /// There, with the wrong content.
+    Corrupt,
+}
+
+impl CopyStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Missing => "missing",
+            Self::Corrupt => "corrupt",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "ok" => Self::Ok,
+            "missing" => Self::Missing,
+            "corrupt" => Self::Corrupt,
+            _ => return None,
+        })
+    }
+}
+
+/// Where one copy (or shard) of a chunk lives, in a deployment with several blob locations.
+/// A location holds at most one object per chunk, so `(hash, location)` identifies a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkCopy {
+    pub hash: ChunkId,
+    /// The configured name of the location.
+    pub location: String,
+    /// `None` for a whole copy; the shard index under erasure coding.
+    pub shard: Option<u32>,
+    pub state: CopyStatus,
+    /// When the copy was written or last checked.
+    pub verified_at: OffsetDateTime,
+}
+
 /// The metadata store.
 ///
 /// Contract, for every implementation: each method is one transaction (atomic); none leaves a
@@ -379,6 +423,29 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
 
     /// Files (committed or open uploads) that reference a chunk.
     async fn files_with_chunk(&self, id: &ChunkId, limit: u32) -> Result<Vec<FileId>>;
+
+    /// Records (inserts or replaces, per chunk and location) where copies of chunks live and
+    /// what was last seen of them. Records for chunks that have no row, or whose row GC is
+    /// deleting, are skipped: copies of a chunk being collected are not worth indexing.
+    /// Idempotent; one statement per batch of records, not one per record. A chunk's records
+    /// are removed with its row (GC).
+    async fn record_copies(&self, copies: &[ChunkCopy]) -> Result<()>;
+
+    /// The recorded copies of one chunk, in location-name order; empty when none are recorded
+    /// (a single-location deployment, or a chunk written before copies were recorded).
+    async fn chunk_copies(&self, id: &ChunkId) -> Result<Vec<ChunkCopy>>;
+
+    /// Removes the records of `ids` on `location` (the copies a drain moved off it).
+    /// Idempotent.
+    async fn forget_copies(&self, location: &str, ids: &[ChunkId]) -> Result<()>;
+
+    /// Live chunks with at least one copy recorded missing or corrupt, in hash order, strictly
+    /// after `after`: the repair queue that survives a restart.
+    async fn chunks_with_bad_copies(
+        &self,
+        after: Option<ChunkId>,
+        limit: u32,
+    ) -> Result<Vec<ChunkId>>;
 
     /// Takes or renews the named lease for `holder`; false when another holder has it unexpired.
     async fn try_lease(

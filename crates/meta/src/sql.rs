@@ -26,9 +26,7 @@ macro_rules! impl_meta_store {
 
         use crate::sql::{BATCH, FILE_COLUMNS};
         use crate::{
-            from_micros, micros, Account, AccountId, ApiKeyRecord, ChunkRecord, ChunkState, CommitFile,
-            FileRecord, LinkSecret, MetaError, MetaStore, NewUpload, PendingChunk, Result, Role,
-            SchemaStatus, UploadRecord, UploadState,
+            from_micros, micros, Account, AccountId, ApiKeyRecord, ChunkRecord, ChunkState, CommitFile, FileRecord, LinkSecret, MetaError, MetaStore, NewUpload, PendingChunk, Result, Role, SchemaStatus, UploadRecord, UploadState, ChunkCopy, CopyStatus,
         };
 
         type Tx = sqlx::Transaction<'static, $db>;
@@ -591,6 +589,89 @@ macro_rules! impl_meta_store {
                     .fetch_all(&self.read)
                     .await?;
                 rows.into_iter().map(|r| Ok(FileId::from_uuid(r.try_get(0)?))).collect()
+            }
+
+            async fn record_copies(&self, copies: &[ChunkCopy]) -> Result<()> {
+                if copies.is_empty() {
+                    return Ok(());
+                }
+                // One row per (chunk, location), the last record winning (an upsert may not
+                // touch a row twice in one statement), in hash order like every other statement
+                // that locks chunk rows (the foreign key check locks them on PostgreSQL).
+                let mut rows: Vec<&ChunkCopy> = copies.iter().rev().collect();
+                rows.sort_by(|a, b| (a.hash, &a.location).cmp(&(b.hash, &b.location)));
+                rows.dedup_by(|a, b| a.hash == b.hash && a.location == b.location);
+                let mut tx = self.write.begin().await?;
+                for batch in rows.chunks(BATCH) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO chunk_locations (hash, location, shard, state, verified_at) \
+                         SELECT v.column1, v.column2, v.column3, v.column4, v.column5 FROM (",
+                    );
+                    qb.push_values(batch, |mut b, c| {
+                        b.push_bind(c.hash.as_bytes().as_slice())
+                            .push_bind(c.location.as_str())
+                            .push_bind(c.shard.map(i64::from))
+                            .push_bind(c.state.as_str())
+                            .push_bind(micros(c.verified_at));
+                    });
+                    qb.push(
+                        ") AS v WHERE EXISTS (SELECT 1 FROM chunks c WHERE c.hash = v.column1 AND c.state <> 'deleting') \
+                         ON CONFLICT (hash, location) DO UPDATE SET shard = excluded.shard, state = excluded.state, \
+                         verified_at = excluded.verified_at",
+                    );
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn chunk_copies(&self, id: &ChunkId) -> Result<Vec<ChunkCopy>> {
+                let rows = sqlx::query(
+                    "SELECT location, shard, state, verified_at FROM chunk_locations WHERE hash = $1 ORDER BY location",
+                )
+                .bind(id.as_bytes().as_slice())
+                .fetch_all(&self.read)
+                .await?;
+                rows.into_iter()
+                    .map(|r| {
+                        let state: String = r.try_get(2)?;
+                        Ok(ChunkCopy {
+                            hash: *id,
+                            location: r.try_get(0)?,
+                            shard: r.try_get::<Option<i64>, _>(1)?.map(|s| s as u32),
+                            state: CopyStatus::parse(&state).ok_or_else(|| MetaError::Other {
+                                source: format!("unknown copy state {state:?}").into(),
+                            })?,
+                            verified_at: from_micros(r.try_get(3)?),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn forget_copies(&self, location: &str, ids: &[ChunkId]) -> Result<()> {
+                let mut tx = self.write.begin().await?;
+                for batch in ids.chunks(BATCH) {
+                    let mut qb = QueryBuilder::<$db>::new("DELETE FROM chunk_locations WHERE location = ");
+                    qb.push_bind(location);
+                    qb.push(" AND hash IN ");
+                    push_hashes(&mut qb, batch);
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn chunks_with_bad_copies(&self, after: Option<ChunkId>, limit: u32) -> Result<Vec<ChunkId>> {
+                let after = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+                let rows = sqlx::query(
+                    "SELECT DISTINCT l.hash FROM chunk_locations l JOIN chunks c ON c.hash = l.hash
+                     WHERE l.state <> 'ok' AND c.state = 'live' AND l.hash > $1 ORDER BY l.hash LIMIT $2",
+                )
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await?;
+                rows.into_iter().map(|r| chunk_id(r.try_get(0)?)).collect()
             }
 
             async fn try_lease(&self, name: &str, holder: &str, ttl: Duration, now: OffsetDateTime) -> Result<bool> {
