@@ -127,7 +127,10 @@ impl Server {
     }
 
     async fn manifest(&self, id: &str) -> Vec<chunkvault_types::ChunkEntry> {
-        self.vault.manifest(&Principal::Open, id.parse().unwrap()).await.unwrap()
+        self.vault
+            .manifest(&Principal::Open, id.parse().unwrap())
+            .await
+            .unwrap()
     }
 
     async fn upload(&self, name: &str, data: &[u8]) -> reqwest::Response {
