@@ -244,6 +244,22 @@ impl ObjectStoreBlobs {
     }
 }
 
+/// What a failed chunk write means. A put overwrites, so the store answering that the blob
+/// exists (HTTP 409) is not about the blob: it is the store refusing writes (a lease, a full
+/// account, Azurite at its memory limit). Like an unreachable store, that is the backend's
+/// condition, not a bug: clients get a 503 and the log carries the store's own message.
+fn put_error(e: object_store::Error, key: &str, describe: &str) -> BlobError {
+    match e {
+        object_store::Error::NotFound { .. } => BlobError::ContainerMissing {
+            name: describe.to_string(),
+        },
+        e @ object_store::Error::AlreadyExists { .. } => BlobError::Unavailable {
+            source: Box::new(e),
+        },
+        e => BlobError::from_object_store(e, key),
+    }
+}
+
 fn to_time(t: impl Into<i64>) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(t.into() as i128)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
@@ -267,10 +283,7 @@ impl BlobStore for ObjectStoreBlobs {
             .await
         {
             Ok(_) => Ok(()),
-            Err(object_store::Error::NotFound { .. }) => Err(BlobError::ContainerMissing {
-                name: self.describe.clone(),
-            }),
-            Err(e) => Err(self.classify(e, &key)),
+            Err(e) => Err(put_error(e, &key, &self.describe)),
         }
     }
 
@@ -411,5 +424,41 @@ async fn read_pooled(result: object_store::GetResult) -> object_store::Result<By
             }
             Ok(buf.freeze())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> crate::error::BoxError {
+        "MemoryExtentStoreAtSizeLimit".into()
+    }
+
+    #[test]
+    fn a_refused_put_is_the_store_being_unavailable() {
+        let key = "chunks/ab/cd/abcd";
+        let exists = object_store::Error::AlreadyExists {
+            path: key.to_string(),
+            source: source(),
+        };
+        let e = put_error(exists, key, "az://bench");
+        assert!(matches!(e, BlobError::Unavailable { .. }), "{e:?}");
+        assert!(e.is_unavailable());
+
+        let missing = object_store::Error::NotFound {
+            path: key.to_string(),
+            source: source(),
+        };
+        assert!(matches!(
+            put_error(missing, key, "az://bench"),
+            BlobError::ContainerMissing { name } if name == "az://bench"
+        ));
+
+        // Anything else keeps the general classification: a bad request is not "unavailable".
+        let other = object_store::Error::NotSupported { source: source() };
+        let e = put_error(other, key, "az://bench");
+        assert!(matches!(e, BlobError::Other { .. }), "{e:?}");
+        assert!(!e.is_unavailable());
     }
 }

@@ -163,7 +163,7 @@ impl Vault {
         if let (Some(size), Some(left)) = (expected_size, remaining)
             && size > left
         {
-            return Err(quota_exceeded(left, size));
+            return Err(quota_exceeded(left, size, true));
         }
         let now = OffsetDateTime::now_utc();
         let id = FileId::new();
@@ -207,7 +207,7 @@ impl Vault {
                     return Err(size_mismatch(limit, total, true));
                 }
                 if let Some(left) = remaining.filter(|l| total > *l) {
-                    return Err(quota_exceeded(left, total));
+                    return Err(quota_exceeded(left, total, false));
                 }
                 while !frame.is_empty() {
                     let take = (chunk_size - buf.len()).min(frame.len());
@@ -360,9 +360,12 @@ pub(crate) fn join_put(
     }
 }
 
-pub(crate) fn quota_exceeded(left: u64, size: u64) -> CoreError {
+/// `known`: `size` is the upload's declared size; otherwise the bytes received so far, when
+/// they first ran past the quota.
+pub(crate) fn quota_exceeded(left: u64, size: u64, known: bool) -> CoreError {
+    let needs = if known { "needs" } else { "needs at least" };
     CoreError::QuotaExceeded {
-        message: format!("the account's quota has {left} bytes left; this upload needs {size}"),
+        message: format!("the account's quota has {left} bytes left; this upload {needs} {size}"),
     }
 }
 
