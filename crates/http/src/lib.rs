@@ -10,6 +10,7 @@ mod observe;
 mod openapi;
 mod session;
 mod tus;
+mod unread;
 mod upload;
 
 use std::future::Future;
@@ -133,6 +134,7 @@ pub fn router_with(vault: Vault, auth: AuthOptions) -> Router {
         ))
         .route_layer(axum::middleware::from_fn(observe::track))
         .layer(axum::middleware::from_fn(auth::limit_headers))
+        .layer(axum::middleware::from_fn(unread::close_if_unread))
         .with_state(state)
 }
 

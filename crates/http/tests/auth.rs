@@ -542,6 +542,9 @@ async fn quota_is_exact_and_nothing_over_it_is_visible(backend: Backend) {
         .send()
         .await
         .unwrap();
+    // Refused before the body's end: the answer says the connection closes, so the client
+    // does not send its next request on it.
+    assert_eq!(common::header(resp.headers(), "connection"), "close");
     expect_error(resp, StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded").await;
     assert_eq!(listed(alice.key.clone()).await, 1);
     assert_eq!(bytes_used(&s, alice.id).await, cs as u64);

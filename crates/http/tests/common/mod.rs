@@ -606,6 +606,12 @@ pub async fn expect_created(
         .headers()
         .get("location")
         .map(|v| v.to_str().unwrap().to_string());
+    // The whole body was read: the connection stays open for the next request.
+    assert_eq!(
+        resp.headers().get("connection"),
+        None,
+        "a completed upload keeps the connection alive"
+    );
     let text = resp.text().await.expect("upload response body");
     assert_eq!(
         status,
