@@ -14,9 +14,12 @@ RUN apt-get update \
 COPY --from=build /src/target/release/chunkvault /usr/local/bin/chunkvault
 USER chunkvault
 WORKDIR /var/lib/chunkvault
+# MALLOC_ARENA_MAX=2: glibc otherwise keeps an arena per blocking thread, each holding freed
+# chunk buffers; with erasure coding that took peak RSS from ~125 to ~215 MiB (see README).
 ENV CHUNKVAULT_LISTEN=0.0.0.0:3000 \
     CHUNKVAULT_DATA_DIR=/var/lib/chunkvault/data \
-    CHUNKVAULT_LOG_FORMAT=json
+    CHUNKVAULT_LOG_FORMAT=json \
+    MALLOC_ARENA_MAX=2
 VOLUME ["/var/lib/chunkvault/data"]
 EXPOSE 3000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
