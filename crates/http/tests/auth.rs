@@ -80,11 +80,10 @@ async fn upload(s: &TestServer, key: &str, name: &str, data: &[u8]) -> reqwest::
 
 async fn upload_ok(s: &TestServer, key: &str, name: &str, data: &[u8]) -> String {
     let resp = upload(s, key, name, data).await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    resp.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_str().unwrap().to_string()
 }
 
 async fn bytes_used(s: &TestServer, id: AccountId) -> u64 {
@@ -559,7 +558,10 @@ async fn quota_is_exact_and_nothing_over_it_is_visible(backend: Backend) {
         .json()
         .await
         .unwrap();
-    let sid = sess["id"].as_str().unwrap().to_string();
+    let sid = sess["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{sess}"))
+        .to_string();
     for (i, len) in [(0, cs), (1, 10)] {
         let put = req(
             &s,

@@ -89,6 +89,7 @@ pub async fn run_all(m: &dyn MetaStore) {
     link_secret_is_shared_and_rotates(m).await;
     chunk_copies_are_recorded_replaced_and_forgotten(m).await;
     chunk_copies_are_recorded_in_batches(m).await;
+    cancelled_calls_leave_no_transaction_open(m).await;
 }
 
 pub async fn schema_is_current(m: &dyn MetaStore) {
@@ -893,4 +894,60 @@ pub async fn chunk_copies_are_recorded_in_batches(m: &dyn MetaStore) {
     let ids: Vec<ChunkId> = (0..n).map(|i| hash(100_000 + i)).collect();
     m.forget_copies("b", &ids).await.unwrap();
     assert_eq!(m.chunk_copies(&hash(100_600)).await.unwrap().len(), 1);
+}
+
+/// Callers drop futures at any point (a client goes away, an upload fails part-way): a call
+/// dropped part-way must leave nothing behind that changes later calls. Each round drops a
+/// transactional call after a different delay, then checks that a new upload is visible at
+/// once to a read (a connection left inside a transaction would hide it) and that the dropped
+/// call either happened or did not, whole.
+pub async fn cancelled_calls_leave_no_transaction_open(m: &dyn MetaStore) {
+    for round in 0..300u32 {
+        let u = new_upload("cancelled");
+        m.create_upload(&u).await.unwrap();
+        let chunks = chunks_for(3 * CS, 900_000 + round * 8);
+        let delay = Duration::from_micros(u64::from(round % 60) * 25);
+        let call = async {
+            if round % 2 == 0 {
+                m.add_chunks(u.id, &chunks).await.map(|_| ())
+            } else {
+                m.abort_upload(u.id).await
+            }
+        };
+        let finished = tokio::time::timeout(delay, call).await.is_ok();
+        if round % 4 == 0 {
+            // Let a call that was dropped while its statement was in flight settle.
+            tokio::task::yield_now().await;
+        }
+
+        let other = new_upload("after");
+        m.create_upload(&other).await.unwrap();
+        assert!(
+            m.upload(other.id).await.unwrap().is_some(),
+            "round {round} (dropped after {delay:?}, finished: {finished}): an upload just created is not visible"
+        );
+        let state = m
+            .upload(u.id)
+            .await
+            .unwrap()
+            .expect("the upload exists")
+            .state;
+        if round % 2 == 0 {
+            // All three references or none; the upload still open.
+            let held = m.upload(u.id).await.unwrap().unwrap();
+            assert_eq!(state, UploadState::Open);
+            assert!(
+                held.chunks_recorded == 0 || held.chunks_recorded == 3,
+                "round {round}: {} of 3 references recorded",
+                held.chunks_recorded
+            );
+        } else {
+            assert!(
+                matches!(state, UploadState::Open | UploadState::Aborted),
+                "round {round}: {state:?}"
+            );
+        }
+        m.abort_upload(other.id).await.unwrap();
+        m.abort_upload(u.id).await.unwrap();
+    }
 }

@@ -31,6 +31,24 @@ macro_rules! impl_meta_store {
 
         type Tx = sqlx::Transaction<'static, $db>;
 
+        /// Begins a transaction on its own task, so that it always finishes beginning.
+        ///
+        /// sqlx's `begin()` is not cancel-safe: a future dropped after `BEGIN` went out but
+        /// before its answer came back leaves the pooled connection inside a transaction that
+        /// sqlx does not know about, and every later statement on that connection runs in it,
+        /// invisible to the others and never committed. Request futures are dropped whenever
+        /// a client goes away or an upload fails part-way, so this happened (an upload's own
+        /// row, just inserted, was then not found). On its own task `begin()` completes; if
+        /// the caller is gone, the returned transaction is dropped there, which sqlx rolls
+        /// back properly.
+        async fn begin(pool: &sqlx::Pool<$db>) -> Result<Tx> {
+            let pool = pool.clone();
+            match tokio::spawn(async move { pool.begin().await }).await {
+                Ok(tx) => Ok(tx?),
+                Err(e) => Err(MetaError::Other { source: Box::new(e) }),
+            }
+        }
+
         fn file_record(row: &<$db as sqlx::Database>::Row) -> Result<FileRecord> {
             Ok(FileRecord {
                 id: FileId::from_uuid(row.try_get("id")?),
@@ -171,7 +189,7 @@ macro_rules! impl_meta_store {
                     return Ok(Vec::new());
                 }
                 let now = micros(OffsetDateTime::now_utc());
-                let mut tx = self.write.begin().await?;
+                let mut tx = begin(&self.write).await?;
                 match lock_upload(&mut tx, upload).await?.0 {
                     UploadState::Open => {}
                     other => return Err(MetaError::NotOpen { state: other.as_str().into() }),
@@ -243,7 +261,7 @@ macro_rules! impl_meta_store {
             }
 
             async fn commit_upload(&self, upload: FileId, c: &CommitFile) -> Result<FileRecord> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = begin(&self.write).await?;
                 let (state, chunk_size, owner) = lock_upload(&mut tx, upload).await?;
                 if state != UploadState::Open {
                     return Err(MetaError::NotOpen { state: state.as_str().into() });
@@ -326,7 +344,7 @@ macro_rules! impl_meta_store {
             }
 
             async fn abort_upload(&self, upload: FileId) -> Result<()> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = begin(&self.write).await?;
                 match lock_upload(&mut tx, upload).await?.0 {
                     UploadState::Open => {}
                     UploadState::Committed => return Err(MetaError::NotOpen { state: "committed".into() }),
@@ -440,7 +458,7 @@ macro_rules! impl_meta_store {
             }
 
             async fn delete_file(&self, id: FileId) -> Result<bool> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = begin(&self.write).await?;
                 let owner = match lock_upload(&mut tx, id).await {
                     Ok((UploadState::Committed, _, owner)) => owner,
                     Ok(_) | Err(MetaError::NotFound) => return Ok(false),
@@ -463,7 +481,7 @@ macro_rules! impl_meta_store {
             }
 
             async fn expire_uploads(&self, now: OffsetDateTime) -> Result<Vec<FileId>> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = begin(&self.write).await?;
                 let sql = format!(
                     "SELECT id FROM files WHERE state = 'open' AND expires_at < $1 ORDER BY expires_at LIMIT 1000{}",
                     dialect::SKIP_LOCKED
@@ -484,7 +502,7 @@ macro_rules! impl_meta_store {
             }
 
             async fn gc_claim_unreferenced(&self, touched_before: OffsetDateTime, limit: u32) -> Result<Vec<ChunkId>> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = begin(&self.write).await?;
                 // First lock the candidates (skipping rows an upload holds right now), then
                 // re-check for references in a new statement: it sees every reference committed
                 // before we got the locks, and no upload can add one while we hold them.
@@ -530,7 +548,7 @@ macro_rules! impl_meta_store {
                 sorted.sort();
                 sorted.dedup();
                 let mut claimed = Vec::new();
-                let mut tx = self.write.begin().await?;
+                let mut tx = begin(&self.write).await?;
                 for batch in sorted.chunks(BATCH) {
                     let mut qb = QueryBuilder::<$db>::new(
                         "INSERT INTO chunks (hash, size, state, created_at, touched_at) ",
@@ -552,7 +570,7 @@ macro_rules! impl_meta_store {
             }
 
             async fn gc_forget(&self, ids: &[ChunkId]) -> Result<()> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = begin(&self.write).await?;
                 for batch in ids.chunks(BATCH) {
                     let mut qb = QueryBuilder::<$db>::new("DELETE FROM chunks WHERE state = 'deleting' AND hash IN ");
                     push_hashes(&mut qb, batch);
@@ -601,7 +619,7 @@ macro_rules! impl_meta_store {
                 let mut rows: Vec<&ChunkCopy> = copies.iter().rev().collect();
                 rows.sort_by(|a, b| (a.hash, &a.location).cmp(&(b.hash, &b.location)));
                 rows.dedup_by(|a, b| a.hash == b.hash && a.location == b.location);
-                let mut tx = self.write.begin().await?;
+                let mut tx = begin(&self.write).await?;
                 for batch in rows.chunks(BATCH) {
                     let mut qb = QueryBuilder::<$db>::new(
                         "INSERT INTO chunk_locations (hash, location, shard, state, verified_at) \
@@ -649,7 +667,7 @@ macro_rules! impl_meta_store {
             }
 
             async fn forget_copies(&self, location: &str, ids: &[ChunkId]) -> Result<()> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = begin(&self.write).await?;
                 for batch in ids.chunks(BATCH) {
                     let mut qb = QueryBuilder::<$db>::new("DELETE FROM chunk_locations WHERE location = ");
                     qb.push_bind(location);
