@@ -142,8 +142,10 @@ async fn readyz_follows_a_real_azurite() {
 
     // Azurite writes its metadata to disk every few seconds; a container created since the last
     // save would be lost by the kill below (and the store rightly report `ContainerMissing`).
-    // Wait until the container is on disk, as it always is on real Azure.
+    // Wait until the container and the store's marker blob (which `check` reads) are on disk,
+    // as they always are on real Azure.
     wait_persisted(&location, "readyz").await;
+    wait_persisted(&location, "chunkvault-store").await;
     azurite.kill().await.expect("kill Azurite");
     let killed = Instant::now();
     let (status, body) = readyz(&http, &base).await;
