@@ -183,14 +183,9 @@ pub async fn serve_with(
         };
         // Nagle's algorithm would hold small keep-alive responses back ~40 ms.
         let _ = tcp.set_nodelay(true);
-        let service = match ServiceExt::<SocketAddr>::ready(&mut make).await {
-            Ok(make) => make.call(peer).await,
-            Err(never) => match never {},
-        };
-        let service = match service {
-            Ok(service) => service,
-            Err(never) => match never {},
-        };
+        // Both steps are infallible (`Infallible` errors).
+        let Ok(make) = ServiceExt::<SocketAddr>::ready(&mut make).await;
+        let Ok(service) = make.call(peer).await;
         let service = TowerToHyperService::new(service.map_request(
             |req: hyper::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
         ));

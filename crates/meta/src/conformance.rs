@@ -926,25 +926,20 @@ pub async fn cancelled_calls_leave_no_transaction_open(m: &dyn MetaStore) {
             m.upload(other.id).await.unwrap().is_some(),
             "round {round} (dropped after {delay:?}, finished: {finished}): an upload just created is not visible"
         );
-        let state = m
-            .upload(u.id)
-            .await
-            .unwrap()
-            .expect("the upload exists")
-            .state;
+        let dropped = m.upload(u.id).await.unwrap().expect("the upload exists");
         if round % 2 == 0 {
             // All three references or none; the upload still open.
-            let held = m.upload(u.id).await.unwrap().unwrap();
-            assert_eq!(state, UploadState::Open);
+            assert_eq!(dropped.state, UploadState::Open);
             assert!(
-                held.chunks_recorded == 0 || held.chunks_recorded == 3,
+                dropped.chunks_recorded == 0 || dropped.chunks_recorded == 3,
                 "round {round}: {} of 3 references recorded",
-                held.chunks_recorded
+                dropped.chunks_recorded
             );
         } else {
             assert!(
-                matches!(state, UploadState::Open | UploadState::Aborted),
-                "round {round}: {state:?}"
+                matches!(dropped.state, UploadState::Open | UploadState::Aborted),
+                "round {round}: {:?}",
+                dropped.state
             );
         }
         m.abort_upload(other.id).await.unwrap();
