@@ -21,6 +21,7 @@ mod schema;
 mod sql;
 mod sqlite;
 pub mod testing;
+mod writer;
 
 use std::fmt::Debug;
 use std::time::Duration;

@@ -10,6 +10,13 @@ pub(crate) mod dialect {
     pub const SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
     pub const HAS_MIGRATIONS_TABLE: &str = "SELECT COUNT(*) FROM information_schema.tables \
          WHERE table_name = '_sqlx_migrations' AND table_schema = current_schema()";
+    /// Row locks serialise what must be serialised; no need for more.
+    pub const BEGIN_WRITE: &str = "BEGIN";
+
+    /// PostgreSQL runs uploads through the shared SQL like every other call.
+    pub fn upload_writer(_: &super::PostgresMeta) -> Option<&crate::writer::UploadWriter> {
+        None
+    }
 }
 
 #[derive(Debug, Clone)]

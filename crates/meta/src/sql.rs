@@ -43,7 +43,7 @@ macro_rules! impl_meta_store {
         /// back properly.
         async fn begin(pool: &sqlx::Pool<$db>) -> Result<Tx> {
             let pool = pool.clone();
-            match tokio::spawn(async move { pool.begin().await }).await {
+            match tokio::spawn(async move { pool.begin_with(dialect::BEGIN_WRITE).await }).await {
                 Ok(tx) => Ok(tx?),
                 Err(e) => Err(MetaError::Other { source: Box::new(e) }),
             }
@@ -167,6 +167,9 @@ macro_rules! impl_meta_store {
         #[async_trait]
         impl MetaStore for $store {
             async fn create_upload(&self, u: &NewUpload) -> Result<()> {
+                if let Some(writer) = dialect::upload_writer(self) {
+                    return writer.create_upload(u).await;
+                }
                 sqlx::query(
                     "INSERT INTO files (id, state, name, content_type, chunk_size, created_at, expires_at, declared_size, owner)
                      VALUES ($1, 'open', $2, $3, $4, $5, $6, $7, $8)",
@@ -185,6 +188,9 @@ macro_rules! impl_meta_store {
             }
 
             async fn add_chunks(&self, upload: FileId, chunks: &[PendingChunk]) -> Result<Vec<ChunkState>> {
+                if let Some(writer) = dialect::upload_writer(self) {
+                    return writer.add_chunks(upload, chunks).await;
+                }
                 if chunks.is_empty() {
                     return Ok(Vec::new());
                 }
@@ -261,6 +267,9 @@ macro_rules! impl_meta_store {
             }
 
             async fn commit_upload(&self, upload: FileId, c: &CommitFile) -> Result<FileRecord> {
+                if let Some(writer) = dialect::upload_writer(self) {
+                    return writer.commit_upload(upload, c).await;
+                }
                 let mut tx = begin(&self.write).await?;
                 let (state, chunk_size, owner) = lock_upload(&mut tx, upload).await?;
                 if state != UploadState::Open {

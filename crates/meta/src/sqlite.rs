@@ -16,7 +16,19 @@ pub(crate) mod dialect {
     pub const SKIP_LOCKED: &str = "";
     pub const HAS_MIGRATIONS_TABLE: &str =
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'";
+    /// Takes the write lock at once: two connections write (sqlx's and the upload writer's),
+    /// and a deferred transaction that read first could not upgrade after the other wrote.
+    pub const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+    /// Uploads (open, record chunks, commit) go through the dedicated writer thread.
+    pub fn upload_writer(store: &super::SqliteMeta) -> Option<&crate::writer::UploadWriter> {
+        Some(&store.uploads)
+    }
 }
+
+/// How long a connection waits for SQLite's write lock before the store reports itself
+/// unavailable.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -27,13 +39,16 @@ pub struct SqliteOptions {
     pub read_connections: u32,
 }
 
-/// The metadata store on SQLite: one writer connection (SQLite allows one writer at a time;
-/// queueing in the pool is cheaper than retrying on SQLITE_BUSY) and a pool of readers (WAL
-/// lets them run beside the writer).
+/// The metadata store on SQLite: the upload path (open, record chunks, commit: what every
+/// upload does) on a dedicated connection thread that commits waiting calls together (see
+/// `writer.rs`); every other write on one sqlx connection; a pool of sqlx readers beside them
+/// (WAL lets readers run beside the writer). SQLite allows one writer at a time: the two
+/// writing connections take turns through its lock, each transaction `BEGIN IMMEDIATE`.
 #[derive(Debug, Clone)]
 pub struct SqliteMeta {
     pub(crate) read: SqlitePool,
     pub(crate) write: SqlitePool,
+    pub(crate) uploads: crate::writer::UploadWriter,
     pub(crate) describe: String,
 }
 
@@ -58,7 +73,7 @@ impl SqliteMeta {
                 SqliteSynchronous::Normal
             })
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(BUSY_TIMEOUT);
         // sqlx pings every connection it hands out by default: a round trip to the
         // connection's worker thread per transaction, and an embedded database file has no
         // peer that can hang up.
@@ -74,9 +89,15 @@ impl SqliteMeta {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(connect.read_only(true))
             .await?;
+        let uploads = crate::writer::UploadWriter::start(&crate::writer::WriterOptions {
+            path: opts.path.clone(),
+            fsync: opts.fsync,
+            busy_timeout: BUSY_TIMEOUT,
+        })?;
         Ok(Self {
             read,
             write,
+            uploads,
             describe: format!("sqlite {}", opts.path.display()),
         })
     }
