@@ -289,6 +289,22 @@ impl BlobStore for ObjectStoreBlobs {
 
     async fn get(&self, id: &ChunkId) -> Result<Bytes> {
         let key = chunk_key(id);
+        if let Some(root) = &self.local_root {
+            match read_small_local(&root.join(&key)) {
+                Ok(Some(data)) => return Ok(data),
+                Ok(None) => {} // large: read on a blocking thread below
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(self.not_found(key).await);
+                }
+                Err(e) => {
+                    let e = object_store::Error::Generic {
+                        store: "LocalFileSystem",
+                        source: Box::new(e),
+                    };
+                    return Err(self.classify(e, &key));
+                }
+            }
+        }
         let result = match self.store.get(&Path::from(key.as_str())).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Err(self.not_found(key).await),
@@ -388,34 +404,66 @@ fn sweep_staging(dir: &std::path::Path, cutoff: std::time::SystemTime) -> Result
     Ok(removed)
 }
 
+/// Local reads up to this size run on the calling task: object_store's local store opens
+/// every file on a blocking thread, and for a small chunk that hand-off costs several times
+/// the open and the read (a download of a 4 KiB file spent more time switching threads than
+/// anything else). Larger reads stay on blocking threads.
+const INLINE_READ_MAX: u64 = 64 << 10;
+
+/// A local chunk file read whole on the calling task when it is small; `None` when it is not.
+fn read_small_local(path: &std::path::Path) -> std::io::Result<Option<Bytes>> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len > INLINE_READ_MAX {
+        return Ok(None);
+    }
+    read_file(file, path, 0, len, len as usize)
+        .map(Some)
+        .map_err(std::io::Error::other)
+}
+
+fn read_file(
+    mut file: std::fs::File,
+    path: &std::path::Path,
+    start: u64,
+    len: u64,
+    capacity: usize,
+) -> object_store::Result<Bytes> {
+    use std::io::{Seek, SeekFrom};
+    let io = |source: std::io::Error| object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: format!("reading {}: {source}", path.display()).into(),
+    };
+    file.seek(SeekFrom::Start(start)).map_err(io)?;
+    let mut buf = ChunkBuf::with_capacity(capacity);
+    let read = buf.read_from(&mut file, len).map_err(io)?;
+    if read as u64 != len {
+        // The file shrank under us: report it like object_store's own reader.
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("expected {len} bytes, read {read}"),
+        )));
+    }
+    Ok(buf.freeze())
+}
+
 /// Reads a whole object into a pooled buffer (see `pool.rs`): a local file straight from the
-/// file on a blocking thread, a remote object from its body stream.
+/// file (on a blocking thread unless small), a remote object from its body stream.
 async fn read_pooled(result: object_store::GetResult) -> object_store::Result<Bytes> {
     let len = result.range.end - result.range.start;
     let capacity = usize::try_from(len).unwrap_or(usize::MAX);
     match result.payload {
-        object_store::GetResultPayload::File(mut file, path) => {
+        object_store::GetResultPayload::File(file, path) => {
             let start = result.range.start;
-            tokio::task::spawn_blocking(move || {
-                use std::io::{Seek, SeekFrom};
-                let io = |source: std::io::Error| object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: format!("reading {}: {source}", path.display()).into(),
-                };
-                file.seek(SeekFrom::Start(start)).map_err(io)?;
-                let mut buf = ChunkBuf::with_capacity(capacity);
-                let read = buf.read_from(&mut file, len).map_err(io)?;
-                if read as u64 != len {
-                    // The file shrank under us: report it like object_store's own reader.
-                    return Err(io(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("expected {len} bytes, read {read}"),
-                    )));
-                }
-                Ok(buf.freeze())
-            })
-            .await
-            .map_err(|e| object_store::Error::JoinError { source: e })?
+            let read = move || read_file(file, &path, start, len, capacity);
+            if len <= INLINE_READ_MAX {
+                // The file is open already; a small read costs less than a thread hand-off.
+                read()
+            } else {
+                tokio::task::spawn_blocking(read)
+                    .await
+                    .map_err(|e| object_store::Error::JoinError { source: e })?
+            }
         }
         object_store::GetResultPayload::Stream(mut stream) => {
             let mut buf = ChunkBuf::with_capacity(capacity);

@@ -22,7 +22,7 @@ use crate::{CoreError, Principal, Result, Stats, Vault};
 
 /// Chunks this large are hashed on two blocking threads at once (SHA-256 and BLAKE3); smaller
 /// ones inline, where a thread hand-off would cost more than the hashing (~30 µs for 64 KiB).
-const PARALLEL_HASH_MIN: usize = 64 << 10;
+pub(crate) const PARALLEL_HASH_MIN: usize = 64 << 10;
 
 /// Longest file name accepted, in bytes of UTF-8.
 pub const MAX_NAME_BYTES: usize = 1024;

@@ -17,6 +17,7 @@
 
 pub mod conformance;
 mod postgres;
+mod reads;
 mod schema;
 mod sql;
 mod sqlite;

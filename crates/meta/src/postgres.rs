@@ -17,6 +17,11 @@ pub(crate) mod dialect {
     pub fn upload_writer(_: &super::PostgresMeta) -> Option<&crate::writer::UploadWriter> {
         None
     }
+
+    /// And reads files and manifests through the shared SQL too.
+    pub fn point_reads(_: &super::PostgresMeta) -> Option<&crate::reads::PointReads> {
+        None
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -417,12 +417,18 @@ macro_rules! impl_meta_store {
             }
 
             async fn file(&self, id: FileId) -> Result<Option<FileRecord>> {
+                if let Some(reads) = dialect::point_reads(self) {
+                    return reads.file(id);
+                }
                 let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE id = $1 AND state = 'committed'");
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id.as_uuid()).fetch_optional(&self.read).await?;
                 row.as_ref().map(file_record).transpose()
             }
 
             async fn manifest(&self, id: FileId, from_index: u64, limit: u32) -> Result<Vec<ChunkEntry>> {
+                if let Some(reads) = dialect::point_reads(self) {
+                    return reads.manifest(id, from_index, limit);
+                }
                 let rows = sqlx::query(
                     "SELECT fc.idx, fc.byte_offset, fc.byte_length, fc.hash
                      FROM file_chunks fc JOIN files f ON f.id = fc.file_id

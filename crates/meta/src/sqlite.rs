@@ -24,6 +24,11 @@ pub(crate) mod dialect {
     pub fn upload_writer(store: &super::SqliteMeta) -> Option<&crate::writer::UploadWriter> {
         Some(&store.uploads)
     }
+
+    /// A download's reads (the file, its manifest) run inline (see `reads.rs`).
+    pub fn point_reads(store: &super::SqliteMeta) -> Option<&crate::reads::PointReads> {
+        Some(&store.reads)
+    }
 }
 
 /// How long a connection waits for SQLite's write lock before the store reports itself
@@ -49,6 +54,7 @@ pub struct SqliteMeta {
     pub(crate) read: SqlitePool,
     pub(crate) write: SqlitePool,
     pub(crate) uploads: crate::writer::UploadWriter,
+    pub(crate) reads: std::sync::Arc<crate::reads::PointReads>,
     pub(crate) describe: String,
 }
 
@@ -94,10 +100,12 @@ impl SqliteMeta {
             fsync: opts.fsync,
             busy_timeout: BUSY_TIMEOUT,
         })?;
+        let reads = std::sync::Arc::new(crate::reads::PointReads::open(opts.path.clone())?);
         Ok(Self {
             read,
             write,
             uploads,
+            reads,
             describe: format!("sqlite {}", opts.path.display()),
         })
     }

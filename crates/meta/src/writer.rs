@@ -293,7 +293,7 @@ fn lock_upload(conn: &Connection, id: FileId) -> Result<(UploadState, i64, Optio
     Ok((state, chunk_size, owner))
 }
 
-fn file_record(r: &Row<'_>) -> rusqlite::Result<FileRecord> {
+pub(crate) fn file_record(r: &Row<'_>) -> rusqlite::Result<FileRecord> {
     let blob_uuid = |i: usize, v: Vec<u8>| {
         uuid::Uuid::from_slice(&v).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, Box::new(e))

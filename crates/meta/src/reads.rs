@@ -1,0 +1,130 @@
+//! SQLite's two per-download reads (the file's row, its manifest) run inline on the calling
+//! task, on a connection taken from a small pool.
+//!
+//! Through sqlx each query is a round trip to a connection's worker thread: two thread
+//! hand-offs per download, which cost more than the queries (a primary-key lookup in a warm
+//! page cache takes a few microseconds). WAL lets these readers run beside the writers without
+//! waiting for them. A read that misses the page cache waits for the disk on the calling
+//! thread: a handful of pages for these queries.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use chunkvault_types::{ChunkEntry, ChunkId, FileId};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::sql::FILE_COLUMNS;
+use crate::writer::file_record;
+use crate::{FileRecord, MetaError, Result};
+
+/// Connections kept for reuse; more are opened when more reads run at once, and closed after.
+const KEEP: usize = 8;
+
+#[derive(Debug)]
+pub(crate) struct PointReads {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl PointReads {
+    /// Checks that the database opens; connections are made as reads need them.
+    pub(crate) fn open(path: PathBuf) -> Result<Self> {
+        let reads = Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+        };
+        let conn = reads.connect()?;
+        reads.put_back(conn);
+        Ok(reads)
+    }
+
+    fn connect(&self) -> Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(1))?;
+        Ok(conn)
+    }
+
+    fn put_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < KEEP
+        {
+            idle.push(conn);
+        }
+    }
+
+    fn with<T>(&self, read: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let conn = match pooled {
+            Some(c) => c,
+            None => self.connect()?,
+        };
+        let out = read(&conn);
+        self.put_back(conn);
+        out
+    }
+
+    pub(crate) fn file(&self, id: FileId) -> Result<Option<FileRecord>> {
+        self.with(|conn| {
+            let sql =
+                format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?1 AND state = 'committed'");
+            Ok(conn
+                .prepare_cached(&sql)?
+                .query_row(params![id.as_uuid().as_bytes().as_slice()], file_record)
+                .optional()?)
+        })
+    }
+
+    pub(crate) fn manifest(
+        &self,
+        id: FileId,
+        from_index: u64,
+        limit: u32,
+    ) -> Result<Vec<ChunkEntry>> {
+        let from = i64::try_from(from_index).map_err(|_| MetaError::InvalidManifest {
+            message: format!("chunk index {from_index} is out of range"),
+        })?;
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT fc.idx, fc.byte_offset, fc.byte_length, fc.hash
+                 FROM file_chunks fc JOIN files f ON f.id = fc.file_id
+                 WHERE fc.file_id = ?1 AND f.state = 'committed' AND fc.idx >= ?2 AND fc.idx < ?3
+                 ORDER BY fc.idx",
+            )?;
+            // A committed manifest's indices run 0..n without gaps, so this range is the
+            // page. Not `LIMIT ?`: SQLite plans with a bound LIMIT's value and so prepares
+            // such a statement again on every execution.
+            let rows = stmt.query_map(
+                params![
+                    id.as_uuid().as_bytes().as_slice(),
+                    from,
+                    from.saturating_add(i64::from(limit))
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                    ))
+                },
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (index, offset, length, hash) = row?;
+                let hash: [u8; 32] = hash.try_into().map_err(|_| MetaError::Other {
+                    source: "a chunk hash in the database is not 32 bytes".into(),
+                })?;
+                out.push(ChunkEntry {
+                    index: index as u64,
+                    offset: offset as u64,
+                    length: length as u64,
+                    hash: ChunkId::from_bytes(hash),
+                });
+            }
+            Ok(out)
+        })
+    }
+}
