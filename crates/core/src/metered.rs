@@ -174,6 +174,17 @@ impl MetaStore for MeteredMeta {
         meta_call!("add_chunks", self.inner.add_chunks(upload, chunks))
     }
 
+    async fn create_upload_with_chunks(
+        &self,
+        upload: &NewUpload,
+        chunks: &[PendingChunk],
+    ) -> MetaResult<Vec<ChunkState>> {
+        meta_call!(
+            "create_upload_with_chunks",
+            self.inner.create_upload_with_chunks(upload, chunks)
+        )
+    }
+
     async fn commit_upload(&self, upload: FileId, commit: &CommitFile) -> MetaResult<FileRecord> {
         meta_call!("commit_upload", self.inner.commit_upload(upload, commit))
     }

@@ -120,8 +120,12 @@ impl Drop for AbortGuard {
         // If the metadata store is unreachable now, the upload expires later instead.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = meta.abort_upload(id).await {
-                    tracing::warn!(upload = %id, error = %e, "could not abort upload; it will expire");
+                match meta.abort_upload(id).await {
+                    // NotFound: the upload failed before it was opened.
+                    Ok(()) | Err(MetaError::NotFound) => {}
+                    Err(e) => {
+                        tracing::warn!(upload = %id, error = %e, "could not abort upload; it will expire");
+                    }
                 }
             });
         }
@@ -167,18 +171,18 @@ impl Vault {
         }
         let now = OffsetDateTime::now_utc();
         let id = FileId::new();
-        self.meta
-            .create_upload(&NewUpload {
-                id,
-                name: String::new(),
-                content_type: String::new(),
-                chunk_size: self.config.chunk_size as u64,
-                created_at: now,
-                expires_at: now + self.config.upload_ttl,
-                declared_size: None,
-                owner: who.owner(),
-            })
-            .await?;
+        // Opened in the metadata store with its first chunk (one call, not two); an empty
+        // body opens it at the end.
+        let upload = NewUpload {
+            id,
+            name: String::new(),
+            content_type: String::new(),
+            chunk_size: self.config.chunk_size as u64,
+            created_at: now,
+            expires_at: now + self.config.upload_ttl,
+            declared_size: None,
+            owner: who.owner(),
+        };
         Stats::add(&self.stats.uploads_started, 1);
         let guard = AbortGuard {
             meta: self.meta.clone(),
@@ -225,7 +229,7 @@ impl Vault {
             }
             Ok(total)
         };
-        let (total, sha256) = tokio::try_join!(producer, self.store_chunks(id, rx))?;
+        let (total, sha256) = tokio::try_join!(producer, self.store_chunks(&upload, rx))?;
         if let Some(expected) = expected_size.filter(|e| *e != total) {
             return Err(size_mismatch(expected, total, false));
         }
@@ -264,9 +268,15 @@ impl Vault {
     }
 
     /// The consumer side: hash each chunk (SHA-256 of the stream and BLAKE3 of the chunk, on
-    /// two blocking threads at once), record its pending reference, write its blob unless a
-    /// committed upload already stored it. Returns the whole-file SHA-256.
-    async fn store_chunks(&self, id: FileId, mut rx: mpsc::Receiver<Bytes>) -> Result<String> {
+    /// two blocking threads at once), record its pending reference (the first one together
+    /// with opening the upload), write its blob unless a committed upload already stored it.
+    /// Returns the whole-file SHA-256.
+    async fn store_chunks(
+        &self,
+        upload: &NewUpload,
+        mut rx: mpsc::Receiver<Bytes>,
+    ) -> Result<String> {
+        let id = upload.id;
         let mut sha = Sha256::new();
         let mut index = 0u64;
         let mut offset = 0u64;
@@ -295,7 +305,11 @@ impl Vault {
                 length: chunk.len() as u64,
                 hash,
             };
-            let state = self.add_chunk_waiting_for_gc(id, pending).await?;
+            let state = if index == 0 {
+                self.create_upload_waiting_for_gc(upload, pending).await?
+            } else {
+                self.add_chunk_waiting_for_gc(id, pending).await?
+            };
             index += 1;
             offset += chunk.len() as u64;
             if state == ChunkState::Stored {
@@ -316,7 +330,23 @@ impl Vault {
         while let Some(done) = puts.join_next().await {
             join_put(Some(done))?;
         }
+        if index == 0 {
+            self.meta.create_upload(upload).await?;
+        }
         Ok(hex::encode(sha.finalize()))
+    }
+
+    /// Opens `upload` with its first chunk; when GC is deleting that very chunk, waits for it
+    /// to finish, like [`Vault::add_chunk_waiting_for_gc`].
+    async fn create_upload_waiting_for_gc(
+        &self,
+        upload: &NewUpload,
+        chunk: PendingChunk,
+    ) -> Result<ChunkState> {
+        let chunks = [chunk];
+        self.retry_while_gc_deletes(|| self.meta.create_upload_with_chunks(upload, &chunks))
+            .await
+            .map(|states| states[0])
     }
 
     /// Records a pending reference; when GC is deleting that very chunk, waits for it to
@@ -335,10 +365,21 @@ impl Vault {
         id: FileId,
         chunks: &[PendingChunk],
     ) -> Result<Vec<ChunkState>> {
+        self.retry_while_gc_deletes(|| self.meta.add_chunks(id, chunks))
+            .await
+    }
+
+    /// Runs `record` again while it fails with [`MetaError::ChunkBusy`] (GC is deleting one of
+    /// the chunks: nothing was recorded), backing off, for up to 30 s.
+    async fn retry_while_gc_deletes<'a, F, Fut>(&self, record: F) -> Result<Vec<ChunkState>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = chunkvault_meta::Result<Vec<ChunkState>>> + 'a,
+    {
         let mut wait = Duration::from_millis(20);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            match self.meta.add_chunks(id, chunks).await {
+            match record().await {
                 Ok(states) => return Ok(states),
                 Err(MetaError::ChunkBusy { .. }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(wait).await;

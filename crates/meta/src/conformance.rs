@@ -78,6 +78,7 @@ pub async fn run_all(m: &dyn MetaStore) {
     gc_claims_only_unreferenced_chunks(m).await;
     gc_grace_period_is_respected(m).await;
     busy_chunk_blocks_new_references(m).await;
+    opening_with_chunks_is_one_transaction(m).await;
     orphans_are_claimed_only_when_unknown(m).await;
     manifest_pages(m).await;
     leases_exclude_other_holders(m).await;
@@ -416,6 +417,58 @@ pub async fn busy_chunk_blocks_new_references(m: &dyn MetaStore) {
         m.add_chunks(u.id, &chunks_for(4, 900)).await.unwrap(),
         vec![ChunkState::MustWrite]
     );
+}
+
+pub async fn opening_with_chunks_is_one_transaction(m: &dyn MetaStore) {
+    // Opens and records in one call; the file is visible only after the commit.
+    let u = new_upload("first");
+    let chunks = chunks_for(6, 950);
+    assert_eq!(
+        m.create_upload_with_chunks(&u, &chunks[..1]).await.unwrap(),
+        vec![ChunkState::MustWrite]
+    );
+    let open = m.upload(u.id).await.unwrap().unwrap();
+    assert_eq!((open.state, open.chunks_recorded), (UploadState::Open, 1));
+    assert!(m.file(u.id).await.unwrap().is_none());
+    m.add_chunks(u.id, &chunks[1..]).await.unwrap();
+    m.commit_upload(u.id, &commit(6)).await.unwrap();
+    assert_eq!(m.manifest(u.id, 0, 10).await.unwrap().len(), 2);
+
+    // The same content again: its chunk is reported stored.
+    let again = new_upload("again");
+    assert_eq!(
+        m.create_upload_with_chunks(&again, &chunks[..1]).await.unwrap(),
+        vec![ChunkState::Stored]
+    );
+
+    // An id that exists already: an error, and the existing upload is untouched.
+    assert!(
+        m.create_upload_with_chunks(&again, &chunks_for(4, 951))
+            .await
+            .is_err()
+    );
+    assert_eq!(m.upload(again.id).await.unwrap().unwrap().chunks_recorded, 1);
+
+    // A chunk GC is deleting: busy, and not even the upload is recorded.
+    let id = store_file(m, 4, 952).await;
+    m.delete_file(id).await.unwrap();
+    let claimed = claim_all(m, now() + Duration::from_secs(1)).await;
+    assert!(claimed.contains(&hash(952)));
+    let late = new_upload("late");
+    match m.create_upload_with_chunks(&late, &chunks_for(4, 952)).await {
+        Err(MetaError::ChunkBusy { id }) => assert_eq!(id, hash(952)),
+        other => panic!("a chunk being deleted must be busy, got {other:?}"),
+    }
+    assert!(m.upload(late.id).await.unwrap().is_none(), "nothing recorded");
+    m.gc_forget(&claimed).await.unwrap();
+    assert_eq!(
+        m.create_upload_with_chunks(&late, &chunks_for(4, 952))
+            .await
+            .unwrap(),
+        vec![ChunkState::MustWrite]
+    );
+    m.abort_upload(again.id).await.unwrap();
+    m.abort_upload(late.id).await.unwrap();
 }
 
 pub async fn orphans_are_claimed_only_when_unknown(m: &dyn MetaStore) {

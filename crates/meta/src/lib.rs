@@ -354,6 +354,16 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
     /// recorded) when GC is deleting one of the chunks.
     async fn add_chunks(&self, upload: FileId, chunks: &[PendingChunk]) -> Result<Vec<ChunkState>>;
 
+    /// Opens `upload` and records its first `chunks`, in one transaction: what
+    /// [`MetaStore::create_upload`] then [`MetaStore::add_chunks`] do, for a caller that opens
+    /// an upload once its first chunk is in hand. On [`MetaError::ChunkBusy`] nothing is
+    /// recorded, not even the upload.
+    async fn create_upload_with_chunks(
+        &self,
+        upload: &NewUpload,
+        chunks: &[PendingChunk],
+    ) -> Result<Vec<ChunkState>>;
+
     /// Makes an open upload a visible file, atomically: checks that the recorded chunks are
     /// exactly indices `0..n` laid end to end at the upload's chunk size and add up to
     /// `commit.size`, marks its chunks live, records name, type, size and digest, and charges

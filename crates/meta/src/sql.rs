@@ -155,6 +155,96 @@ macro_rules! impl_meta_store {
             Ok(())
         }
 
+        fn insert_upload(u: &NewUpload) -> Result<sqlx::query::Query<'static, $db, <$db as sqlx::Database>::Arguments>> {
+            Ok(sqlx::query(
+                "INSERT INTO files (id, state, name, content_type, chunk_size, created_at, expires_at, declared_size, owner)
+                 VALUES ($1, 'open', $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(*u.id.as_uuid())
+            .bind(u.name.clone())
+            .bind(u.content_type.clone())
+            .bind(to_i64(u.chunk_size, "chunk size")?)
+            .bind(micros(u.created_at))
+            .bind(micros(u.expires_at))
+            .bind(u.declared_size.map(|d| to_i64(d, "declared size")).transpose()?)
+            .bind(u.owner.map(|o| o.0)))
+        }
+
+        /// `add_chunks` inside the caller's transaction.
+        async fn add_chunks_tx(tx: &mut Tx, upload: FileId, chunks: &[PendingChunk]) -> Result<Vec<ChunkState>> {
+            if chunks.is_empty() {
+                return Ok(Vec::new());
+            }
+            let now = micros(OffsetDateTime::now_utc());
+            match lock_upload(tx, upload).await?.0 {
+                UploadState::Open => {}
+                other => return Err(MetaError::NotOpen { state: other.as_str().into() }),
+            }
+            // Unique hashes in sorted order: concurrent uploads then lock chunk rows in the
+            // same order and cannot deadlock, and no statement upserts one row twice.
+            let mut unique: Vec<(ChunkId, u64)> = chunks.iter().map(|c| (c.hash, c.length)).collect();
+            unique.sort_by_key(|c| c.0);
+            unique.dedup_by_key(|c| c.0);
+            let mut states = std::collections::HashMap::with_capacity(unique.len());
+            for batch in unique.chunks(BATCH) {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "INSERT INTO chunks (hash, size, state, created_at, touched_at) ",
+                );
+                qb.push_values(batch, |mut b, (hash, len)| {
+                    b.push_bind(hash.as_bytes().as_slice())
+                        .push_bind(*len as i64)
+                        .push_bind("pending")
+                        .push_bind(now)
+                        .push_bind(now);
+                });
+                qb.push(" ON CONFLICT (hash) DO UPDATE SET touched_at = excluded.touched_at RETURNING hash, state");
+                for row in qb.build().fetch_all(&mut **tx).await? {
+                    let hash = chunk_id(row.try_get(0)?)?;
+                    let state: String = row.try_get(1)?;
+                    if state == "deleting" {
+                        // Dropping the transaction rolls back: nothing recorded.
+                        return Err(MetaError::ChunkBusy { id: hash });
+                    }
+                    states.insert(hash, state == "live");
+                }
+            }
+            // One reference per index; a later entry for the same index wins.
+            let mut refs: Vec<&PendingChunk> = chunks.iter().collect();
+            refs.sort_by_key(|c| c.index);
+            refs.reverse();
+            refs.dedup_by_key(|c| c.index);
+            for batch in refs.chunks(BATCH) {
+                let mut rows = Vec::with_capacity(batch.len());
+                for c in batch {
+                    rows.push((
+                        to_i64(c.index, "chunk index")?,
+                        to_i64(c.offset, "chunk offset")?,
+                        to_i64(c.length, "chunk length")?,
+                        c.hash,
+                    ));
+                }
+                let mut qb = QueryBuilder::<$db>::new(
+                    "INSERT INTO file_chunks (file_id, idx, byte_offset, byte_length, hash) ",
+                );
+                qb.push_values(&rows, |mut b, (idx, off, len, hash)| {
+                    b.push_bind(*upload.as_uuid())
+                        .push_bind(*idx)
+                        .push_bind(*off)
+                        .push_bind(*len)
+                        .push_bind(hash.as_bytes().as_slice());
+                });
+                qb.push(
+                    " ON CONFLICT (file_id, idx) DO UPDATE SET byte_offset = excluded.byte_offset, \
+                     byte_length = excluded.byte_length, hash = excluded.hash",
+                );
+                qb.build().execute(&mut **tx).await?;
+            }
+            Ok(chunks
+                .iter()
+                .map(|c| if states.get(&c.hash) == Some(&true) { ChunkState::Stored } else { ChunkState::MustWrite })
+                .collect())
+        }
+
         fn push_hashes(qb: &mut QueryBuilder<$db>, ids: &[ChunkId]) {
             qb.push("(");
             let mut sep = qb.separated(", ");
@@ -170,21 +260,19 @@ macro_rules! impl_meta_store {
                 if let Some(writer) = dialect::upload_writer(self) {
                     return writer.create_upload(u).await;
                 }
-                sqlx::query(
-                    "INSERT INTO files (id, state, name, content_type, chunk_size, created_at, expires_at, declared_size, owner)
-                     VALUES ($1, 'open', $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(u.id.as_uuid())
-                .bind(&u.name)
-                .bind(&u.content_type)
-                .bind(to_i64(u.chunk_size, "chunk size")?)
-                .bind(micros(u.created_at))
-                .bind(micros(u.expires_at))
-                .bind(u.declared_size.map(|d| to_i64(d, "declared size")).transpose()?)
-                .bind(u.owner.map(|o| o.0))
-                .execute(&self.write)
-                .await?;
+                insert_upload(u)?.execute(&self.write).await?;
                 Ok(())
+            }
+
+            async fn create_upload_with_chunks(&self, u: &NewUpload, chunks: &[PendingChunk]) -> Result<Vec<ChunkState>> {
+                if let Some(writer) = dialect::upload_writer(self) {
+                    return writer.create_upload_with_chunks(u, chunks).await;
+                }
+                let mut tx = begin(&self.write).await?;
+                insert_upload(u)?.execute(&mut *tx).await?;
+                let states = add_chunks_tx(&mut tx, u.id, chunks).await?;
+                tx.commit().await?;
+                Ok(states)
             }
 
             async fn add_chunks(&self, upload: FileId, chunks: &[PendingChunk]) -> Result<Vec<ChunkState>> {
@@ -194,76 +282,10 @@ macro_rules! impl_meta_store {
                 if chunks.is_empty() {
                     return Ok(Vec::new());
                 }
-                let now = micros(OffsetDateTime::now_utc());
                 let mut tx = begin(&self.write).await?;
-                match lock_upload(&mut tx, upload).await?.0 {
-                    UploadState::Open => {}
-                    other => return Err(MetaError::NotOpen { state: other.as_str().into() }),
-                }
-                // Unique hashes in sorted order: concurrent uploads then lock chunk rows in the
-                // same order and cannot deadlock, and no statement upserts one row twice.
-                let mut unique: Vec<(ChunkId, u64)> = chunks.iter().map(|c| (c.hash, c.length)).collect();
-                unique.sort_by_key(|c| c.0);
-                unique.dedup_by_key(|c| c.0);
-                let mut states = std::collections::HashMap::with_capacity(unique.len());
-                for batch in unique.chunks(BATCH) {
-                    let mut qb = QueryBuilder::<$db>::new(
-                        "INSERT INTO chunks (hash, size, state, created_at, touched_at) ",
-                    );
-                    qb.push_values(batch, |mut b, (hash, len)| {
-                        b.push_bind(hash.as_bytes().as_slice())
-                            .push_bind(*len as i64)
-                            .push_bind("pending")
-                            .push_bind(now)
-                            .push_bind(now);
-                    });
-                    qb.push(" ON CONFLICT (hash) DO UPDATE SET touched_at = excluded.touched_at RETURNING hash, state");
-                    for row in qb.build().fetch_all(&mut *tx).await? {
-                        let hash = chunk_id(row.try_get(0)?)?;
-                        let state: String = row.try_get(1)?;
-                        if state == "deleting" {
-                            // Dropping the transaction rolls back: nothing recorded.
-                            return Err(MetaError::ChunkBusy { id: hash });
-                        }
-                        states.insert(hash, state == "live");
-                    }
-                }
-                // One reference per index; a later entry for the same index wins.
-                let mut refs: Vec<&PendingChunk> = chunks.iter().collect();
-                refs.sort_by_key(|c| c.index);
-                refs.reverse();
-                refs.dedup_by_key(|c| c.index);
-                for batch in refs.chunks(BATCH) {
-                    let mut rows = Vec::with_capacity(batch.len());
-                    for c in batch {
-                        rows.push((
-                            to_i64(c.index, "chunk index")?,
-                            to_i64(c.offset, "chunk offset")?,
-                            to_i64(c.length, "chunk length")?,
-                            c.hash,
-                        ));
-                    }
-                    let mut qb = QueryBuilder::<$db>::new(
-                        "INSERT INTO file_chunks (file_id, idx, byte_offset, byte_length, hash) ",
-                    );
-                    qb.push_values(&rows, |mut b, (idx, off, len, hash)| {
-                        b.push_bind(*upload.as_uuid())
-                            .push_bind(*idx)
-                            .push_bind(*off)
-                            .push_bind(*len)
-                            .push_bind(hash.as_bytes().as_slice());
-                    });
-                    qb.push(
-                        " ON CONFLICT (file_id, idx) DO UPDATE SET byte_offset = excluded.byte_offset, \
-                         byte_length = excluded.byte_length, hash = excluded.hash",
-                    );
-                    qb.build().execute(&mut *tx).await?;
-                }
+                let states = add_chunks_tx(&mut tx, upload, chunks).await?;
                 tx.commit().await?;
-                Ok(chunks
-                    .iter()
-                    .map(|c| if states.get(&c.hash) == Some(&true) { ChunkState::Stored } else { ChunkState::MustWrite })
-                    .collect())
+                Ok(states)
             }
 
             async fn commit_upload(&self, upload: FileId, c: &CommitFile) -> Result<FileRecord> {
@@ -353,6 +375,9 @@ macro_rules! impl_meta_store {
             }
 
             async fn abort_upload(&self, upload: FileId) -> Result<()> {
+                if let Some(writer) = dialect::upload_writer(self) {
+                    return writer.abort_upload(upload).await;
+                }
                 let mut tx = begin(&self.write).await?;
                 match lock_upload(&mut tx, upload).await?.0 {
                     UploadState::Open => {}

@@ -20,7 +20,7 @@ pub(crate) mod dialect {
     /// and a deferred transaction that read first could not upgrade after the other wrote.
     pub const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
-    /// Uploads (open, record chunks, commit) go through the dedicated writer thread.
+    /// Uploads (open, record chunks, commit, abort) go through the dedicated writer thread.
     pub fn upload_writer(store: &super::SqliteMeta) -> Option<&crate::writer::UploadWriter> {
         Some(&store.uploads)
     }
@@ -44,8 +44,8 @@ pub struct SqliteOptions {
     pub read_connections: u32,
 }
 
-/// The metadata store on SQLite: the upload path (open, record chunks, commit: what every
-/// upload does) on a dedicated connection thread that commits waiting calls together (see
+/// The metadata store on SQLite: the upload path (open, record chunks, commit, abort: what
+/// every upload does) on a dedicated connection thread that commits waiting calls together (see
 /// `writer.rs`); every other write on one sqlx connection; a pool of sqlx readers beside them
 /// (WAL lets readers run beside the writer). SQLite allows one writer at a time: the two
 /// writing connections take turns through its lock, each transaction `BEGIN IMMEDIATE`.

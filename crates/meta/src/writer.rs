@@ -85,27 +85,19 @@ impl UploadWriter {
 
     pub(crate) async fn create_upload(&self, u: &NewUpload) -> Result<()> {
         let u = u.clone();
-        let chunk_size = to_i64(u.chunk_size, "chunk size")?;
-        let declared = u
-            .declared_size
-            .map(|d| to_i64(d, "declared size"))
-            .transpose()?;
+        self.call(move |conn| insert_upload(conn, &u)).await
+    }
+
+    pub(crate) async fn create_upload_with_chunks(
+        &self,
+        u: &NewUpload,
+        chunks: &[PendingChunk],
+    ) -> Result<Vec<ChunkState>> {
+        let u = u.clone();
+        let chunks = chunks.to_vec();
         self.call(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO files (id, state, name, content_type, chunk_size, created_at, expires_at, declared_size, owner)
-                 VALUES (?1, 'open', ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                u.id.as_uuid().as_bytes().as_slice(),
-                u.name,
-                u.content_type,
-                chunk_size,
-                micros(u.created_at),
-                micros(u.expires_at),
-                declared,
-                u.owner.map(|o| o.0.as_bytes().to_vec()),
-            ])?;
-            Ok(())
+            insert_upload(conn, &u)?;
+            add_chunks_tx(conn, u.id, &chunks)
         })
         .await
     }
@@ -119,84 +111,35 @@ impl UploadWriter {
             return Ok(Vec::new());
         }
         let chunks = chunks.to_vec();
-        let mut rows = Vec::with_capacity(chunks.len());
-        for c in &chunks {
-            rows.push((
-                to_i64(c.index, "chunk index")?,
-                to_i64(c.offset, "chunk offset")?,
-                to_i64(c.length, "chunk length")?,
-                c.hash,
-            ));
-        }
+        self.call(move |conn| add_chunks_tx(conn, upload, &chunks))
+            .await
+    }
+
+    /// Through the same queue as the calls that open an upload and add to it, so an abort
+    /// sent after them (a request dropped while its call was queued) runs after them.
+    pub(crate) async fn abort_upload(&self, upload: FileId) -> Result<()> {
         self.call(move |conn| {
-            let now = micros(OffsetDateTime::now_utc());
             match lock_upload(conn, upload)?.0 {
                 UploadState::Open => {}
-                other => {
+                UploadState::Committed => {
                     return Err(MetaError::NotOpen {
-                        state: other.as_str().into(),
+                        state: "committed".into(),
                     });
                 }
+                UploadState::Aborted | UploadState::Expired => return Ok(()),
             }
-            // Hash order, as the SQL store locks chunk rows; each hash once.
-            let mut unique: Vec<(ChunkId, u64)> =
-                chunks.iter().map(|c| (c.hash, c.length)).collect();
-            unique.sort_by_key(|c| c.0);
-            unique.dedup_by_key(|c| c.0);
-            let mut live = std::collections::HashMap::with_capacity(unique.len());
-            {
-                let mut upsert = conn.prepare_cached(
-                    "INSERT INTO chunks (hash, size, state, created_at, touched_at)
-                     VALUES (?1, ?2, 'pending', ?3, ?3)
-                     ON CONFLICT (hash) DO UPDATE SET touched_at = excluded.touched_at
-                     RETURNING state",
-                )?;
-                for (hash, len) in &unique {
-                    let state: String = upsert.query_row(
-                        params![
-                            hash.as_bytes().as_slice(),
-                            to_i64(*len, "chunk length")?,
-                            now
-                        ],
-                        |r| r.get(0),
-                    )?;
-                    if state == "deleting" {
-                        // The savepoint rolls back: nothing recorded.
-                        return Err(MetaError::ChunkBusy { id: *hash });
-                    }
-                    live.insert(*hash, state == "live");
-                }
-            }
-            // One reference per index; a later entry for the same index wins.
-            let mut refs: Vec<&(i64, i64, i64, ChunkId)> = rows.iter().collect();
-            refs.sort_by_key(|r| r.0);
-            refs.reverse();
-            refs.dedup_by_key(|r| r.0);
-            let mut insert = conn.prepare_cached(
-                "INSERT INTO file_chunks (file_id, idx, byte_offset, byte_length, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (file_id, idx) DO UPDATE SET byte_offset = excluded.byte_offset,
-                   byte_length = excluded.byte_length, hash = excluded.hash",
-            )?;
-            for (idx, off, len, hash) in refs {
-                insert.execute(params![
-                    upload.as_uuid().as_bytes().as_slice(),
-                    idx,
-                    off,
-                    len,
-                    hash.as_bytes().as_slice()
-                ])?;
-            }
-            Ok(chunks
-                .iter()
-                .map(|c| {
-                    if live.get(&c.hash) == Some(&true) {
-                        ChunkState::Stored
-                    } else {
-                        ChunkState::MustWrite
-                    }
-                })
-                .collect())
+            let id = upload.as_uuid().as_bytes().as_slice();
+            let now = micros(OffsetDateTime::now_utc());
+            conn.prepare_cached(
+                "UPDATE chunks SET touched_at = ?2
+                 WHERE hash IN (SELECT hash FROM file_chunks WHERE file_id = ?1)",
+            )?
+            .execute(params![id, now])?;
+            conn.prepare_cached("DELETE FROM file_chunks WHERE file_id = ?1")?
+                .execute(params![id])?;
+            conn.prepare_cached("UPDATE files SET state = 'aborted' WHERE id = ?1")?
+                .execute(params![id])?;
+            Ok(())
         })
         .await
     }
@@ -271,6 +214,115 @@ impl UploadWriter {
         })
         .await
     }
+}
+
+/// Opens an upload.
+fn insert_upload(conn: &Connection, u: &NewUpload) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO files (id, state, name, content_type, chunk_size, created_at, expires_at, declared_size, owner)
+         VALUES (?1, 'open', ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        u.id.as_uuid().as_bytes().as_slice(),
+        u.name,
+        u.content_type,
+        to_i64(u.chunk_size, "chunk size")?,
+        micros(u.created_at),
+        micros(u.expires_at),
+        u.declared_size
+            .map(|d| to_i64(d, "declared size"))
+            .transpose()?,
+        u.owner.map(|o| o.0.as_bytes().to_vec()),
+    ])?;
+    Ok(())
+}
+
+/// Records an open upload's references to `chunks` (see `MetaStore::add_chunks`).
+fn add_chunks_tx(
+    conn: &Connection,
+    upload: FileId,
+    chunks: &[PendingChunk],
+) -> Result<Vec<ChunkState>> {
+    if chunks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut rows = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        rows.push((
+            to_i64(c.index, "chunk index")?,
+            to_i64(c.offset, "chunk offset")?,
+            to_i64(c.length, "chunk length")?,
+            c.hash,
+        ));
+    }
+    let now = micros(OffsetDateTime::now_utc());
+    match lock_upload(conn, upload)?.0 {
+        UploadState::Open => {}
+        other => {
+            return Err(MetaError::NotOpen {
+                state: other.as_str().into(),
+            });
+        }
+    }
+    // Hash order, as the SQL store locks chunk rows; each hash once.
+    let mut unique: Vec<(ChunkId, u64)> =
+        chunks.iter().map(|c| (c.hash, c.length)).collect();
+    unique.sort_by_key(|c| c.0);
+    unique.dedup_by_key(|c| c.0);
+    let mut live = std::collections::HashMap::with_capacity(unique.len());
+    {
+        let mut upsert = conn.prepare_cached(
+            "INSERT INTO chunks (hash, size, state, created_at, touched_at)
+             VALUES (?1, ?2, 'pending', ?3, ?3)
+             ON CONFLICT (hash) DO UPDATE SET touched_at = excluded.touched_at
+             RETURNING state",
+        )?;
+        for (hash, len) in &unique {
+            let state: String = upsert.query_row(
+                params![
+                    hash.as_bytes().as_slice(),
+                    to_i64(*len, "chunk length")?,
+                    now
+                ],
+                |r| r.get(0),
+            )?;
+            if state == "deleting" {
+                // The savepoint rolls back: nothing recorded.
+                return Err(MetaError::ChunkBusy { id: *hash });
+            }
+            live.insert(*hash, state == "live");
+        }
+    }
+    // One reference per index; a later entry for the same index wins.
+    let mut refs: Vec<&(i64, i64, i64, ChunkId)> = rows.iter().collect();
+    refs.sort_by_key(|r| r.0);
+    refs.reverse();
+    refs.dedup_by_key(|r| r.0);
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO file_chunks (file_id, idx, byte_offset, byte_length, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (file_id, idx) DO UPDATE SET byte_offset = excluded.byte_offset,
+           byte_length = excluded.byte_length, hash = excluded.hash",
+    )?;
+    for (idx, off, len, hash) in refs {
+        insert.execute(params![
+            upload.as_uuid().as_bytes().as_slice(),
+            idx,
+            off,
+            len,
+            hash.as_bytes().as_slice()
+        ])?;
+    }
+    Ok(chunks
+        .iter()
+        .map(|c| {
+            if live.get(&c.hash) == Some(&true) {
+                ChunkState::Stored
+            } else {
+                ChunkState::MustWrite
+            }
+        })
+        .collect())
 }
 
 /// The upload's state, chunk size and owner; `NotFound` when there is no such upload.
