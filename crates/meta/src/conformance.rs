@@ -437,7 +437,9 @@ pub async fn opening_with_chunks_is_one_transaction(m: &dyn MetaStore) {
     // The same content again: its chunk is reported stored.
     let again = new_upload("again");
     assert_eq!(
-        m.create_upload_with_chunks(&again, &chunks[..1]).await.unwrap(),
+        m.create_upload_with_chunks(&again, &chunks[..1])
+            .await
+            .unwrap(),
         vec![ChunkState::Stored]
     );
 
@@ -447,7 +449,10 @@ pub async fn opening_with_chunks_is_one_transaction(m: &dyn MetaStore) {
             .await
             .is_err()
     );
-    assert_eq!(m.upload(again.id).await.unwrap().unwrap().chunks_recorded, 1);
+    assert_eq!(
+        m.upload(again.id).await.unwrap().unwrap().chunks_recorded,
+        1
+    );
 
     // A chunk GC is deleting: busy, and not even the upload is recorded.
     let id = store_file(m, 4, 952).await;
@@ -455,11 +460,17 @@ pub async fn opening_with_chunks_is_one_transaction(m: &dyn MetaStore) {
     let claimed = claim_all(m, now() + Duration::from_secs(1)).await;
     assert!(claimed.contains(&hash(952)));
     let late = new_upload("late");
-    match m.create_upload_with_chunks(&late, &chunks_for(4, 952)).await {
+    match m
+        .create_upload_with_chunks(&late, &chunks_for(4, 952))
+        .await
+    {
         Err(MetaError::ChunkBusy { id }) => assert_eq!(id, hash(952)),
         other => panic!("a chunk being deleted must be busy, got {other:?}"),
     }
-    assert!(m.upload(late.id).await.unwrap().is_none(), "nothing recorded");
+    assert!(
+        m.upload(late.id).await.unwrap().is_none(),
+        "nothing recorded"
+    );
     m.gc_forget(&claimed).await.unwrap();
     assert_eq!(
         m.create_upload_with_chunks(&late, &chunks_for(4, 952))

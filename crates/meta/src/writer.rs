@@ -265,8 +265,7 @@ fn add_chunks_tx(
         }
     }
     // Hash order, as the SQL store locks chunk rows; each hash once.
-    let mut unique: Vec<(ChunkId, u64)> =
-        chunks.iter().map(|c| (c.hash, c.length)).collect();
+    let mut unique: Vec<(ChunkId, u64)> = chunks.iter().map(|c| (c.hash, c.length)).collect();
     unique.sort_by_key(|c| c.0);
     unique.dedup_by_key(|c| c.0);
     let mut live = std::collections::HashMap::with_capacity(unique.len());
