@@ -32,9 +32,19 @@ use utoipa_axum::routes;
 pub use auth::{AuthMode, AuthOptions, MAX_HEADER_BYTES};
 pub use error::ApiError;
 
-/// Everything a handler needs.
+/// Everything a handler needs, behind one `Arc`: axum clones the state for every extractor and
+/// middleware of every request, and one reference count is cheaper than a dozen.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(std::sync::Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub vault: Vault,
     /// What `/metrics` last published of this vault's pipeline counters (see observe.rs).
     published: observe::Published,
@@ -116,12 +126,12 @@ pub fn router(vault: Vault) -> Router {
 /// paths and methods, authentication, a bound on request header sizes, and request tracking
 /// on all of it.
 pub fn router_with(vault: Vault, auth: AuthOptions) -> Router {
-    let state = AppState {
+    let state = AppState(std::sync::Arc::new(Shared {
         vault,
         published: Default::default(),
         failures: std::sync::Arc::new(auth::FailureLimiter::new(auth.failures_per_minute)),
         auth: std::sync::Arc::new(auth),
-    };
+    }));
     observe::init();
     let (api, _doc) = api().split_for_parts();
     api.merge(openapi::docs_ui())

@@ -255,7 +255,7 @@ async fn counters_move(backend: Backend) {
     let get = [("op", "get")];
     assert!(delta("chunkvault_blob_store_call_duration_seconds_count", &get) >= 3.0);
     for op in [
-        "create_upload",
+        "create_upload_with_chunks",
         "add_chunks",
         "commit_upload",
         "file",

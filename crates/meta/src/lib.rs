@@ -2,8 +2,9 @@
 //!
 //! [`MetaStore`] speaks in domain terms (open an upload, record its chunks, commit it, list
 //! files, claim unreferenced chunks for GC); no SQL leaks out of this crate. [`SqliteMeta`] and
-//! [`PostgresMeta`] implement it from one SQL body (see `sql.rs`); [`conformance`] is the suite
-//! both must pass.
+//! [`PostgresMeta`] implement it from one SQL body (see `sql.rs`); on SQLite the calls every
+//! upload and download makes run on rusqlite instead (`writer.rs`, `reads.rs`), without a
+//! thread hand-off per statement. [`conformance`] is the suite both must pass.
 //!
 //! # How uploads, dedup and GC stay consistent
 //! Every chunk has one row in `chunks` with a state: `pending` (referenced, blob perhaps not
