@@ -324,8 +324,8 @@ macro_rules! impl_meta_store {
                 }
                 if let Some(owner) = owner {
                     // One statement checks and charges, so concurrent commits of one account
-                    // cannot both slip under the quota (PostgreSQL locks the row; SQLite has
-                    // one writer).
+                    // cannot both slip under the quota (PostgreSQL locks the row; SQLite
+                    // writes one transaction at a time).
                     let charged = sqlx::query(
                         "UPDATE accounts SET bytes_used = bytes_used + $2
                          WHERE id = $1 AND (quota_bytes IS NULL OR bytes_used + $2 <= quota_bytes)",

@@ -10,8 +10,8 @@ use sqlx::sqlite::{
 
 pub(crate) mod dialect {
     pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-    /// SQLite has no row locks: the single writer connection serialises every write
-    /// transaction, which gives the same guarantees.
+    /// SQLite has no row locks: every write transaction holds the database's one write lock
+    /// from its start (`BEGIN_WRITE`), which serialises them and gives the same guarantees.
     pub const LOCK_ROW: &str = "";
     pub const SKIP_LOCKED: &str = "";
     pub const HAS_MIGRATIONS_TABLE: &str =
