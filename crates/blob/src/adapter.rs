@@ -290,19 +290,14 @@ impl BlobStore for ObjectStoreBlobs {
     async fn get(&self, id: &ChunkId) -> Result<Bytes> {
         let key = chunk_key(id);
         if let Some(root) = &self.local_root {
-            match read_small_local(&root.join(&key)) {
+            let path = root.join(&key);
+            match read_small_local(&path) {
                 Ok(Some(data)) => return Ok(data),
                 Ok(None) => {} // large: read on a blocking thread below
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(self.not_found(key).await);
                 }
-                Err(e) => {
-                    let e = object_store::Error::Generic {
-                        store: "LocalFileSystem",
-                        source: Box::new(e),
-                    };
-                    return Err(self.classify(e, &key));
-                }
+                Err(e) => return Err(self.classify(local_read_error(&path, e), &key)),
             }
         }
         let result = match self.store.get(&Path::from(key.as_str())).await {
@@ -417,45 +412,41 @@ fn read_small_local(path: &std::path::Path) -> std::io::Result<Option<Bytes>> {
     if len > INLINE_READ_MAX {
         return Ok(None);
     }
-    read_file(file, path, 0, len, len as usize)
-        .map(Some)
-        .map_err(std::io::Error::other)
+    read_exactly(file, 0, len).map(Some)
 }
 
-fn read_file(
-    mut file: std::fs::File,
-    path: &std::path::Path,
-    start: u64,
-    len: u64,
-    capacity: usize,
-) -> object_store::Result<Bytes> {
+/// `len` bytes of `file` from `start` into a pooled buffer; a file that ends sooner (it shrank
+/// under us) is an error, as with object_store's own reader.
+fn read_exactly(mut file: std::fs::File, start: u64, len: u64) -> std::io::Result<Bytes> {
     use std::io::{Seek, SeekFrom};
-    let io = |source: std::io::Error| object_store::Error::Generic {
-        store: "LocalFileSystem",
-        source: format!("reading {}: {source}", path.display()).into(),
-    };
-    file.seek(SeekFrom::Start(start)).map_err(io)?;
-    let mut buf = ChunkBuf::with_capacity(capacity);
-    let read = buf.read_from(&mut file, len).map_err(io)?;
+    file.seek(SeekFrom::Start(start))?;
+    let mut buf = ChunkBuf::with_capacity(usize::try_from(len).unwrap_or(usize::MAX));
+    let read = buf.read_from(&mut file, len)?;
     if read as u64 != len {
-        // The file shrank under us: report it like object_store's own reader.
-        return Err(io(std::io::Error::new(
+        return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             format!("expected {len} bytes, read {read}"),
-        )));
+        ));
     }
     Ok(buf.freeze())
+}
+
+fn local_read_error(path: &std::path::Path, source: std::io::Error) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: format!("reading {}: {source}", path.display()).into(),
+    }
 }
 
 /// Reads a whole object into a pooled buffer (see `pool.rs`): a local file straight from the
 /// file (on a blocking thread unless small), a remote object from its body stream.
 async fn read_pooled(result: object_store::GetResult) -> object_store::Result<Bytes> {
     let len = result.range.end - result.range.start;
-    let capacity = usize::try_from(len).unwrap_or(usize::MAX);
     match result.payload {
         object_store::GetResultPayload::File(file, path) => {
             let start = result.range.start;
-            let read = move || read_file(file, &path, start, len, capacity);
+            let read =
+                move || read_exactly(file, start, len).map_err(|e| local_read_error(&path, e));
             if len <= INLINE_READ_MAX {
                 // The file is open already; a small read costs less than a thread hand-off.
                 read()
@@ -466,7 +457,7 @@ async fn read_pooled(result: object_store::GetResult) -> object_store::Result<By
             }
         }
         object_store::GetResultPayload::Stream(mut stream) => {
-            let mut buf = ChunkBuf::with_capacity(capacity);
+            let mut buf = ChunkBuf::with_capacity(usize::try_from(len).unwrap_or(usize::MAX));
             while let Some(part) = stream.next().await {
                 buf.extend_from_slice(&part?);
             }

@@ -534,6 +534,31 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
     fn describe(&self) -> String;
 }
 
+/// A stored chunk hash back as a [`ChunkId`].
+pub(crate) fn chunk_id(bytes: Vec<u8>) -> Result<ChunkId> {
+    let arr: [u8; 32] = bytes.try_into().map_err(|_| MetaError::Other {
+        source: "a chunk hash in the database is not 32 bytes".into(),
+    })?;
+    Ok(ChunkId::from_bytes(arr))
+}
+
+/// A count or offset as the databases' signed 64-bit integer.
+pub(crate) fn to_i64(v: u64, what: &str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| MetaError::InvalidManifest {
+        message: format!("{what} {v} is out of range"),
+    })
+}
+
+/// A chunk reference's index, offset and length as stored, with its hash.
+pub(crate) fn chunk_row(c: &PendingChunk) -> Result<(i64, i64, i64, ChunkId)> {
+    Ok((
+        to_i64(c.index, "chunk index")?,
+        to_i64(c.offset, "chunk offset")?,
+        to_i64(c.length, "chunk length")?,
+        c.hash,
+    ))
+}
+
 pub(crate) fn micros(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1000) as i64
 }

@@ -10,12 +10,12 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use chunkvault_types::{ChunkEntry, ChunkId, FileId};
+use chunkvault_types::{ChunkEntry, FileId};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::sql::FILE_COLUMNS;
 use crate::writer::file_record;
-use crate::{FileRecord, MetaError, Result};
+use crate::{FileRecord, Result, chunk_id, to_i64};
 
 /// Connections kept for reuse; more are opened when more reads run at once, and closed after.
 const KEEP: usize = 8;
@@ -83,9 +83,7 @@ impl PointReads {
         from_index: u64,
         limit: u32,
     ) -> Result<Vec<ChunkEntry>> {
-        let from = i64::try_from(from_index).map_err(|_| MetaError::InvalidManifest {
-            message: format!("chunk index {from_index} is out of range"),
-        })?;
+        let from = to_i64(from_index, "chunk index")?;
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT fc.idx, fc.byte_offset, fc.byte_length, fc.hash
@@ -114,14 +112,11 @@ impl PointReads {
             let mut out = Vec::new();
             for row in rows {
                 let (index, offset, length, hash) = row?;
-                let hash: [u8; 32] = hash.try_into().map_err(|_| MetaError::Other {
-                    source: "a chunk hash in the database is not 32 bytes".into(),
-                })?;
                 out.push(ChunkEntry {
                     index: index as u64,
                     offset: offset as u64,
                     length: length as u64,
-                    hash: ChunkId::from_bytes(hash),
+                    hash: chunk_id(hash)?,
                 });
             }
             Ok(out)

@@ -26,7 +26,7 @@ macro_rules! impl_meta_store {
 
         use crate::sql::{BATCH, FILE_COLUMNS};
         use crate::{
-            from_micros, micros, Account, AccountId, ApiKeyRecord, ChunkRecord, ChunkState, CommitFile, FileRecord, LinkSecret, MetaError, MetaStore, NewUpload, PendingChunk, Result, Role, SchemaStatus, UploadRecord, UploadState, ChunkCopy, CopyStatus,
+            chunk_id, chunk_row, from_micros, micros, to_i64, Account, AccountId, ApiKeyRecord, ChunkRecord, ChunkState, CommitFile, FileRecord, LinkSecret, MetaError, MetaStore, NewUpload, PendingChunk, Result, Role, SchemaStatus, UploadRecord, UploadState, ChunkCopy, CopyStatus,
         };
 
         type Tx = sqlx::Transaction<'static, $db>;
@@ -104,17 +104,6 @@ macro_rules! impl_meta_store {
                 sqlx::Error::Database(d) if d.is_unique_violation() => MetaError::AlreadyExists { what },
                 _ => e.into(),
             }
-        }
-
-        fn chunk_id(bytes: Vec<u8>) -> Result<ChunkId> {
-            let arr: [u8; 32] = bytes.try_into().map_err(|_| MetaError::Other {
-                source: "a chunk hash in the database is not 32 bytes".into(),
-            })?;
-            Ok(ChunkId::from_bytes(arr))
-        }
-
-        fn to_i64(v: u64, what: &str) -> Result<i64> {
-            i64::try_from(v).map_err(|_| MetaError::InvalidManifest { message: format!("{what} {v} is out of range") })
         }
 
         /// Locks the upload's row and returns its state, chunk size and owner.
@@ -214,15 +203,7 @@ macro_rules! impl_meta_store {
             refs.reverse();
             refs.dedup_by_key(|c| c.index);
             for batch in refs.chunks(BATCH) {
-                let mut rows = Vec::with_capacity(batch.len());
-                for c in batch {
-                    rows.push((
-                        to_i64(c.index, "chunk index")?,
-                        to_i64(c.offset, "chunk offset")?,
-                        to_i64(c.length, "chunk length")?,
-                        c.hash,
-                    ));
-                }
+                let rows = batch.iter().map(|c| chunk_row(c)).collect::<Result<Vec<_>>>()?;
                 let mut qb = QueryBuilder::<$db>::new(
                     "INSERT INTO file_chunks (file_id, idx, byte_offset, byte_length, hash) ",
                 );

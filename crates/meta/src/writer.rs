@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use crate::sql::FILE_COLUMNS;
 use crate::{
     AccountId, ChunkState, CommitFile, FileRecord, MetaError, NewUpload, PendingChunk, Result,
-    UploadState, from_micros, micros,
+    UploadState, chunk_row, from_micros, micros, to_i64,
 };
 
 /// Most jobs in one transaction: bounds how long the first caller of a batch waits.
@@ -246,15 +246,7 @@ fn add_chunks_tx(
     if chunks.is_empty() {
         return Ok(Vec::new());
     }
-    let mut rows = Vec::with_capacity(chunks.len());
-    for c in chunks {
-        rows.push((
-            to_i64(c.index, "chunk index")?,
-            to_i64(c.offset, "chunk offset")?,
-            to_i64(c.length, "chunk length")?,
-            c.hash,
-        ));
-    }
+    let rows = chunks.iter().map(chunk_row).collect::<Result<Vec<_>>>()?;
     let now = micros(OffsetDateTime::now_utc());
     match lock_upload(conn, upload)?.0 {
         UploadState::Open => {}
@@ -371,12 +363,6 @@ pub(crate) fn file_record(r: &Row<'_>) -> rusqlite::Result<FileRecord> {
 fn uuid(bytes: &[u8]) -> Result<uuid::Uuid> {
     uuid::Uuid::from_slice(bytes).map_err(|e| MetaError::Other {
         source: Box::new(e),
-    })
-}
-
-fn to_i64(v: u64, what: &str) -> Result<i64> {
-    i64::try_from(v).map_err(|_| MetaError::InvalidManifest {
-        message: format!("{what} {v} is out of range"),
     })
 }
 
