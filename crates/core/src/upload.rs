@@ -108,6 +108,8 @@ struct AbortGuard {
     id: FileId,
     armed: bool,
     stats: Arc<Stats>,
+    /// Held while the upload is being opened (see [`Vault::begin_upload`]).
+    opening: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Drop for AbortGuard {
@@ -116,10 +118,12 @@ impl Drop for AbortGuard {
             return;
         }
         Stats::add(&self.stats.uploads_aborted, 1);
-        let (meta, id) = (self.meta.clone(), self.id);
+        let (meta, id, opening) = (self.meta.clone(), self.id, self.opening.clone());
         // If the metadata store is unreachable now, the upload expires later instead.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
+                // An open still in flight finishes first, so the abort finds what it opened.
+                let _opened = opening.lock().await;
                 match meta.abort_upload(id).await {
                     // NotFound: the upload failed before it was opened.
                     Ok(()) | Err(MetaError::NotFound) => {}
@@ -189,6 +193,7 @@ impl Vault {
             id,
             armed: true,
             stats: self.stats.clone(),
+            opening: Arc::new(tokio::sync::Mutex::new(())),
         };
 
         // One chunk being filled here, one in the channel, one being hashed, `puts_in_flight`
@@ -229,7 +234,8 @@ impl Vault {
             }
             Ok(total)
         };
-        let (total, sha256) = tokio::try_join!(producer, self.store_chunks(&upload, rx))?;
+        let (total, sha256) =
+            tokio::try_join!(producer, self.store_chunks(&upload, &guard.opening, rx))?;
         if let Some(expected) = expected_size.filter(|e| *e != total) {
             return Err(size_mismatch(expected, total, false));
         }
@@ -274,6 +280,7 @@ impl Vault {
     async fn store_chunks(
         &self,
         upload: &NewUpload,
+        opening: &Arc<tokio::sync::Mutex<()>>,
         mut rx: mpsc::Receiver<Bytes>,
     ) -> Result<String> {
         let id = upload.id;
@@ -306,7 +313,7 @@ impl Vault {
                 hash,
             };
             let state = if index == 0 {
-                self.create_upload_waiting_for_gc(upload, pending).await?
+                self.begin_upload(upload, Some(pending), opening).await?
             } else {
                 self.add_chunk_waiting_for_gc(id, pending).await?
             };
@@ -331,9 +338,38 @@ impl Vault {
             join_put(Some(done))?;
         }
         if index == 0 {
-            self.meta.create_upload(upload).await?;
+            self.begin_upload(upload, None, opening).await?;
         }
         Ok(hex::encode(sha.finalize()))
+    }
+
+    /// Opens `upload`, with its first chunk when it has one, on a task of its own, holding
+    /// `opening` until done. The request may be dropped meanwhile (the client went away); the
+    /// open then still finishes, and the abort that the upload's guard sends waits for
+    /// `opening`, so it always runs after the open: an open that landed after its abort would
+    /// hold its chunks until the upload expired. Returns the first chunk's state.
+    async fn begin_upload(
+        &self,
+        upload: &NewUpload,
+        first: Option<PendingChunk>,
+        opening: &Arc<tokio::sync::Mutex<()>>,
+    ) -> Result<ChunkState> {
+        let held = opening
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| CoreError::Internal("an upload was opened twice".into()))?;
+        let (vault, upload) = (self.clone(), upload.clone());
+        tokio::spawn(async move {
+            let _held = held;
+            match first {
+                Some(chunk) => vault.create_upload_waiting_for_gc(&upload, chunk).await,
+                None => {
+                    vault.meta.create_upload(&upload).await?;
+                    Ok(ChunkState::MustWrite)
+                }
+            }
+        })
+        .await?
     }
 
     /// Opens `upload` with its first chunk; when GC is deleting that very chunk, waits for it
