@@ -99,6 +99,8 @@ pub struct ObjectStoreBlobs {
     /// The directory of a local store: object_store stages each write in `<key>#<n>` and renames
     /// it; a crash between the two leaves the staging file, which only we can sweep.
     local_root: Option<std::path::PathBuf>,
+    /// A local store that syncs every write: small writes then stay on blocking threads too.
+    local_fsync: bool,
 }
 
 impl ObjectStoreBlobs {
@@ -108,6 +110,7 @@ impl ObjectStoreBlobs {
             store,
             describe: describe.into(),
             local_root: None,
+            local_fsync: false,
         }
     }
 
@@ -129,6 +132,7 @@ impl ObjectStoreBlobs {
             .with_automatic_cleanup(false);
         let mut store = Self::new(Arc::new(fs), format!("local directory {}", root.display()));
         store.local_root = Some(root.to_path_buf());
+        store.local_fsync = fsync;
         Ok(store)
     }
 
@@ -277,6 +281,14 @@ fn meta(id: ChunkId, m: &object_store::ObjectMeta) -> BlobMeta {
 impl BlobStore for ObjectStoreBlobs {
     async fn put(&self, id: &ChunkId, data: Bytes) -> Result<()> {
         let key = chunk_key(id);
+        if let Some(root) = &self.local_root
+            && !self.local_fsync
+            && data.len() as u64 <= INLINE_IO_MAX
+        {
+            let path = root.join(&key);
+            return write_small_local(&path, &data)
+                .map_err(|e| put_error(local_io_error("writing", &path, e), &key, &self.describe));
+        }
         match self
             .store
             .put(&Path::from(key.as_str()), PutPayload::from_bytes(data))
@@ -297,7 +309,7 @@ impl BlobStore for ObjectStoreBlobs {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(self.not_found(key).await);
                 }
-                Err(e) => return Err(self.classify(local_read_error(&path, e), &key)),
+                Err(e) => return Err(self.classify(local_io_error("reading", &path, e), &key)),
             }
         }
         let result = match self.store.get(&Path::from(key.as_str())).await {
@@ -312,6 +324,28 @@ impl BlobStore for ObjectStoreBlobs {
 
     async fn head(&self, id: &ChunkId) -> Result<Option<BlobMeta>> {
         let key = chunk_key(id);
+        if let Some(root) = &self.local_root {
+            // One stat, on the calling task (see INLINE_IO_MAX); anything unusual takes the
+            // object_store path below, which names it.
+            match std::fs::metadata(root.join(&key)) {
+                Ok(m) if m.is_file() => {
+                    if let Ok(modified) = m.modified() {
+                        return Ok(Some(BlobMeta {
+                            id: *id,
+                            size: m.len(),
+                            last_modified: OffsetDateTime::from(modified),
+                        }));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return match self.not_found(key).await {
+                        BlobError::NotFound { .. } => Ok(None),
+                        other => Err(other),
+                    };
+                }
+                _ => {}
+            }
+        }
         match self.store.head(&Path::from(key.as_str())).await {
             Ok(m) => Ok(Some(meta(*id, &m))),
             Err(object_store::Error::NotFound { .. }) => match self.not_found(key).await {
@@ -399,17 +433,54 @@ fn sweep_staging(dir: &std::path::Path, cutoff: std::time::SystemTime) -> Result
     Ok(removed)
 }
 
-/// Local reads up to this size run on the calling task: object_store's local store opens
-/// every file on a blocking thread, and for a small chunk that hand-off costs several times
-/// the open and the read (a download of a 4 KiB file spent more time switching threads than
-/// anything else). Larger reads stay on blocking threads.
-const INLINE_READ_MAX: u64 = 64 << 10;
+/// Local reads and unsynced writes up to this size run on the calling task: object_store's
+/// local store does every file operation on a blocking thread, and for a small chunk that
+/// hand-off costs several times the work (a download of a 4 KiB file spent more time
+/// switching threads than anything else). Larger ones stay on blocking threads.
+const INLINE_IO_MAX: u64 = 64 << 10;
+
+/// Writes a small chunk file as object_store's local store does, on the calling task: into a
+/// new staging file `<path>#<n>` (the name [`sweep_staging`] knows), then renamed over `path`,
+/// so a reader sees the whole old file or the whole new one, never a part. The parent
+/// directories are created when missing. Only for stores without fsync.
+fn write_small_local(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut n = 1u32;
+    let mut made_parent = false;
+    let (mut file, staging) = loop {
+        let mut staging = path.as_os_str().to_owned();
+        staging.push(format!("#{n}"));
+        let staging = std::path::PathBuf::from(staging);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&staging)
+        {
+            Ok(f) => break (f, staging),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !made_parent => {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                made_parent = true;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let written = file
+        .write_all(data)
+        .and_then(|()| std::fs::rename(&staging, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&staging);
+    }
+    written
+}
 
 /// A local chunk file read whole on the calling task when it is small; `None` when it is not.
 fn read_small_local(path: &std::path::Path) -> std::io::Result<Option<Bytes>> {
     let file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
-    if len > INLINE_READ_MAX {
+    if len > INLINE_IO_MAX {
         return Ok(None);
     }
     read_exactly(file, 0, len).map(Some)
@@ -431,10 +502,14 @@ fn read_exactly(mut file: std::fs::File, start: u64, len: u64) -> std::io::Resul
     Ok(buf.freeze())
 }
 
-fn local_read_error(path: &std::path::Path, source: std::io::Error) -> object_store::Error {
+fn local_io_error(
+    what: &str,
+    path: &std::path::Path,
+    source: std::io::Error,
+) -> object_store::Error {
     object_store::Error::Generic {
         store: "LocalFileSystem",
-        source: format!("reading {}: {source}", path.display()).into(),
+        source: format!("{what} {}: {source}", path.display()).into(),
     }
 }
 
@@ -445,9 +520,10 @@ async fn read_pooled(result: object_store::GetResult) -> object_store::Result<By
     match result.payload {
         object_store::GetResultPayload::File(file, path) => {
             let start = result.range.start;
-            let read =
-                move || read_exactly(file, start, len).map_err(|e| local_read_error(&path, e));
-            if len <= INLINE_READ_MAX {
+            let read = move || {
+                read_exactly(file, start, len).map_err(|e| local_io_error("reading", &path, e))
+            };
+            if len <= INLINE_IO_MAX {
                 // The file is open already; a small read costs less than a thread hand-off.
                 read()
             } else {

@@ -37,6 +37,23 @@ pub struct FaultyBlobStore<S> {
     fault: Arc<Mutex<Fault>>,
     /// Puts that still succeed before `FailPuts` behaviour starts; negative: no countdown.
     puts_until_failure: Arc<AtomicI64>,
+    /// Run once after the next put that succeeds (see [`FaultyBlobStore::after_next_put`]).
+    after_put: Arc<Mutex<Option<Hook>>>,
+}
+
+/// Work run inside a put, for tests.
+pub struct Hook(futures::future::BoxFuture<'static, ()>);
+
+impl Hook {
+    pub fn new(work: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        Self(Box::pin(work))
+    }
+}
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
 }
 
 impl<S: BlobStore> FaultyBlobStore<S> {
@@ -45,7 +62,14 @@ impl<S: BlobStore> FaultyBlobStore<S> {
             inner,
             fault: Arc::default(),
             puts_until_failure: Arc::new(AtomicI64::new(-1)),
+            after_put: Arc::default(),
         }
+    }
+
+    /// Runs `hook` once, right after the next put that succeeds and before that put returns:
+    /// something (GC, say) that happens between a blob's write and what its writer does next.
+    pub fn after_next_put(&self, hook: Hook) {
+        *self.after_put.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     pub fn set(&self, fault: Fault) {
@@ -115,7 +139,16 @@ fn down() -> BlobError {
 impl<S: BlobStore> BlobStore for FaultyBlobStore<S> {
     async fn put(&self, id: &ChunkId, data: Bytes) -> Result<()> {
         self.before(Op::Put).await?;
-        self.inner.put(id, data).await
+        self.inner.put(id, data).await?;
+        let hook = self
+            .after_put
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(Hook(work)) = hook {
+            work.await;
+        }
+        Ok(())
     }
 
     async fn get(&self, id: &ChunkId) -> Result<Bytes> {
@@ -159,5 +192,9 @@ impl<S: BlobStore> BlobStore for FaultyBlobStore<S> {
 
     fn describe(&self) -> String {
         format!("faulty({})", self.inner.describe())
+    }
+
+    fn records_copies(&self) -> bool {
+        self.inner.records_copies()
     }
 }

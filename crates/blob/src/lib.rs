@@ -29,7 +29,7 @@ pub use adapter::{BlobConfig, ObjectStoreBlobs, RetryOptions};
 #[cfg(feature = "azure")]
 pub use azure::AzureConfig;
 pub use error::{BlobError, Result};
-pub use faulty::{Fault, FaultyBlobStore};
+pub use faulty::{Fault, FaultyBlobStore, Hook};
 pub use key::{CHUNK_PREFIX, chunk_key, parse_chunk_key};
 pub use pool::{ChunkBuf, POOLED_MIN};
 pub use replicated::{
@@ -91,4 +91,13 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
 
     /// A short description for logs and start-up messages, without secrets.
     fn describe(&self) -> String;
+
+    /// Whether a `put` also records the chunk's copies in the metadata store (a replicated
+    /// store with a location index does), which needs the chunk to be recorded there first.
+    /// Core then records every chunk before writing its blob. Stores that only write the blob
+    /// (the default) also let core write a small file's blob first and record the whole file
+    /// in one transaction.
+    fn records_copies(&self) -> bool {
+        false
+    }
 }

@@ -1228,6 +1228,10 @@ impl BlobStore for ReplicatedBlobStore {
             locs.join(", ")
         )
     }
+
+    fn records_copies(&self) -> bool {
+        self.index.is_some()
+    }
 }
 
 #[cfg(test)]

@@ -138,6 +138,10 @@ impl BlobStore for MeteredBlobs {
         // Metering changes nothing an operator needs to know about the store.
         self.inner.describe()
     }
+
+    fn records_copies(&self) -> bool {
+        self.inner.records_copies()
+    }
 }
 
 /// A [`MetaStore`] that meters another.
@@ -187,6 +191,18 @@ impl MetaStore for MeteredMeta {
 
     async fn commit_upload(&self, upload: FileId, commit: &CommitFile) -> MetaResult<FileRecord> {
         meta_call!("commit_upload", self.inner.commit_upload(upload, commit))
+    }
+
+    async fn create_file(
+        &self,
+        upload: &NewUpload,
+        chunks: &[PendingChunk],
+        commit: &CommitFile,
+    ) -> MetaResult<(FileRecord, Vec<ChunkState>)> {
+        meta_call!(
+            "create_file",
+            self.inner.create_file(upload, chunks, commit)
+        )
     }
 
     async fn abort_upload(&self, upload: FileId) -> MetaResult<()> {

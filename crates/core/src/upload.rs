@@ -149,8 +149,148 @@ impl Vault {
         E: Display,
     {
         let meta = meta.validate()?;
+        let chunk_size = self.config.chunk_size;
+        if self.blobs.records_copies() || meta.expected_size.is_some_and(|s| s > chunk_size as u64)
+        {
+            let received = self.receive(who, body, meta.expected_size).await?;
+            return self.commit(received, meta).await;
+        }
+        // A body that may fit one chunk is read first; if it does, the file is stored whole.
+        // Held in memory: at most one chunk and one frame, as on the streaming path.
+        let mut body = body;
+        let mut frames = Vec::new();
+        let mut read = 0usize;
+        while read <= chunk_size {
+            match body.next().await {
+                None => return self.upload_whole(who, meta, frames, read).await,
+                Some(Ok(frame)) => {
+                    read += frame.len();
+                    frames.push(frame);
+                }
+                Some(Err(e)) => {
+                    return Err(CoreError::BodyFailed {
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        // Larger: streamed as any other body, from its first byte.
+        let body = futures::stream::iter(frames.into_iter().map(Ok)).chain(body);
         let received = self.receive(who, body, meta.expected_size).await?;
         self.commit(received, meta).await
+    }
+
+    /// Stores a file of at most one chunk, all of it in hand, with one metadata transaction
+    /// instead of two. The blob is written first, then [`MetaStore::create_file`] opens,
+    /// records and commits the file at once; a crash or failure in between leaves only an
+    /// orphan blob, which GC removes after its grace period.
+    ///
+    /// Writing before recording is safe against GC as follows. GC deletes a blob only after
+    /// claiming its chunk row (state `deleting`) and forgets the row only after the delete.
+    /// If the transaction meets a claimed row, it records nothing ([`MetaError::ChunkBusy`]):
+    /// wait and write again. If it finds the chunk live, the blob was written after any earlier
+    /// delete (every writer of a live chunk ensured that). Otherwise (a new or pending row) a
+    /// claim may have deleted the blob and been forgotten between our write and our
+    /// transaction, so the blob is looked up and written again if it is gone; from the commit
+    /// on, the file's reference keeps GC from claiming it. Stores whose puts record copies in
+    /// the metadata (see [`BlobStore::records_copies`]) never come here.
+    async fn upload_whole(
+        &self,
+        who: &Principal,
+        meta: UploadMeta,
+        frames: Vec<Bytes>,
+        size: usize,
+    ) -> Result<FileRecord> {
+        Stats::add(&self.stats.uploads_started, 1);
+        let stored = self.store_whole(who, meta, frames, size).await;
+        match &stored {
+            Ok(_) => Stats::add(&self.stats.uploads_committed, 1),
+            Err(_) => Stats::add(&self.stats.uploads_aborted, 1),
+        }
+        stored
+    }
+
+    async fn store_whole(
+        &self,
+        who: &Principal,
+        meta: UploadMeta,
+        frames: Vec<Bytes>,
+        size: usize,
+    ) -> Result<FileRecord> {
+        Stats::add(&self.stats.bytes_in, size as u64);
+        let data = if frames.len() == 1 {
+            frames.into_iter().next().unwrap_or_default()
+        } else {
+            let mut buf = ChunkBuf::with_capacity(size);
+            for frame in &frames {
+                buf.extend_from_slice(frame);
+            }
+            buf.freeze()
+        };
+        if let Some(expected) = meta.expected_size.filter(|e| *e != size as u64) {
+            return Err(size_mismatch(expected, size as u64, size as u64 > expected));
+        }
+        if let Some(left) = self
+            .quota_remaining(who)
+            .await?
+            .filter(|l| size as u64 > *l)
+        {
+            return Err(quota_exceeded(left, size as u64, true));
+        }
+        let now = OffsetDateTime::now_utc();
+        let upload = NewUpload {
+            id: FileId::new(),
+            name: String::new(),
+            content_type: String::new(),
+            chunk_size: self.config.chunk_size as u64,
+            created_at: now,
+            expires_at: now + self.config.upload_ttl,
+            declared_size: None,
+            owner: who.owner(),
+        };
+        let hash = ChunkId::of(&data);
+        let chunks: Vec<PendingChunk> = if data.is_empty() {
+            Vec::new()
+        } else {
+            vec![PendingChunk {
+                index: 0,
+                offset: 0,
+                length: size as u64,
+                hash,
+            }]
+        };
+        let commit = CommitFile {
+            name: meta.name,
+            content_type: meta.content_type,
+            size: size as u64,
+            sha256: hex::encode(Sha256::digest(&data)),
+            committed_at: now,
+        };
+        let mut wait = Duration::from_millis(20);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if !chunks.is_empty() {
+                self.blobs.put(&hash, data.clone()).await?;
+                Stats::add(&self.stats.chunks_written, 1);
+            }
+            match self.meta.create_file(&upload, &chunks, &commit).await {
+                Ok((record, states)) => {
+                    if states.first() == Some(&ChunkState::MustWrite)
+                        && self.blobs.head(&hash).await?.is_none()
+                    {
+                        tracing::info!(chunk = %hash, "a chunk was collected while its file was recorded; writing it again");
+                        self.blobs.put(&hash, data).await?;
+                        Stats::add(&self.stats.chunks_written, 1);
+                    }
+                    return Ok(record);
+                }
+                Err(MetaError::ChunkBusy { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Opens an upload owned by `who` and stores the body's chunks. Nothing is visible until
@@ -321,6 +461,13 @@ impl Vault {
             offset += chunk.len() as u64;
             if state == ChunkState::Stored {
                 Stats::add(&self.stats.chunks_deduplicated, 1);
+                continue;
+            }
+            if chunk.len() < self.config.chunk_size {
+                // A short chunk is the body's last: nothing follows to overlap its write with,
+                // so it is written here rather than on a task of its own.
+                self.blobs.put(&hash, chunk).await?;
+                Stats::add(&self.stats.chunks_written, 1);
                 continue;
             }
             while puts.len() >= self.config.puts_in_flight.max(1) {

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chunkvault_blob::Fault;
+use chunkvault_blob::{Fault, Hook};
 use chunkvault_core::Stats;
 use chunkvault_types::ChunkId;
 use common::*;
@@ -20,6 +20,8 @@ backend_tests!(
     client_gone_mid_upload_leaves_nothing,
     gc_removes_only_unreferenced_chunks,
     gc_concurrent_with_uploads_loses_nothing,
+    small_file_written_before_gc_collects_it_is_written_again,
+    gc_concurrent_with_small_uploads_loses_nothing,
 );
 
 const C: usize = SMALL_CHUNK;
@@ -341,4 +343,97 @@ async fn gc_concurrent_with_uploads_loses_nothing(backend: Backend) {
         "application/octet-stream",
     )
     .await;
+}
+
+/// A small file's blob is written before its one metadata transaction. If GC deletes that very
+/// blob (its content was unreferenced) between the write and the transaction, the upload finds
+/// the blob gone after committing and writes it again: nothing committed is lost.
+async fn small_file_written_before_gc_collects_it_is_written_again(backend: Backend) {
+    let s = TestServer::start(backend, C).await;
+    let content = random_bytes(C / 2 + 3, fresh_seed());
+    let chunk = ChunkId::of(&content);
+    let first = s.put_file("first.bin", &content).await;
+    s.client.delete(&first).await.unwrap();
+
+    let vault = s.vault.clone();
+    let (collected, was_collected) = tokio::sync::oneshot::channel();
+    s.faulty.after_next_put(Hook::new(async move {
+        let report = vault
+            .gc(&chunkvault_core::GcOptions {
+                grace: Duration::ZERO,
+                holder: "between".into(),
+                lease_ttl: Duration::from_secs(60),
+            })
+            .await
+            .expect("gc");
+        let _ = collected.send(report.deleted_unreferenced);
+    }));
+    let id = s.put_file("second.bin", &content).await;
+    let deleted = was_collected.await.expect("the hook ran");
+    assert!(
+        deleted.contains(&chunk),
+        "GC deleted the blob between its write and the file's record: {deleted:?}"
+    );
+    expect_download(&s, &id, &content, "second.bin", "application/octet-stream").await;
+    s.assert_store_converges().await;
+    expect_download(&s, &id, &content, "second.bin", "application/octet-stream").await;
+}
+
+/// Small files (one chunk, written before they are recorded) uploaded while GC runs, again and
+/// again, against content GC wants to delete.
+async fn gc_concurrent_with_small_uploads_loses_nothing(backend: Backend) {
+    let s = TestServer::start(backend, C).await;
+    let contents: Vec<Vec<u8>> = (0..3).map(|i| random_bytes(C - i, fresh_seed())).collect();
+    let mut live: Vec<(String, usize)> = Vec::new();
+    for round in 0..12 {
+        let victims: Vec<String> =
+            futures::future::join_all(contents.iter().map(|c| s.put_file("victim.bin", c))).await;
+        for id in live.drain(..).map(|(id, _)| id).chain(victims) {
+            s.client.delete(&id).await.unwrap();
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for holder in ["gc-1", "gc-2"] {
+            let vault = s.vault.clone();
+            tasks.spawn(async move {
+                vault
+                    .gc(&chunkvault_core::GcOptions {
+                        grace: Duration::ZERO,
+                        holder: holder.into(),
+                        lease_ttl: Duration::from_secs(60),
+                    })
+                    .await
+                    .expect("gc");
+                None
+            });
+        }
+        for i in 0..6 {
+            let client = s.client.clone();
+            let which = i % contents.len();
+            let data = Bytes::from(contents[which].clone());
+            tasks.spawn(async move {
+                let info = client
+                    .upload_bytes(&format!("r{round}-{i}.bin"), "application/x-r", data)
+                    .await
+                    .expect("upload beside GC");
+                Some((info.id.to_string(), which))
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Some(file) = done.expect("task") {
+                live.push(file);
+            }
+        }
+        for (id, which) in &live {
+            let body = s.client.download_bytes(id).await.expect("download");
+            assert!(
+                body == contents[*which],
+                "round {round}: file {id} lost data"
+            );
+        }
+    }
+    s.assert_store_converges().await;
+    for (id, which) in &live {
+        let body = s.client.download_bytes(id).await.expect("download");
+        assert!(body == contents[*which], "file {id} lost data after GC");
+    }
 }

@@ -79,6 +79,7 @@ pub async fn run_all(m: &dyn MetaStore) {
     gc_grace_period_is_respected(m).await;
     busy_chunk_blocks_new_references(m).await;
     opening_with_chunks_is_one_transaction(m).await;
+    a_whole_file_is_recorded_in_one_transaction(m).await;
     orphans_are_claimed_only_when_unknown(m).await;
     manifest_pages(m).await;
     leases_exclude_other_holders(m).await;
@@ -417,6 +418,135 @@ pub async fn busy_chunk_blocks_new_references(m: &dyn MetaStore) {
         m.add_chunks(u.id, &chunks_for(4, 900)).await.unwrap(),
         vec![ChunkState::MustWrite]
     );
+}
+
+/// `create_file`: open, record and commit at once, all or nothing.
+pub async fn a_whole_file_is_recorded_in_one_transaction(m: &dyn MetaStore) {
+    let u = new_upload("whole");
+    let chunks = chunks_for(10, 1200);
+    let (f, states) = m.create_file(&u, &chunks, &commit(10)).await.unwrap();
+    assert_eq!(states, vec![ChunkState::MustWrite; 3]);
+    assert_eq!(
+        (f.id, f.size, f.chunk_count, f.chunk_size),
+        (u.id, 10, 3, CS)
+    );
+    assert_eq!(
+        (f.name.as_str(), f.content_type.as_str()),
+        ("final.bin", "text/plain")
+    );
+    assert_eq!(m.file(u.id).await.unwrap().unwrap(), f);
+    assert_eq!(
+        m.upload(u.id).await.unwrap().unwrap().state,
+        UploadState::Committed
+    );
+    let manifest = m.manifest(u.id, 0, 10).await.unwrap();
+    assert_eq!(
+        manifest
+            .iter()
+            .map(|e| (e.index, e.offset, e.length, e.hash))
+            .collect::<Vec<_>>(),
+        chunks
+            .iter()
+            .map(|c| (c.index, c.offset, c.length, c.hash))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        m.list_files(None, None, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|x| x.id == u.id)
+    );
+    // Its chunks are live and referenced: stored for the next upload, never claimed by GC.
+    let again = new_upload("whole again");
+    let (_, states) = m
+        .create_file(&again, &chunks[..1], &commit(4))
+        .await
+        .unwrap();
+    assert_eq!(states, vec![ChunkState::Stored]);
+    assert_eq!(
+        m.create_upload_with_chunks(&new_upload("open"), &chunks[2..])
+            .await
+            .unwrap(),
+        vec![ChunkState::Stored]
+    );
+    let claimed = claim_all(m, now() + Duration::from_secs(1)).await;
+    assert!(chunks.iter().all(|c| !claimed.contains(&c.hash)));
+    m.gc_forget(&claimed).await.unwrap();
+
+    // An empty file has no chunks.
+    let empty = new_upload("empty");
+    let (f, states) = m.create_file(&empty, &[], &commit(0)).await.unwrap();
+    assert!(states.is_empty());
+    assert_eq!((f.size, f.chunk_count), (0, 0));
+
+    // Refused, with nothing recorded: an id in use, a manifest with a hole or the wrong total.
+    assert!(
+        m.create_file(&u, &chunks_for(4, 1300), &commit(4))
+            .await
+            .is_err()
+    );
+    assert_eq!(m.manifest(u.id, 0, 10).await.unwrap().len(), 3);
+    for (given, size) in [(vec![chunks[0], chunks[2]], 10), (chunks.clone(), 11)] {
+        let bad = new_upload("bad");
+        let result = m.create_file(&bad, &given, &commit(size)).await;
+        assert!(
+            matches!(result, Err(MetaError::InvalidManifest { .. })),
+            "expected InvalidManifest, got {result:?}"
+        );
+        assert!(
+            m.upload(bad.id).await.unwrap().is_none(),
+            "nothing recorded"
+        );
+    }
+
+    // Over the owner's quota: refused, nothing recorded or charged.
+    let a = account("whole", Some(20));
+    m.create_account(&a).await.unwrap();
+    let mut owned = new_upload("owned");
+    owned.owner = Some(a.id);
+    m.create_file(&owned, &chunks_for(12, 1400), &commit(12))
+        .await
+        .unwrap();
+    assert_eq!(used(m, a.id).await, 12);
+    let mut over = new_upload("over");
+    over.owner = Some(a.id);
+    match m.create_file(&over, &chunks_for(9, 1500), &commit(9)).await {
+        Err(MetaError::QuotaExceeded { quota, used, size }) => {
+            assert_eq!((quota, used, size), (20, 12, 9))
+        }
+        other => panic!("expected QuotaExceeded, got {other:?}"),
+    }
+    assert!(m.upload(over.id).await.unwrap().is_none());
+    assert_eq!(used(m, a.id).await, 12);
+    assert_eq!(
+        m.create_upload_with_chunks(&new_upload("probe"), &chunks_for(4, 1500))
+            .await
+            .unwrap(),
+        vec![ChunkState::MustWrite],
+        "the refused file's chunk was not recorded live"
+    );
+
+    // A chunk GC is deleting: busy, nothing recorded; once GC is done, it records.
+    let id = store_file(m, 4, 1600).await;
+    m.delete_file(id).await.unwrap();
+    let claimed = claim_all(m, now() + Duration::from_secs(1)).await;
+    assert!(claimed.contains(&hash(1600)));
+    let late = new_upload("late");
+    match m.create_file(&late, &chunks_for(4, 1600), &commit(4)).await {
+        Err(MetaError::ChunkBusy { id }) => assert_eq!(id, hash(1600)),
+        other => panic!("a chunk being deleted must be busy, got {other:?}"),
+    }
+    assert!(
+        m.upload(late.id).await.unwrap().is_none(),
+        "nothing recorded"
+    );
+    m.gc_forget(&claimed).await.unwrap();
+    let (_, states) = m
+        .create_file(&late, &chunks_for(4, 1600), &commit(4))
+        .await
+        .unwrap();
+    assert_eq!(states, vec![ChunkState::MustWrite]);
 }
 
 pub async fn opening_with_chunks_is_one_transaction(m: &dyn MetaStore) {

@@ -373,6 +373,18 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
     /// `MustWrite` blob first.
     async fn commit_upload(&self, upload: FileId, commit: &CommitFile) -> Result<FileRecord>;
 
+    /// Opens `upload`, records `chunks` and commits it, in one transaction: what
+    /// [`MetaStore::create_upload_with_chunks`] then [`MetaStore::commit_upload`] do, all or
+    /// nothing, for a file whose every chunk is already in hand (a small file). Returns the
+    /// file and, per chunk, what [`MetaStore::add_chunks`] would have said: `Stored` when the
+    /// chunk was live before. Errors as those two; on any error nothing is recorded.
+    async fn create_file(
+        &self,
+        upload: &NewUpload,
+        chunks: &[PendingChunk],
+        commit: &CommitFile,
+    ) -> Result<(FileRecord, Vec<ChunkState>)>;
+
     /// Ends an open upload without a file: drops its references. Idempotent; `NotFound` for an
     /// unknown id, `NotOpen` for a committed one.
     async fn abort_upload(&self, upload: FileId) -> Result<()>;
@@ -557,6 +569,45 @@ pub(crate) fn chunk_row(c: &PendingChunk) -> Result<(i64, i64, i64, ChunkId)> {
         to_i64(c.length, "chunk length")?,
         c.hash,
     ))
+}
+
+/// The manifest of a file recorded whole ([`MetaStore::create_file`]): one reference per index
+/// (a later entry for an index wins), checked as `commit_upload` checks a recorded one:
+/// indices `0..n` laid end to end at `chunk_size`, adding up to `size`.
+pub(crate) fn whole_manifest(
+    chunks: &[PendingChunk],
+    chunk_size: u64,
+    size: u64,
+) -> Result<Vec<PendingChunk>> {
+    if chunk_size == 0 {
+        return Err(MetaError::InvalidManifest {
+            message: "the chunk size must be positive".into(),
+        });
+    }
+    let mut refs: Vec<PendingChunk> = chunks.iter().rev().copied().collect();
+    refs.sort_by_key(|c| c.index);
+    refs.dedup_by_key(|c| c.index);
+    let n = chunkvault_types::chunk_count(size, chunk_size);
+    let total: u128 = refs.iter().map(|c| u128::from(c.length)).sum();
+    let misplaced = refs
+        .iter()
+        .filter(|c| {
+            c.index >= n
+                || Some(c.offset) != c.index.checked_mul(chunk_size)
+                || c.length < 1
+                || c.length > chunk_size
+                || (c.index + 1 < n && c.length != chunk_size)
+        })
+        .count();
+    if refs.len() as u64 != n || total != u128::from(size) || misplaced != 0 {
+        return Err(MetaError::InvalidManifest {
+            message: format!(
+                "expected {n} chunks of {chunk_size} bytes totalling {size}; given {} totalling {total}, {misplaced} misplaced",
+                refs.len()
+            ),
+        });
+    }
+    Ok(refs)
 }
 
 pub(crate) fn micros(t: OffsetDateTime) -> i64 {

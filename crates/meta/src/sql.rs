@@ -226,6 +226,87 @@ macro_rules! impl_meta_store {
                 .collect())
         }
 
+        /// `commit_upload` inside the caller's transaction.
+        async fn commit_tx(tx: &mut Tx, upload: FileId, c: &CommitFile) -> Result<FileRecord> {
+            let (state, chunk_size, owner) = lock_upload(tx, upload).await?;
+            if state != UploadState::Open {
+                return Err(MetaError::NotOpen { state: state.as_str().into() });
+            }
+            let size = to_i64(c.size, "file size")?;
+            let n = chunkvault_types::chunk_count(c.size, chunk_size as u64) as i64;
+            let row = sqlx::query(
+                "SELECT COUNT(*),
+                        CAST(COALESCE(SUM(byte_length), 0) AS BIGINT),
+                        CAST(COALESCE(SUM(CASE WHEN idx < 0 OR idx >= $2
+                                                 OR byte_offset <> idx * $3
+                                                 OR byte_length < 1 OR byte_length > $3
+                                                 OR (idx < $2 - 1 AND byte_length <> $3)
+                                               THEN 1 ELSE 0 END), 0) AS BIGINT)
+                 FROM file_chunks WHERE file_id = $1",
+            )
+            .bind(upload.as_uuid())
+            .bind(n)
+            .bind(chunk_size)
+            .fetch_one(&mut **tx)
+            .await?;
+            let (count, total, misplaced): (i64, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            if count != n || total != size || misplaced != 0 {
+                return Err(MetaError::InvalidManifest {
+                    message: format!(
+                        "expected {n} chunks of {chunk_size} bytes totalling {size}; recorded {count} totalling {total}, {misplaced} misplaced"
+                    ),
+                });
+            }
+            if let Some(owner) = owner {
+                // One statement checks and charges, so concurrent commits of one account
+                // cannot both slip under the quota (PostgreSQL locks the row; SQLite
+                // writes one transaction at a time).
+                let charged = sqlx::query(
+                    "UPDATE accounts SET bytes_used = bytes_used + $2
+                     WHERE id = $1 AND (quota_bytes IS NULL OR bytes_used + $2 <= quota_bytes)",
+                )
+                .bind(owner)
+                .bind(size)
+                .execute(&mut **tx)
+                .await?;
+                if charged.rows_affected() != 1 {
+                    let row = sqlx::query("SELECT quota_bytes, bytes_used FROM accounts WHERE id = $1")
+                        .bind(owner)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                    return Err(MetaError::QuotaExceeded {
+                        quota: row.try_get::<Option<i64>, _>(0)?.unwrap_or(0) as u64,
+                        used: row.try_get::<i64, _>(1)? as u64,
+                        size: c.size,
+                    });
+                }
+            }
+            lock_file_chunks(tx, upload).await?;
+            sqlx::query(
+                "UPDATE chunks SET state = 'live'
+                 WHERE state = 'pending' AND hash IN (SELECT hash FROM file_chunks WHERE file_id = $1)",
+            )
+            .bind(upload.as_uuid())
+            .execute(&mut **tx)
+            .await?;
+            let sql = format!(
+                "UPDATE files SET state = 'committed', name = $2, content_type = $3, size = $4,
+                   chunk_count = $5, sha256 = $6, committed_at = $7
+                 WHERE id = $1 RETURNING {FILE_COLUMNS}"
+            );
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(upload.as_uuid())
+                .bind(&c.name)
+                .bind(&c.content_type)
+                .bind(size)
+                .bind(n)
+                .bind(&c.sha256)
+                .bind(micros(c.committed_at))
+                .fetch_one(&mut **tx)
+                .await?;
+            file_record(&row)
+        }
+
         fn push_hashes(qb: &mut QueryBuilder<$db>, ids: &[ChunkId]) {
             qb.push("(");
             let mut sep = qb.separated(", ");
@@ -274,85 +355,21 @@ macro_rules! impl_meta_store {
                     return writer.commit_upload(upload, c).await;
                 }
                 let mut tx = begin(&self.write).await?;
-                let (state, chunk_size, owner) = lock_upload(&mut tx, upload).await?;
-                if state != UploadState::Open {
-                    return Err(MetaError::NotOpen { state: state.as_str().into() });
-                }
-                let size = to_i64(c.size, "file size")?;
-                let n = chunkvault_types::chunk_count(c.size, chunk_size as u64) as i64;
-                let row = sqlx::query(
-                    "SELECT COUNT(*),
-                            CAST(COALESCE(SUM(byte_length), 0) AS BIGINT),
-                            CAST(COALESCE(SUM(CASE WHEN idx < 0 OR idx >= $2
-                                                     OR byte_offset <> idx * $3
-                                                     OR byte_length < 1 OR byte_length > $3
-                                                     OR (idx < $2 - 1 AND byte_length <> $3)
-                                                   THEN 1 ELSE 0 END), 0) AS BIGINT)
-                     FROM file_chunks WHERE file_id = $1",
-                )
-                .bind(upload.as_uuid())
-                .bind(n)
-                .bind(chunk_size)
-                .fetch_one(&mut *tx)
-                .await?;
-                let (count, total, misplaced): (i64, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-                if count != n || total != size || misplaced != 0 {
-                    return Err(MetaError::InvalidManifest {
-                        message: format!(
-                            "expected {n} chunks of {chunk_size} bytes totalling {size}; recorded {count} totalling {total}, {misplaced} misplaced"
-                        ),
-                    });
-                }
-                if let Some(owner) = owner {
-                    // One statement checks and charges, so concurrent commits of one account
-                    // cannot both slip under the quota (PostgreSQL locks the row; SQLite
-                    // writes one transaction at a time).
-                    let charged = sqlx::query(
-                        "UPDATE accounts SET bytes_used = bytes_used + $2
-                         WHERE id = $1 AND (quota_bytes IS NULL OR bytes_used + $2 <= quota_bytes)",
-                    )
-                    .bind(owner)
-                    .bind(size)
-                    .execute(&mut *tx)
-                    .await?;
-                    if charged.rows_affected() != 1 {
-                        let row = sqlx::query("SELECT quota_bytes, bytes_used FROM accounts WHERE id = $1")
-                            .bind(owner)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                        return Err(MetaError::QuotaExceeded {
-                            quota: row.try_get::<Option<i64>, _>(0)?.unwrap_or(0) as u64,
-                            used: row.try_get::<i64, _>(1)? as u64,
-                            size: c.size,
-                        });
-                    }
-                }
-                lock_file_chunks(&mut tx, upload).await?;
-                sqlx::query(
-                    "UPDATE chunks SET state = 'live'
-                     WHERE state = 'pending' AND hash IN (SELECT hash FROM file_chunks WHERE file_id = $1)",
-                )
-                .bind(upload.as_uuid())
-                .execute(&mut *tx)
-                .await?;
-                let sql = format!(
-                    "UPDATE files SET state = 'committed', name = $2, content_type = $3, size = $4,
-                       chunk_count = $5, sha256 = $6, committed_at = $7
-                     WHERE id = $1 RETURNING {FILE_COLUMNS}"
-                );
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                    .bind(upload.as_uuid())
-                    .bind(&c.name)
-                    .bind(&c.content_type)
-                    .bind(size)
-                    .bind(n)
-                    .bind(&c.sha256)
-                    .bind(micros(c.committed_at))
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let record = file_record(&row)?;
+                let record = commit_tx(&mut tx, upload, c).await?;
                 tx.commit().await?;
                 Ok(record)
+            }
+
+            async fn create_file(&self, u: &NewUpload, chunks: &[PendingChunk], c: &CommitFile) -> Result<(FileRecord, Vec<ChunkState>)> {
+                if let Some(writer) = dialect::upload_writer(self) {
+                    return writer.create_file(u, chunks, c).await;
+                }
+                let mut tx = begin(&self.write).await?;
+                insert_upload(u)?.execute(&mut *tx).await?;
+                let states = add_chunks_tx(&mut tx, u.id, chunks).await?;
+                let record = commit_tx(&mut tx, u.id, c).await?;
+                tx.commit().await?;
+                Ok((record, states))
             }
 
             async fn abort_upload(&self, upload: FileId) -> Result<()> {

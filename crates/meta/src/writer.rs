@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use crate::sql::FILE_COLUMNS;
 use crate::{
     AccountId, ChunkState, CommitFile, FileRecord, MetaError, NewUpload, PendingChunk, Result,
-    UploadState, chunk_row, from_micros, micros, to_i64,
+    UploadState, chunk_row, from_micros, micros, to_i64, whole_manifest,
 };
 
 /// Most jobs in one transaction: bounds how long the first caller of a batch waits.
@@ -146,74 +146,194 @@ impl UploadWriter {
 
     pub(crate) async fn commit_upload(&self, upload: FileId, c: &CommitFile) -> Result<FileRecord> {
         let c = c.clone();
-        let size = to_i64(c.size, "file size")?;
-        self.call(move |conn| {
-            let id = upload.as_uuid().as_bytes().as_slice();
-            let (state, chunk_size, owner) = lock_upload(conn, upload)?;
-            if state != UploadState::Open {
-                return Err(MetaError::NotOpen {
-                    state: state.as_str().into(),
-                });
-            }
-            let n = chunkvault_types::chunk_count(c.size, chunk_size as u64) as i64;
-            let (count, total, misplaced): (i64, i64, i64) = conn
-                .prepare_cached(
-                    "SELECT COUNT(*),
-                            COALESCE(SUM(byte_length), 0),
-                            COALESCE(SUM(CASE WHEN idx < 0 OR idx >= ?2
-                                                OR byte_offset <> idx * ?3
-                                                OR byte_length < 1 OR byte_length > ?3
-                                                OR (idx < ?2 - 1 AND byte_length <> ?3)
-                                              THEN 1 ELSE 0 END), 0)
-                     FROM file_chunks WHERE file_id = ?1",
-                )?
-                .query_row(params![id, n, chunk_size], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
-            if count != n || total != size || misplaced != 0 {
-                return Err(MetaError::InvalidManifest {
-                    message: format!(
-                        "expected {n} chunks of {chunk_size} bytes totalling {size}; recorded {count} totalling {total}, {misplaced} misplaced"
-                    ),
-                });
-            }
-            if let Some(owner) = owner {
-                let owner = owner.0.as_bytes().as_slice();
-                let charged = conn
-                    .prepare_cached(
-                        "UPDATE accounts SET bytes_used = bytes_used + ?2
-                         WHERE id = ?1 AND (quota_bytes IS NULL OR bytes_used + ?2 <= quota_bytes)",
-                    )?
-                    .execute(params![owner, size])?;
-                if charged != 1 {
-                    let (quota, used): (Option<i64>, i64) = conn
-                        .prepare_cached("SELECT quota_bytes, bytes_used FROM accounts WHERE id = ?1")?
-                        .query_row(params![owner], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                    return Err(MetaError::QuotaExceeded {
-                        quota: quota.unwrap_or(0) as u64,
-                        used: used as u64,
-                        size: c.size,
-                    });
-                }
-            }
-            conn.prepare_cached(
-                "UPDATE chunks SET state = 'live'
-                 WHERE state = 'pending' AND hash IN (SELECT hash FROM file_chunks WHERE file_id = ?1)",
-            )?
-            .execute(params![id])?;
-            let sql = format!(
-                "UPDATE files SET state = 'committed', name = ?2, content_type = ?3, size = ?4,
-                   chunk_count = ?5, sha256 = ?6, committed_at = ?7
-                 WHERE id = ?1 RETURNING {FILE_COLUMNS}"
-            );
-            let record = conn.prepare_cached(&sql)?.query_row(
-                params![id, c.name, c.content_type, size, n, c.sha256, micros(c.committed_at)],
-                file_record,
-            )?;
-            Ok(record)
-        })
-        .await
+        self.call(move |conn| commit_tx(conn, upload, &c)).await
     }
+
+    pub(crate) async fn create_file(
+        &self,
+        u: &NewUpload,
+        chunks: &[PendingChunk],
+        c: &CommitFile,
+    ) -> Result<(FileRecord, Vec<ChunkState>)> {
+        let (u, chunks, c) = (u.clone(), chunks.to_vec(), c.clone());
+        self.call(move |conn| create_file_tx(conn, &u, &chunks, &c))
+            .await
+    }
+}
+
+/// Records a whole file at once (see `MetaStore::create_file`): what opening it, adding its
+/// chunks and committing it do, written straight in their final state (the file committed,
+/// its chunks live), about half the statements of the three steps.
+fn create_file_tx(
+    conn: &Connection,
+    u: &NewUpload,
+    chunks: &[PendingChunk],
+    c: &CommitFile,
+) -> Result<(FileRecord, Vec<ChunkState>)> {
+    let refs = whole_manifest(chunks, u.chunk_size, c.size)?;
+    let size = to_i64(c.size, "file size")?;
+    let rows = refs.iter().map(chunk_row).collect::<Result<Vec<_>>>()?;
+    let now = micros(OffsetDateTime::now_utc());
+    // Hash order, as everywhere chunk rows are written; each hash once.
+    let mut unique: Vec<(ChunkId, u64)> = refs.iter().map(|c| (c.hash, c.length)).collect();
+    unique.sort_by_key(|c| c.0);
+    unique.dedup_by_key(|c| c.0);
+    let mut live = std::collections::HashMap::with_capacity(unique.len());
+    for (hash, len) in &unique {
+        let key = hash.as_bytes().as_slice();
+        let state: Option<String> = conn
+            .prepare_cached("SELECT state FROM chunks WHERE hash = ?1")?
+            .query_row(params![key], |r| r.get(0))
+            .optional()?;
+        match state.as_deref() {
+            Some("deleting") => return Err(MetaError::ChunkBusy { id: *hash }),
+            Some(state) => {
+                live.insert(*hash, state == "live");
+                conn.prepare_cached(
+                    "UPDATE chunks SET state = 'live', touched_at = ?2 WHERE hash = ?1",
+                )?
+                .execute(params![key, now])?;
+            }
+            None => {
+                live.insert(*hash, false);
+                conn.prepare_cached(
+                    "INSERT INTO chunks (hash, size, state, created_at, touched_at)
+                     VALUES (?1, ?2, 'live', ?3, ?3)",
+                )?
+                .execute(params![key, to_i64(*len, "chunk length")?, now])?;
+            }
+        }
+    }
+    if let Some(owner) = u.owner {
+        charge(conn, owner, c.size)?;
+    }
+    let id = u.id.as_uuid().as_bytes().as_slice();
+    let sql = format!(
+        "INSERT INTO files (id, state, name, content_type, chunk_size, size, chunk_count, sha256,
+                            created_at, committed_at, expires_at, declared_size, owner)
+         VALUES (?1, 'committed', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         RETURNING {FILE_COLUMNS}"
+    );
+    let record = conn.prepare_cached(&sql)?.query_row(
+        params![
+            id,
+            c.name,
+            c.content_type,
+            to_i64(u.chunk_size, "chunk size")?,
+            size,
+            rows.len() as i64,
+            c.sha256,
+            micros(u.created_at),
+            micros(c.committed_at),
+            micros(u.expires_at),
+            u.declared_size
+                .map(|d| to_i64(d, "declared size"))
+                .transpose()?,
+            u.owner.map(|o| o.0.as_bytes().to_vec()),
+        ],
+        file_record,
+    )?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO file_chunks (file_id, idx, byte_offset, byte_length, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (idx, off, len, hash) in &rows {
+        insert.execute(params![id, idx, off, len, hash.as_bytes().as_slice()])?;
+    }
+    let states = chunks
+        .iter()
+        .map(|c| {
+            if live.get(&c.hash) == Some(&true) {
+                ChunkState::Stored
+            } else {
+                ChunkState::MustWrite
+            }
+        })
+        .collect();
+    Ok((record, states))
+}
+
+/// Adds `size` to the owner's `bytes_used`, or fails with [`MetaError::QuotaExceeded`] (nothing
+/// changed) when that would pass the quota.
+fn charge(conn: &Connection, owner: AccountId, size: u64) -> Result<()> {
+    let owner = owner.0.as_bytes().as_slice();
+    let charged = conn
+        .prepare_cached(
+            "UPDATE accounts SET bytes_used = bytes_used + ?2
+             WHERE id = ?1 AND (quota_bytes IS NULL OR bytes_used + ?2 <= quota_bytes)",
+        )?
+        .execute(params![owner, to_i64(size, "file size")?])?;
+    if charged != 1 {
+        let (quota, used): (Option<i64>, i64) = conn
+            .prepare_cached("SELECT quota_bytes, bytes_used FROM accounts WHERE id = ?1")?
+            .query_row(params![owner], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        return Err(MetaError::QuotaExceeded {
+            quota: quota.unwrap_or(0) as u64,
+            used: used as u64,
+            size,
+        });
+    }
+    Ok(())
+}
+
+/// Makes an open upload a visible file (see `MetaStore::commit_upload`).
+fn commit_tx(conn: &Connection, upload: FileId, c: &CommitFile) -> Result<FileRecord> {
+    let id = upload.as_uuid().as_bytes().as_slice();
+    let size = to_i64(c.size, "file size")?;
+    let (state, chunk_size, owner) = lock_upload(conn, upload)?;
+    if state != UploadState::Open {
+        return Err(MetaError::NotOpen {
+            state: state.as_str().into(),
+        });
+    }
+    let n = chunkvault_types::chunk_count(c.size, chunk_size as u64) as i64;
+    let (count, total, misplaced): (i64, i64, i64) = conn
+        .prepare_cached(
+            "SELECT COUNT(*),
+                    COALESCE(SUM(byte_length), 0),
+                    COALESCE(SUM(CASE WHEN idx < 0 OR idx >= ?2
+                                        OR byte_offset <> idx * ?3
+                                        OR byte_length < 1 OR byte_length > ?3
+                                        OR (idx < ?2 - 1 AND byte_length <> ?3)
+                                      THEN 1 ELSE 0 END), 0)
+             FROM file_chunks WHERE file_id = ?1",
+        )?
+        .query_row(params![id, n, chunk_size], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    if count != n || total != size || misplaced != 0 {
+        return Err(MetaError::InvalidManifest {
+            message: format!(
+                "expected {n} chunks of {chunk_size} bytes totalling {size}; recorded {count} totalling {total}, {misplaced} misplaced"
+            ),
+        });
+    }
+    if let Some(owner) = owner {
+        charge(conn, owner, c.size)?;
+    }
+    conn.prepare_cached(
+        "UPDATE chunks SET state = 'live'
+         WHERE state = 'pending' AND hash IN (SELECT hash FROM file_chunks WHERE file_id = ?1)",
+    )?
+    .execute(params![id])?;
+    let sql = format!(
+        "UPDATE files SET state = 'committed', name = ?2, content_type = ?3, size = ?4,
+           chunk_count = ?5, sha256 = ?6, committed_at = ?7
+         WHERE id = ?1 RETURNING {FILE_COLUMNS}"
+    );
+    let record = conn.prepare_cached(&sql)?.query_row(
+        params![
+            id,
+            c.name,
+            c.content_type,
+            size,
+            n,
+            c.sha256,
+            micros(c.committed_at)
+        ],
+        file_record,
+    )?;
+    Ok(record)
 }
 
 /// Opens an upload.
