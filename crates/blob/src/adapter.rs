@@ -439,12 +439,17 @@ fn sweep_staging(dir: &std::path::Path, cutoff: std::time::SystemTime) -> Result
 /// switching threads than anything else). Larger ones stay on blocking threads.
 const INLINE_IO_MAX: u64 = 64 << 10;
 
-/// Writes a small chunk file as object_store's local store does, on the calling task: into a
-/// new staging file `<path>#<n>` (the name [`sweep_staging`] knows), then renamed over `path`,
-/// so a reader sees the whole old file or the whole new one, never a part. The parent
-/// directories are created when missing. Only for stores without fsync.
+/// Writes a small chunk file on the calling task. On Linux it is written unnamed and linked in
+/// ([`write_unnamed`]); otherwise, or when that cannot be done, as object_store's local store
+/// does: into a new staging file `<path>#<n>` (the name [`sweep_staging`] knows), then renamed
+/// over `path`. Either way a reader sees the whole old file or the whole new one, never a
+/// part. The parent directories are created when missing. Only for stores without fsync.
 fn write_small_local(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    #[cfg(target_os = "linux")]
+    if write_unnamed(path, data)? {
+        return Ok(());
+    }
     let mut n = 1u32;
     let mut made_parent = false;
     let (mut file, staging) = loop {
@@ -474,6 +479,41 @@ fn write_small_local(path: &std::path::Path, data: &[u8]) -> std::io::Result<()>
         let _ = std::fs::remove_file(&staging);
     }
     written
+}
+
+/// Writes `data` into a new file with no name yet (`O_TMPFILE`) and then links it in at `path`:
+/// a reader sees all of the blob or nothing, as with a staging file, but ext4 does one
+/// directory insertion instead of an insertion, a rename and a removal, and a crash leaves no
+/// debris. `Ok(false)` when this cannot be done here (a file system without `O_TMPFILE`, no
+/// `/proc`, a missing directory) or `path` exists already: the caller then writes through a
+/// staging file, which also replaces an existing blob as a put must.
+#[cfg(target_os = "linux")]
+fn write_unnamed(path: &std::path::Path, data: &[u8]) -> std::io::Result<bool> {
+    use rustix::fs::{AtFlags, CWD, Mode, OFlags};
+    use rustix::io::Errno;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let Some(dir) = path.parent() else {
+        return Ok(false);
+    };
+    let fd = match rustix::fs::openat(
+        CWD,
+        dir,
+        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o666),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT | Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(data)?;
+    let unnamed = format!("/proc/self/fd/{}", file.as_raw_fd());
+    match rustix::fs::linkat(CWD, unnamed.as_str(), CWD, path, AtFlags::SYMLINK_FOLLOW) {
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST | Errno::NOENT | Errno::PERM | Errno::ACCESS) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A local chunk file read whole on the calling task when it is small; `None` when it is not.

@@ -21,6 +21,7 @@ pub async fn run_all(store: &dyn BlobStore) {
     empty_store(store).await;
     put_then_get(store).await;
     put_is_idempotent(store).await;
+    put_replaces_a_damaged_blob(store).await;
     missing_blob_is_not_found(store).await;
     delete_is_idempotent(store).await;
     list_sees_every_chunk(store).await;
@@ -70,6 +71,18 @@ pub async fn put_is_idempotent(store: &dyn BlobStore) {
         .put(&id, data.clone())
         .await
         .expect("second put of the same chunk");
+    assert_eq!(store.get(&id).await.expect("get"), data);
+    store.delete(&id).await.expect("delete");
+}
+
+/// A put replaces whatever is stored under the id: repair writes a good copy over a damaged
+/// one this way.
+pub async fn put_replaces_a_damaged_blob(store: &dyn BlobStore) {
+    let (id, data) = blob(9, 300);
+    let mut damaged = data.to_vec();
+    damaged[7] ^= 0x40;
+    store.put(&id, Bytes::from(damaged)).await.expect("put damaged");
+    store.put(&id, data.clone()).await.expect("put good");
     assert_eq!(store.get(&id).await.expect("get"), data);
     store.delete(&id).await.expect("delete");
 }
