@@ -530,7 +530,10 @@ fn read_small_local(path: &std::path::Path) -> std::io::Result<Option<Bytes>> {
 /// under us) is an error, as with object_store's own reader.
 fn read_exactly(mut file: std::fs::File, start: u64, len: u64) -> std::io::Result<Bytes> {
     use std::io::{Seek, SeekFrom};
-    file.seek(SeekFrom::Start(start))?;
+    // Files reach here freshly opened, at offset 0.
+    if start != 0 {
+        file.seek(SeekFrom::Start(start))?;
+    }
     let mut buf = ChunkBuf::with_capacity(usize::try_from(len).unwrap_or(usize::MAX));
     let read = buf.read_from(&mut file, len)?;
     if read as u64 != len {

@@ -81,7 +81,10 @@ pub async fn put_replaces_a_damaged_blob(store: &dyn BlobStore) {
     let (id, data) = blob(9, 300);
     let mut damaged = data.to_vec();
     damaged[7] ^= 0x40;
-    store.put(&id, Bytes::from(damaged)).await.expect("put damaged");
+    store
+        .put(&id, Bytes::from(damaged))
+        .await
+        .expect("put damaged");
     store.put(&id, data.clone()).await.expect("put good");
     assert_eq!(store.get(&id).await.expect("get"), data);
     store.delete(&id).await.expect("delete");

@@ -10,13 +10,24 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use crate::{CoreError, Result, Stats, Vault};
 
 /// Manifest entries fetched per metadata query while streaming.
-const MANIFEST_PAGE: usize = 256;
+pub(crate) const MANIFEST_PAGE: usize = 256;
 
 impl Vault {
     /// Streams `range` of a committed file. The stream ends in an error, without yielding the
     /// damaged chunk's bytes, when a chunk is missing or does not match its hash: a front end
     /// must then cut the response off so the client sees a failed transfer.
     pub fn read(&self, file: &FileRecord, range: ByteRange) -> BoxStream<'static, Result<Bytes>> {
+        self.read_from(file, Vec::new(), range)
+    }
+
+    /// [`Vault::read`] with the manifest's first entries already in hand (from
+    /// [`Vault::file_for_download`]): pages they cover are not read again.
+    pub fn read_from(
+        &self,
+        file: &FileRecord,
+        first: Vec<ChunkEntry>,
+        range: ByteRange,
+    ) -> BoxStream<'static, Result<Bytes>> {
         if range.is_empty() {
             return stream::empty().boxed();
         }
@@ -27,10 +38,12 @@ impl Vault {
         let id = file.id;
         let slices = chunk_slices(range, file.chunk_size).collect_pages(MANIFEST_PAGE);
         // Page through the manifest lazily, then fetch and verify `read_ahead` chunks at once.
+        let mut first = Some(first);
         stream::iter(slices)
             .then(move |page| {
                 let meta = meta.clone();
-                async move { pair_with_manifest(&*meta, id, page).await }
+                let known = first.take().unwrap_or_default();
+                async move { pair_with_manifest(&*meta, id, page, known).await }
             })
             .map_ok(|pairs| stream::iter(pairs.into_iter().map(Ok::<_, CoreError>)))
             .try_flatten()
@@ -74,13 +87,22 @@ impl<I: Iterator> Iterator for Pages<I> {
     }
 }
 
+/// Pairs a page of slices with their manifest entries: from `known` (entries from index 0 on)
+/// when it covers the page, else read.
 async fn pair_with_manifest(
     meta: &dyn MetaStore,
     id: FileId,
     page: Vec<ChunkSlice>,
+    known: Vec<ChunkEntry>,
 ) -> Result<Vec<(ChunkSlice, ChunkEntry)>> {
     let first = page[0].index;
-    let entries = meta.manifest(id, first, page.len() as u32).await?;
+    let covered = usize::try_from(first)
+        .ok()
+        .and_then(|f| known.get(f..f.checked_add(page.len())?));
+    let entries = match covered {
+        Some(entries) => entries.to_vec(),
+        None => meta.manifest(id, first, page.len() as u32).await?,
+    };
     if entries.len() != page.len() {
         // The file was deleted while being read.
         return Err(CoreError::NotFound);

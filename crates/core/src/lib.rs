@@ -135,6 +135,20 @@ impl Vault {
             .ok_or(CoreError::NotFound)
     }
 
+    /// A file the caller may see, with the first entries of its manifest: what a download
+    /// needs before it answers, in one metadata read. Hand both to [`Vault::read_from`].
+    pub async fn file_for_download(
+        &self,
+        who: &Principal,
+        id: FileId,
+    ) -> Result<(FileRecord, Vec<ChunkEntry>)> {
+        self.meta
+            .file_with_manifest(id, download::MANIFEST_PAGE as u32)
+            .await?
+            .filter(|(f, _)| who.may_see(f.owner))
+            .ok_or(CoreError::NotFound)
+    }
+
     /// The whole manifest of a committed file. Its size grows with the file: for the API's
     /// file detail, not for streaming.
     pub async fn manifest(&self, who: &Principal, id: FileId) -> Result<Vec<ChunkEntry>> {

@@ -238,6 +238,17 @@ impl MetaStore for MeteredMeta {
         )
     }
 
+    async fn file_with_manifest(
+        &self,
+        id: FileId,
+        limit: u32,
+    ) -> MetaResult<Option<(FileRecord, Vec<ChunkEntry>)>> {
+        meta_call!(
+            "file_with_manifest",
+            self.inner.file_with_manifest(id, limit)
+        )
+    }
+
     async fn list_files(
         &self,
         owner: Option<AccountId>,

@@ -69,9 +69,9 @@ pub(crate) async fn download(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let mut headers = headers;
-    let file = match caller {
+    let (file, known) = match caller {
         // A key wins over a link: the caller's own access applies.
-        Some(Caller(who)) => s.vault.file(&who, id).await?,
+        Some(Caller(who)) => s.vault.file_for_download(&who, id).await?,
         None if query.contains_key("sig") => {
             let link = chunkvault_core::Link {
                 file: id,
@@ -104,7 +104,7 @@ pub(crate) async fn download(
                 headers.remove(header::IF_RANGE);
                 headers.insert(header::RANGE, value(&format!("bytes={r}")));
             }
-            file
+            (file, Vec::new())
         }
         None => return Err(crate::auth::unauthorized()),
     };
@@ -148,7 +148,7 @@ pub(crate) async fn download(
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
-        let mut bytes = s.vault.read(&file, range);
+        let mut bytes = s.vault.read_from(&file, known, range);
         // Read and verify the first chunk before answering: damage found there becomes a clean
         // error status; damage found later can only cut the transfer off.
         let first = match bytes.next().await {

@@ -258,8 +258,7 @@ async fn counters_move(backend: Backend) {
         "create_upload_with_chunks",
         "add_chunks",
         "commit_upload",
-        "file",
-        "manifest",
+        "file_with_manifest",
     ] {
         let l = [("op", op)];
         assert!(

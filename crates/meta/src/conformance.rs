@@ -80,6 +80,7 @@ pub async fn run_all(m: &dyn MetaStore) {
     busy_chunk_blocks_new_references(m).await;
     opening_with_chunks_is_one_transaction(m).await;
     a_whole_file_is_recorded_in_one_transaction(m).await;
+    file_with_manifest_reads_both(m).await;
     orphans_are_claimed_only_when_unknown(m).await;
     manifest_pages(m).await;
     leases_exclude_other_holders(m).await;
@@ -417,6 +418,48 @@ pub async fn busy_chunk_blocks_new_references(m: &dyn MetaStore) {
     assert_eq!(
         m.add_chunks(u.id, &chunks_for(4, 900)).await.unwrap(),
         vec![ChunkState::MustWrite]
+    );
+}
+
+/// `file_with_manifest`: what `file` and `manifest` from index 0 say, together.
+pub async fn file_with_manifest_reads_both(m: &dyn MetaStore) {
+    let u = new_upload("both");
+    m.create_upload(&u).await.unwrap();
+    m.add_chunks(u.id, &chunks_for(10, 1700)).await.unwrap();
+    assert!(
+        m.file_with_manifest(u.id, 10).await.unwrap().is_none(),
+        "not committed yet"
+    );
+    let f = m.commit_upload(u.id, &commit(10)).await.unwrap();
+    let (got, entries) = m.file_with_manifest(u.id, 10).await.unwrap().unwrap();
+    assert_eq!(got, f);
+    assert_eq!(entries, m.manifest(u.id, 0, 10).await.unwrap());
+    assert_eq!(entries.len(), 3);
+    let (_, first) = m.file_with_manifest(u.id, 2).await.unwrap().unwrap();
+    assert_eq!(first, entries[..2]);
+    let (_, none) = m.file_with_manifest(u.id, 0).await.unwrap().unwrap();
+    assert!(none.is_empty());
+    assert!(
+        m.file_with_manifest(FileId::new(), 10)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(m.delete_file(u.id).await.unwrap());
+    assert!(
+        m.file_with_manifest(u.id, 10).await.unwrap().is_none(),
+        "deleted"
+    );
+    // The store's connections stay usable after all of this (no read left open).
+    let again = store_file(m, 4, 1750).await;
+    assert_eq!(
+        m.file_with_manifest(again, 10)
+            .await
+            .unwrap()
+            .unwrap()
+            .1
+            .len(),
+        1
     );
 }
 

@@ -410,6 +410,15 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
     /// Empty for an unknown or uncommitted file.
     async fn manifest(&self, id: FileId, from_index: u64, limit: u32) -> Result<Vec<ChunkEntry>>;
 
+    /// A committed file with the first `limit` entries of its manifest, read from one snapshot
+    /// (what a download reads first): [`MetaStore::file`] then [`MetaStore::manifest`] from
+    /// index 0, in one read where the store can. `None` for an unknown or uncommitted file.
+    async fn file_with_manifest(
+        &self,
+        id: FileId,
+        limit: u32,
+    ) -> Result<Option<(FileRecord, Vec<ChunkEntry>)>>;
+
     /// Committed files, newest first, strictly older than `before` when given; only those of
     /// `owner` when given.
     async fn list_files(

@@ -62,18 +62,37 @@ impl PointReads {
             None => self.connect()?,
         };
         let out = read(&conn);
+        // Never pooled inside a transaction (a read that failed between BEGIN and COMMIT).
+        if !conn.is_autocommit() && conn.execute_batch("ROLLBACK").is_err() {
+            return out;
+        }
         self.put_back(conn);
         out
     }
 
     pub(crate) fn file(&self, id: FileId) -> Result<Option<FileRecord>> {
+        self.with(|conn| file(conn, id))
+    }
+
+    /// Both reads in one read transaction: one snapshot, and SQLite takes and drops its WAL
+    /// read lock (two fcntl calls) once instead of twice.
+    pub(crate) fn file_with_manifest(
+        &self,
+        id: FileId,
+        limit: u32,
+    ) -> Result<Option<(FileRecord, Vec<ChunkEntry>)>> {
         self.with(|conn| {
-            let sql =
-                format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?1 AND state = 'committed'");
-            Ok(conn
-                .prepare_cached(&sql)?
-                .query_row(params![id.as_uuid().as_bytes().as_slice()], file_record)
-                .optional()?)
+            conn.prepare_cached("BEGIN")?.execute([])?;
+            let read = file(conn, id).and_then(|found| match found {
+                Some(f) => Ok(Some((f, entries(conn, id, 0, limit)?))),
+                None => Ok(None),
+            });
+            let ended = conn
+                .prepare_cached("COMMIT")
+                .and_then(|mut c| c.execute([]));
+            let read = read?;
+            ended?;
+            Ok(read)
         })
     }
 
@@ -83,43 +102,54 @@ impl PointReads {
         from_index: u64,
         limit: u32,
     ) -> Result<Vec<ChunkEntry>> {
-        let from = to_i64(from_index, "chunk index")?;
-        self.with(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT fc.idx, fc.byte_offset, fc.byte_length, fc.hash
-                 FROM file_chunks fc JOIN files f ON f.id = fc.file_id
-                 WHERE fc.file_id = ?1 AND f.state = 'committed' AND fc.idx >= ?2 AND fc.idx < ?3
-                 ORDER BY fc.idx",
-            )?;
-            // A committed manifest's indices run 0..n without gaps, so this range is the
-            // page. Not `LIMIT ?`: SQLite plans with a bound LIMIT's value and so prepares
-            // such a statement again on every execution.
-            let rows = stmt.query_map(
-                params![
-                    id.as_uuid().as_bytes().as_slice(),
-                    from,
-                    from.saturating_add(i64::from(limit))
-                ],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, Vec<u8>>(3)?,
-                    ))
-                },
-            )?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (index, offset, length, hash) = row?;
-                out.push(ChunkEntry {
-                    index: index as u64,
-                    offset: offset as u64,
-                    length: length as u64,
-                    hash: chunk_id(hash)?,
-                });
-            }
-            Ok(out)
-        })
+        self.with(|conn| entries(conn, id, from_index, limit))
     }
+}
+
+fn file(conn: &Connection, id: FileId) -> Result<Option<FileRecord>> {
+    let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?1 AND state = 'committed'");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row(params![id.as_uuid().as_bytes().as_slice()], file_record)
+        .optional()?)
+}
+
+/// Up to `limit` manifest entries of a committed file from `from_index` on.
+fn entries(conn: &Connection, id: FileId, from_index: u64, limit: u32) -> Result<Vec<ChunkEntry>> {
+    let from = to_i64(from_index, "chunk index")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT fc.idx, fc.byte_offset, fc.byte_length, fc.hash
+         FROM file_chunks fc JOIN files f ON f.id = fc.file_id
+         WHERE fc.file_id = ?1 AND f.state = 'committed' AND fc.idx >= ?2 AND fc.idx < ?3
+         ORDER BY fc.idx",
+    )?;
+    // A committed manifest's indices run 0..n without gaps, so this range is the
+    // page. Not `LIMIT ?`: SQLite plans with a bound LIMIT's value and so prepares
+    // such a statement again on every execution.
+    let rows = stmt.query_map(
+        params![
+            id.as_uuid().as_bytes().as_slice(),
+            from,
+            from.saturating_add(i64::from(limit))
+        ],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        },
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (index, offset, length, hash) = row?;
+        out.push(ChunkEntry {
+            index: index as u64,
+            offset: offset as u64,
+            length: length as u64,
+            hash: chunk_id(hash)?,
+        });
+    }
+    Ok(out)
 }

@@ -42,8 +42,17 @@ macro_rules! impl_meta_store {
         /// the caller is gone, the returned transaction is dropped there, which sqlx rolls
         /// back properly.
         async fn begin(pool: &sqlx::Pool<$db>) -> Result<Tx> {
+            begin_with(pool, dialect::BEGIN_WRITE).await
+        }
+
+        /// A transaction that only reads (one snapshot), begun the same way.
+        async fn begin_read(pool: &sqlx::Pool<$db>) -> Result<Tx> {
+            begin_with(pool, "BEGIN").await
+        }
+
+        async fn begin_with(pool: &sqlx::Pool<$db>, statement: &'static str) -> Result<Tx> {
             let pool = pool.clone();
-            match tokio::spawn(async move { pool.begin_with(dialect::BEGIN_WRITE).await }).await {
+            match tokio::spawn(async move { pool.begin_with(statement).await }).await {
                 Ok(tx) => Ok(tx?),
                 Err(e) => Err(MetaError::Other { source: Box::new(e) }),
             }
@@ -473,6 +482,39 @@ macro_rules! impl_meta_store {
                         })
                     })
                     .collect()
+            }
+
+            async fn file_with_manifest(&self, id: FileId, limit: u32) -> Result<Option<(FileRecord, Vec<ChunkEntry>)>> {
+                if let Some(reads) = dialect::point_reads(self) {
+                    return reads.file_with_manifest(id, limit);
+                }
+                // Two statements, one snapshot: the file cannot be deleted between them.
+                let mut tx = begin_read(&self.read).await?;
+                let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE id = $1 AND state = 'committed'");
+                let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id.as_uuid()).fetch_optional(&mut *tx).await? else {
+                    return Ok(None);
+                };
+                let file = file_record(&row)?;
+                let rows = sqlx::query(
+                    "SELECT idx, byte_offset, byte_length, hash FROM file_chunks
+                     WHERE file_id = $1 AND idx >= 0 AND idx < $2 ORDER BY idx",
+                )
+                .bind(id.as_uuid())
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                let entries = rows.iter()
+                    .map(|r| {
+                        Ok(ChunkEntry {
+                            index: r.try_get::<i64, _>(0)? as u64,
+                            offset: r.try_get::<i64, _>(1)? as u64,
+                            length: r.try_get::<i64, _>(2)? as u64,
+                            hash: chunk_id(r.try_get(3)?)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Some((file, entries)))
             }
 
             async fn list_files(&self, owner: Option<AccountId>, before: Option<FileId>, limit: u32) -> Result<Vec<FileRecord>> {
