@@ -151,11 +151,22 @@ pub(crate) async fn download(
         let mut bytes = s.vault.read_from(&file, known, range);
         // Read and verify the first chunk before answering: damage found there becomes a clean
         // error status; damage found later can only cut the transfer off.
-        let first = match bytes.next().await {
+        let mut first = match bytes.next().await {
             Some(Ok(b)) => Some(b),
             Some(Err(e)) => return Err(e.into()),
             None => None,
         };
+        if let Some(whole) = first.take_if(|b| b.len() as u64 == range.len()) {
+            // The first chunk is the whole response (a small file): one buffer, no stream.
+            return Ok(respond(
+                Body::from(whole),
+                status,
+                range,
+                size,
+                &file,
+                &etag,
+            ));
+        }
         let rest = bytes.map(|item| {
             item.map_err(|e| {
                 // Ending the body in an error makes the server abort the connection, so the
@@ -168,17 +179,28 @@ pub(crate) async fn download(
             held: None,
         })
     };
+    Ok(respond(body, status, range, size, &file, &etag))
+}
 
+/// The response with every header a download carries.
+fn respond(
+    body: Body,
+    status: StatusCode,
+    range: ByteRange,
+    size: u64,
+    file: &FileRecord,
+    etag: &str,
+) -> Response {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(range.len()));
-    h.insert(header::CONTENT_TYPE, content_type(&file));
+    h.insert(header::CONTENT_TYPE, content_type(file));
     h.insert(
         header::CONTENT_DISPOSITION,
         value(&content_disposition(&file.name)),
     );
-    h.insert(header::ETAG, value(&etag));
+    h.insert(header::ETAG, value(etag));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -190,7 +212,7 @@ pub(crate) async fn download(
     if status == StatusCode::PARTIAL_CONTENT {
         h.insert(header::CONTENT_RANGE, value(&range.content_range(size)));
     }
-    Ok(resp)
+    resp
 }
 
 /// Holds a body error back for one poll, answering `Pending` (after waking itself) first: hyper
