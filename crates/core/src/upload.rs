@@ -202,10 +202,16 @@ impl Vault {
         size: usize,
     ) -> Result<FileRecord> {
         Stats::add(&self.stats.uploads_started, 1);
+        // Counted aborted unless it commits, also when the request is dropped (the client
+        // went away) part-way.
+        let mut outcome = Aborted {
+            stats: &self.stats,
+            armed: true,
+        };
         let stored = self.store_whole(who, meta, frames, size).await;
-        match &stored {
-            Ok(_) => Stats::add(&self.stats.uploads_committed, 1),
-            Err(_) => Stats::add(&self.stats.uploads_aborted, 1),
+        if stored.is_ok() {
+            outcome.armed = false;
+            Stats::add(&self.stats.uploads_committed, 1);
         }
         stored
     }
@@ -570,6 +576,20 @@ impl Vault {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+}
+
+/// Counts an upload as aborted when dropped armed.
+struct Aborted<'a> {
+    stats: &'a Stats,
+    armed: bool,
+}
+
+impl Drop for Aborted<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            Stats::add(&self.stats.uploads_aborted, 1);
         }
     }
 }
