@@ -84,7 +84,8 @@ impl PointReads {
         self.with(|conn| {
             conn.prepare_cached("BEGIN")?.execute([])?;
             let read = file(conn, id).and_then(|found| match found {
-                Some(f) => Ok(Some((f, entries(conn, id, 0, limit)?))),
+                // The same snapshot just found the file committed.
+                Some(f) => Ok(Some((f, entries(conn, id, 0, limit, ENTRIES)?))),
                 None => Ok(None),
             });
             let ended = conn
@@ -102,7 +103,7 @@ impl PointReads {
         from_index: u64,
         limit: u32,
     ) -> Result<Vec<ChunkEntry>> {
-        self.with(|conn| entries(conn, id, from_index, limit))
+        self.with(|conn| entries(conn, id, from_index, limit, COMMITTED_ENTRIES))
     }
 }
 
@@ -114,18 +115,28 @@ fn file(conn: &Connection, id: FileId) -> Result<Option<FileRecord>> {
         .optional()?)
 }
 
-/// Up to `limit` manifest entries of a committed file from `from_index` on.
-fn entries(conn: &Connection, id: FileId, from_index: u64, limit: u32) -> Result<Vec<ChunkEntry>> {
+/// Manifest entries of a committed file, by index range. A committed manifest's indices run
+/// 0..n without gaps, so the range is the page. Not `LIMIT ?`: SQLite plans with a bound
+/// LIMIT's value and so prepares such a statement again on every execution.
+const COMMITTED_ENTRIES: &str = "SELECT fc.idx, fc.byte_offset, fc.byte_length, fc.hash
+     FROM file_chunks fc JOIN files f ON f.id = fc.file_id
+     WHERE fc.file_id = ?1 AND f.state = 'committed' AND fc.idx >= ?2 AND fc.idx < ?3
+     ORDER BY fc.idx";
+
+/// The same, for a caller that found the file committed in the same read transaction.
+const ENTRIES: &str = "SELECT idx, byte_offset, byte_length, hash FROM file_chunks
+     WHERE file_id = ?1 AND idx >= ?2 AND idx < ?3 ORDER BY idx";
+
+/// Up to `limit` manifest entries from `from_index` on, read with `sql` (one of the above).
+fn entries(
+    conn: &Connection,
+    id: FileId,
+    from_index: u64,
+    limit: u32,
+    sql: &str,
+) -> Result<Vec<ChunkEntry>> {
     let from = to_i64(from_index, "chunk index")?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT fc.idx, fc.byte_offset, fc.byte_length, fc.hash
-         FROM file_chunks fc JOIN files f ON f.id = fc.file_id
-         WHERE fc.file_id = ?1 AND f.state = 'committed' AND fc.idx >= ?2 AND fc.idx < ?3
-         ORDER BY fc.idx",
-    )?;
-    // A committed manifest's indices run 0..n without gaps, so this range is the
-    // page. Not `LIMIT ?`: SQLite plans with a bound LIMIT's value and so prepares
-    // such a statement again on every execution.
+    let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map(
         params![
             id.as_uuid().as_bytes().as_slice(),
