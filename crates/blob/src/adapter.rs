@@ -445,11 +445,24 @@ const INLINE_IO_MAX: u64 = 64 << 10;
 /// over `path`. Either way a reader sees the whole old file or the whole new one, never a
 /// part. The parent directories are created when missing. Only for stores without fsync.
 fn write_small_local(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
     #[cfg(target_os = "linux")]
     if write_unnamed(path, data)? {
         return Ok(());
     }
+    // A staging file can vanish before its rename: GC sweeps staging files older than its
+    // grace period, and with a grace of zero that includes ours. Then write it again.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match write_staged(path, data) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => continue,
+            done => return done,
+        }
+    }
+}
+
+fn write_staged(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
     let mut n = 1u32;
     let mut made_parent = false;
     let (mut file, staging) = loop {
