@@ -243,17 +243,7 @@ impl Vault {
         {
             return Err(quota_exceeded(left, size as u64, true));
         }
-        let now = OffsetDateTime::now_utc();
-        let upload = NewUpload {
-            id: FileId::new(),
-            name: String::new(),
-            content_type: String::new(),
-            chunk_size: self.config.chunk_size as u64,
-            created_at: now,
-            expires_at: now + self.config.upload_ttl,
-            declared_size: None,
-            owner: who.owner(),
-        };
+        let upload = self.new_upload(who);
         let hash = ChunkId::of(&data);
         let chunks: Vec<PendingChunk> = if data.is_empty() {
             Vec::new()
@@ -270,33 +260,25 @@ impl Vault {
             content_type: meta.content_type,
             size: size as u64,
             sha256: hex::encode(Sha256::digest(&data)),
-            committed_at: now,
+            committed_at: upload.created_at,
         };
-        let mut wait = Duration::from_millis(20);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if !chunks.is_empty() {
-                self.blobs.put(&hash, data.clone()).await?;
-                Stats::add(&self.stats.chunks_written, 1);
-            }
-            match self.meta.create_file(&upload, &chunks, &commit).await {
-                Ok((record, states)) => {
-                    if states.first() == Some(&ChunkState::MustWrite)
-                        && self.blobs.head(&hash).await?.is_none()
-                    {
-                        tracing::info!(chunk = %hash, "a chunk was collected while its file was recorded; writing it again");
-                        self.blobs.put(&hash, data).await?;
-                        Stats::add(&self.stats.chunks_written, 1);
-                    }
-                    return Ok(record);
+        // Written again on every try: GC may have deleted it while the record waited.
+        let (record, states) = self
+            .retry_while_gc_deletes(|| async {
+                if !chunks.is_empty() {
+                    self.blobs.put(&hash, data.clone()).await?;
+                    Stats::add(&self.stats.chunks_written, 1);
                 }
-                Err(MetaError::ChunkBusy { .. }) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => return Err(e.into()),
-            }
+                Ok(self.meta.create_file(&upload, &chunks, &commit).await?)
+            })
+            .await?;
+        if states.first() == Some(&ChunkState::MustWrite) && self.blobs.head(&hash).await?.is_none()
+        {
+            tracing::info!(chunk = %hash, "a chunk was collected while its file was recorded; writing it again");
+            self.blobs.put(&hash, data).await?;
+            Stats::add(&self.stats.chunks_written, 1);
         }
+        Ok(record)
     }
 
     /// Opens an upload owned by `who` and stores the body's chunks. Nothing is visible until
@@ -319,20 +301,10 @@ impl Vault {
         {
             return Err(quota_exceeded(left, size, true));
         }
-        let now = OffsetDateTime::now_utc();
-        let id = FileId::new();
         // Opened in the metadata store with its first chunk (one call, not two); an empty
         // body opens it at the end.
-        let upload = NewUpload {
-            id,
-            name: String::new(),
-            content_type: String::new(),
-            chunk_size: self.config.chunk_size as u64,
-            created_at: now,
-            expires_at: now + self.config.upload_ttl,
-            declared_size: None,
-            owner: who.owner(),
-        };
+        let upload = self.new_upload(who);
+        let id = upload.id;
         Stats::add(&self.stats.uploads_started, 1);
         let guard = AbortGuard {
             meta: self.meta.clone(),
@@ -496,6 +468,21 @@ impl Vault {
         Ok(hex::encode(sha.finalize()))
     }
 
+    /// A new upload of `who`'s, named at commit, with this vault's chunk size and expiry.
+    fn new_upload(&self, who: &Principal) -> NewUpload {
+        let now = OffsetDateTime::now_utc();
+        NewUpload {
+            id: FileId::new(),
+            name: String::new(),
+            content_type: String::new(),
+            chunk_size: self.config.chunk_size as u64,
+            created_at: now,
+            expires_at: now + self.config.upload_ttl,
+            declared_size: None,
+            owner: who.owner(),
+        }
+    }
+
     /// Opens `upload`, with its first chunk when it has one, on a task of its own, holding
     /// `opening` until done. The request may be dropped meanwhile (the client went away); the
     /// open then still finishes, and the abort that the upload's guard sends waits for
@@ -533,9 +520,11 @@ impl Vault {
         chunk: PendingChunk,
     ) -> Result<ChunkState> {
         let chunks = [chunk];
-        self.retry_while_gc_deletes(|| self.meta.create_upload_with_chunks(upload, &chunks))
-            .await
-            .map(|states| states[0])
+        self.retry_while_gc_deletes(|| async {
+            Ok(self.meta.create_upload_with_chunks(upload, &chunks).await?)
+        })
+        .await
+        .map(|states| states[0])
     }
 
     /// Records a pending reference; when GC is deleting that very chunk, waits for it to
@@ -554,27 +543,27 @@ impl Vault {
         id: FileId,
         chunks: &[PendingChunk],
     ) -> Result<Vec<ChunkState>> {
-        self.retry_while_gc_deletes(|| self.meta.add_chunks(id, chunks))
+        self.retry_while_gc_deletes(|| async { Ok(self.meta.add_chunks(id, chunks).await?) })
             .await
     }
 
-    /// Runs `record` again while it fails with [`MetaError::ChunkBusy`] (GC is deleting one of
-    /// the chunks: nothing was recorded), backing off, for up to 30 s.
-    async fn retry_while_gc_deletes<'a, F, Fut>(&self, record: F) -> Result<Vec<ChunkState>>
+    /// Runs `record` again while it fails with [`CoreError::Busy`] (the metadata store's
+    /// `ChunkBusy`: GC is deleting one of the chunks, nothing was recorded), backing off, for
+    /// up to 30 s.
+    async fn retry_while_gc_deletes<T, F, Fut>(&self, record: F) -> Result<T>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = chunkvault_meta::Result<Vec<ChunkState>>> + 'a,
+        Fut: std::future::Future<Output = Result<T>>,
     {
         let mut wait = Duration::from_millis(20);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             match record().await {
-                Ok(states) => return Ok(states),
-                Err(MetaError::ChunkBusy { .. }) if tokio::time::Instant::now() < deadline => {
+                Err(CoreError::Busy) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(1));
                 }
-                Err(e) => return Err(e.into()),
+                done => return done,
             }
         }
     }

@@ -283,20 +283,7 @@ async fn gc_concurrent_with_uploads_loses_nothing(backend: Backend) {
         s.client.delete(&victim).await.unwrap();
 
         let mut tasks = tokio::task::JoinSet::new();
-        for holder in ["gc-1", "gc-2"] {
-            let vault = s.vault.clone();
-            tasks.spawn(async move {
-                vault
-                    .gc(&chunkvault_core::GcOptions {
-                        grace: Duration::ZERO,
-                        holder: holder.into(),
-                        lease_ttl: Duration::from_secs(60),
-                    })
-                    .await
-                    .expect("gc");
-                None
-            });
-        }
+        spawn_two_gcs(&s, &mut tasks);
         for i in 0..4 {
             let client = s.client.clone();
             let data = Bytes::from(content.clone());
@@ -358,14 +345,7 @@ async fn small_file_written_before_gc_collects_it_is_written_again(backend: Back
     let vault = s.vault.clone();
     let (collected, was_collected) = tokio::sync::oneshot::channel();
     s.faulty.after_next_put(Hook::new(async move {
-        let report = vault
-            .gc(&chunkvault_core::GcOptions {
-                grace: Duration::ZERO,
-                holder: "between".into(),
-                lease_ttl: Duration::from_secs(60),
-            })
-            .await
-            .expect("gc");
+        let report = vault.gc(&gc_now("between")).await.expect("gc");
         let _ = collected.send(report.deleted_unreferenced);
     }));
     let id = s.put_file("second.bin", &content).await;
@@ -392,20 +372,7 @@ async fn gc_concurrent_with_small_uploads_loses_nothing(backend: Backend) {
             s.client.delete(&id).await.unwrap();
         }
         let mut tasks = tokio::task::JoinSet::new();
-        for holder in ["gc-1", "gc-2"] {
-            let vault = s.vault.clone();
-            tasks.spawn(async move {
-                vault
-                    .gc(&chunkvault_core::GcOptions {
-                        grace: Duration::ZERO,
-                        holder: holder.into(),
-                        lease_ttl: Duration::from_secs(60),
-                    })
-                    .await
-                    .expect("gc");
-                None
-            });
-        }
+        spawn_two_gcs(&s, &mut tasks);
         for i in 0..6 {
             let client = s.client.clone();
             let which = i % contents.len();
@@ -435,5 +402,25 @@ async fn gc_concurrent_with_small_uploads_loses_nothing(backend: Backend) {
     for (id, which) in &live {
         let body = s.client.download_bytes(id).await.expect("download");
         assert!(body == contents[*which], "file {id} lost data after GC");
+    }
+}
+
+/// GC options that collect everything unreferenced at once.
+fn gc_now(holder: &str) -> chunkvault_core::GcOptions {
+    chunkvault_core::GcOptions {
+        grace: Duration::ZERO,
+        holder: holder.into(),
+        lease_ttl: Duration::from_secs(60),
+    }
+}
+
+/// Two GC runs (two holders: one of them finds the lease taken) among `tasks`.
+fn spawn_two_gcs<T: Send + 'static>(s: &TestServer, tasks: &mut tokio::task::JoinSet<Option<T>>) {
+    for holder in ["gc-1", "gc-2"] {
+        let vault = s.vault.clone();
+        tasks.spawn(async move {
+            vault.gc(&gc_now(holder)).await.expect("gc");
+            None
+        });
     }
 }

@@ -619,6 +619,32 @@ pub(crate) fn whole_manifest(
     Ok(refs)
 }
 
+/// Each chunk's hash and length once, in hash order: the order every statement that writes
+/// chunk rows follows, so concurrent uploads cannot deadlock on them.
+pub(crate) fn unique_by_hash(chunks: &[PendingChunk]) -> Vec<(ChunkId, u64)> {
+    let mut unique: Vec<(ChunkId, u64)> = chunks.iter().map(|c| (c.hash, c.length)).collect();
+    unique.sort_by_key(|c| c.0);
+    unique.dedup_by_key(|c| c.0);
+    unique
+}
+
+/// What to tell the caller per chunk, given which hashes were live before its write.
+pub(crate) fn chunk_states(
+    chunks: &[PendingChunk],
+    live: &std::collections::HashMap<ChunkId, bool>,
+) -> Vec<ChunkState> {
+    chunks
+        .iter()
+        .map(|c| {
+            if live.get(&c.hash) == Some(&true) {
+                ChunkState::Stored
+            } else {
+                ChunkState::MustWrite
+            }
+        })
+        .collect()
+}
+
 pub(crate) fn micros(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1000) as i64
 }

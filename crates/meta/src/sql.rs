@@ -58,6 +58,16 @@ macro_rules! impl_meta_store {
             }
         }
 
+        /// A manifest row: `idx, byte_offset, byte_length, hash`, in that order.
+        fn chunk_entry(r: &<$db as sqlx::Database>::Row) -> Result<ChunkEntry> {
+            Ok(ChunkEntry {
+                index: r.try_get::<i64, _>(0)? as u64,
+                offset: r.try_get::<i64, _>(1)? as u64,
+                length: r.try_get::<i64, _>(2)? as u64,
+                hash: chunk_id(r.try_get(3)?)?,
+            })
+        }
+
         fn file_record(row: &<$db as sqlx::Database>::Row) -> Result<FileRecord> {
             Ok(FileRecord {
                 id: FileId::from_uuid(row.try_get("id")?),
@@ -180,9 +190,7 @@ macro_rules! impl_meta_store {
             }
             // Unique hashes in sorted order: concurrent uploads then lock chunk rows in the
             // same order and cannot deadlock, and no statement upserts one row twice.
-            let mut unique: Vec<(ChunkId, u64)> = chunks.iter().map(|c| (c.hash, c.length)).collect();
-            unique.sort_by_key(|c| c.0);
-            unique.dedup_by_key(|c| c.0);
+            let unique = crate::unique_by_hash(chunks);
             let mut states = std::collections::HashMap::with_capacity(unique.len());
             for batch in unique.chunks(BATCH) {
                 let mut qb = QueryBuilder::<$db>::new(
@@ -229,10 +237,7 @@ macro_rules! impl_meta_store {
                 );
                 qb.build().execute(&mut **tx).await?;
             }
-            Ok(chunks
-                .iter()
-                .map(|c| if states.get(&c.hash) == Some(&true) { ChunkState::Stored } else { ChunkState::MustWrite })
-                .collect())
+            Ok(crate::chunk_states(chunks, &states))
         }
 
         /// `commit_upload` inside the caller's transaction.
@@ -436,15 +441,7 @@ macro_rules! impl_meta_store {
                 .bind(i64::from(limit))
                 .fetch_all(&self.read)
                 .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(ChunkEntry {
-                            index: r.try_get::<i64, _>(0)? as u64,
-                            offset: r.try_get::<i64, _>(1)? as u64,
-                            length: r.try_get::<i64, _>(2)? as u64,
-                            hash: chunk_id(r.try_get(3)?)?,
-                        })
-                    })
+                rows.iter().map(chunk_entry)
                     .collect()
             }
 
@@ -472,15 +469,7 @@ macro_rules! impl_meta_store {
                 .bind(i64::from(limit))
                 .fetch_all(&self.read)
                 .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(ChunkEntry {
-                            index: r.try_get::<i64, _>(0)? as u64,
-                            offset: r.try_get::<i64, _>(1)? as u64,
-                            length: r.try_get::<i64, _>(2)? as u64,
-                            hash: chunk_id(r.try_get(3)?)?,
-                        })
-                    })
+                rows.iter().map(chunk_entry)
                     .collect()
             }
 
@@ -504,15 +493,7 @@ macro_rules! impl_meta_store {
                 .fetch_all(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                let entries = rows.iter()
-                    .map(|r| {
-                        Ok(ChunkEntry {
-                            index: r.try_get::<i64, _>(0)? as u64,
-                            offset: r.try_get::<i64, _>(1)? as u64,
-                            length: r.try_get::<i64, _>(2)? as u64,
-                            hash: chunk_id(r.try_get(3)?)?,
-                        })
-                    })
+                let entries = rows.iter().map(chunk_entry)
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Some((file, entries)))
             }

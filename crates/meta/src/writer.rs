@@ -25,7 +25,8 @@ use tokio::sync::oneshot;
 use crate::sql::FILE_COLUMNS;
 use crate::{
     AccountId, ChunkState, CommitFile, FileRecord, MetaError, NewUpload, PendingChunk, Result,
-    UploadState, chunk_row, from_micros, micros, to_i64, whole_manifest,
+    UploadState, chunk_row, chunk_states, from_micros, micros, to_i64, unique_by_hash,
+    whole_manifest,
 };
 
 /// Most jobs in one transaction: bounds how long the first caller of a batch waits.
@@ -183,9 +184,7 @@ fn create_file_tx(
     let rows = refs.iter().map(chunk_row).collect::<Result<Vec<_>>>()?;
     let now = micros(OffsetDateTime::now_utc());
     // Hash order, as everywhere chunk rows are written; each hash once.
-    let mut unique: Vec<(ChunkId, u64)> = refs.iter().map(|c| (c.hash, c.length)).collect();
-    unique.sort_by_key(|c| c.0);
-    unique.dedup_by_key(|c| c.0);
+    let unique = unique_by_hash(&refs);
     let mut live = std::collections::HashMap::with_capacity(unique.len());
     for (hash, len) in &unique {
         let key = hash.as_bytes().as_slice();
@@ -248,17 +247,7 @@ fn create_file_tx(
     for (idx, off, len, hash) in &rows {
         insert.execute(params![id, idx, off, len, hash.as_bytes().as_slice()])?;
     }
-    let states = chunks
-        .iter()
-        .map(|c| {
-            if live.get(&c.hash) == Some(&true) {
-                ChunkState::Stored
-            } else {
-                ChunkState::MustWrite
-            }
-        })
-        .collect();
-    Ok((record, states))
+    Ok((record, chunk_states(chunks, &live)))
 }
 
 /// Adds `size` to the owner's `bytes_used`, or fails with [`MetaError::QuotaExceeded`] (nothing
@@ -385,9 +374,7 @@ fn add_chunks_tx(
         }
     }
     // Hash order, as the SQL store locks chunk rows; each hash once.
-    let mut unique: Vec<(ChunkId, u64)> = chunks.iter().map(|c| (c.hash, c.length)).collect();
-    unique.sort_by_key(|c| c.0);
-    unique.dedup_by_key(|c| c.0);
+    let unique = unique_by_hash(chunks);
     let mut live = std::collections::HashMap::with_capacity(unique.len());
     {
         let mut upsert = conn.prepare_cached(
@@ -432,16 +419,7 @@ fn add_chunks_tx(
             hash.as_bytes().as_slice()
         ])?;
     }
-    Ok(chunks
-        .iter()
-        .map(|c| {
-            if live.get(&c.hash) == Some(&true) {
-                ChunkState::Stored
-            } else {
-                ChunkState::MustWrite
-            }
-        })
-        .collect())
+    Ok(chunk_states(chunks, &live))
 }
 
 /// The upload's state, chunk size and owner; `NotFound` when there is no such upload.
