@@ -14,8 +14,8 @@ RUN apt-get update \
 COPY --from=build /src/target/release/chunkvault /usr/local/bin/chunkvault
 USER chunkvault
 WORKDIR /var/lib/chunkvault
-# MALLOC_ARENA_MAX=2: glibc otherwise keeps an arena per blocking thread, each holding freed
-# chunk buffers; with erasure coding that took peak RSS from ~125 to ~215 MiB (see README).
+# MALLOC_ARENA_MAX=2: Rust allocations go to mimalloc, but SQLite's and other C libraries' go
+# to glibc, which otherwise keeps an arena per thread.
 ENV CHUNKVAULT_LISTEN=0.0.0.0:3000 \
     CHUNKVAULT_DATA_DIR=/var/lib/chunkvault/data \
     CHUNKVAULT_LOG_FORMAT=json \

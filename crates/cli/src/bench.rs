@@ -34,8 +34,6 @@ mod policies;
 const MB: f64 = 1e6;
 const GIB: f64 = (1u64 << 30) as f64;
 const MIB: f64 = (1u64 << 20) as f64;
-/// The same read size as `Client::upload_file`.
-const READ_CAPACITY: usize = 256 << 10;
 /// Part size and parts in flight of the object_store baseline's multipart upload.
 const BASELINE_PART: usize = 8 << 20;
 const BASELINE_PARTS_IN_FLIGHT: usize = 8;
@@ -216,7 +214,7 @@ async fn bench(
          Reads are served from the page cache for both systems (nothing drops caches)."
             .to_string(),
         "Both systems are driven by the same reqwest client (keep-alive pool, TCP_NODELAY); \
-         large bodies stream from the file in 256 KiB reads, chunked; downloads are streamed, \
+         large bodies stream from the file in 1 MiB reads, chunked; downloads are streamed, \
          counted and discarded."
             .to_string(),
         format!(
@@ -1149,9 +1147,8 @@ impl Baseline {
     async fn put_large(&self, src: &Path, key: &str, size: u64) -> Result<()> {
         match self {
             Self::Nginx(n) => {
-                // The same body as `Client::upload_file`: 256 KiB reads, chunked.
-                let file = tokio::fs::File::open(src).await?;
-                let body = tokio_util::io::ReaderStream::with_capacity(file, READ_CAPACITY);
+                // The same body as `Client::upload_file`: 1 MiB reads, chunked.
+                let (_, body) = chunkvault_client::file_body(src).await?;
                 let resp = n
                     .http
                     .put(format!("{}/{key}", n.base))
@@ -1162,8 +1159,8 @@ impl Baseline {
                 Ok(())
             }
             Self::Azure(a) => {
-                let file = tokio::fs::File::open(src).await?;
-                let mut body = tokio_util::io::ReaderStream::with_capacity(file, READ_CAPACITY);
+                let (_, body) = chunkvault_client::file_body(src).await?;
+                let mut body = std::pin::pin!(body);
                 let upload = a.store.put_multipart(&a.path(key)).await?;
                 let mut w = WriteMultipart::new_with_chunk_size(upload, BASELINE_PART);
                 let mut sent = 0u64;

@@ -122,23 +122,17 @@ impl Client {
         json(req.send().await?).await
     }
 
-    /// Uploads a local file, streamed from disk.
+    /// Uploads a local file, streamed from disk ([`file_body`]).
     pub async fn upload_file(
         &self,
         path: &std::path::Path,
         name: &str,
         content_type: &str,
     ) -> Result<FileInfo> {
-        let file = tokio::fs::File::open(path)
+        let (size, body) = file_body(path)
             .await
             .map_err(|e| ClientError::Url(format!("{}: {e}", path.display())))?;
-        let size = file
-            .metadata()
-            .await
-            .map_err(|e| ClientError::Url(e.to_string()))?
-            .len();
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
-        self.upload_stream(name, content_type, Some(size), stream)
+        self.upload_stream(name, content_type, Some(size), body)
             .await
     }
 
@@ -308,4 +302,50 @@ pub async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
 
 async fn json<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
     Ok(check(resp).await?.json().await?)
+}
+
+/// Bytes read from a file at a time by [`file_body`].
+pub const FILE_READ: usize = 1 << 20;
+/// Reads [`file_body`] keeps ready ahead of the sender.
+const FILE_READS_AHEAD: usize = 4;
+
+/// A file's size and its contents as a stream, for a request body. One blocking thread reads
+/// the file in [`FILE_READ`] pieces straight into the buffers that are sent, a few ahead of
+/// the connection: no copy between a read buffer and the body, and one thread hand-off per
+/// MiB. (`tokio::fs::File` behind a `ReaderStream` hands off every read to a pool thread and
+/// copies each one again; for a large upload that was about a tenth of the client's CPU.)
+pub async fn file_body(
+    path: &std::path::Path,
+) -> std::io::Result<(
+    u64,
+    impl Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+)> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let (tx, rx) = tokio::sync::mpsc::channel(FILE_READS_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        loop {
+            let mut buf = Vec::with_capacity(FILE_READ);
+            let read = (&mut file).take(FILE_READ as u64).read_to_end(&mut buf);
+            let end = !matches!(read, Ok(n) if n > 0);
+            let item = match read {
+                Ok(0) => break,
+                Ok(_) => Ok(Bytes::from(buf)),
+                Err(e) => Err(e),
+            };
+            // A closed channel: the request was dropped, stop reading.
+            if tx.blocking_send(item).is_err() || end {
+                break;
+            }
+        }
+    });
+    Ok((size, receiver_stream(rx)))
+}
+
+fn receiver_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
