@@ -597,7 +597,7 @@ pub(crate) fn whole_manifest(
     refs.sort_by_key(|c| c.index);
     refs.dedup_by_key(|c| c.index);
     let n = chunkvault_types::chunk_count(size, chunk_size);
-    let total: u128 = refs.iter().map(|c| u128::from(c.length)).sum();
+    let total: i128 = refs.iter().map(|c| i128::from(c.length)).sum();
     let misplaced = refs
         .iter()
         .filter(|c| {
@@ -608,15 +608,43 @@ pub(crate) fn whole_manifest(
                 || (c.index + 1 < n && c.length != chunk_size)
         })
         .count();
-    if refs.len() as u64 != n || total != u128::from(size) || misplaced != 0 {
+    check_layout(
+        Layout {
+            chunks: n.into(),
+            chunk_size: chunk_size.into(),
+            size: size.into(),
+        },
+        "given",
+        [refs.len() as i128, total, misplaced as i128],
+    )?;
+    Ok(refs)
+}
+
+/// What a committed file's manifest must be: `chunks` indices `0..n` laid end to end at
+/// `chunk_size`, adding up to `size`.
+pub(crate) struct Layout {
+    pub chunks: i128,
+    pub chunk_size: i128,
+    pub size: i128,
+}
+
+/// The check every commit makes of the chunks it was `given` or has `recorded`:
+/// `[count, total bytes, misplaced]` against `expected`.
+pub(crate) fn check_layout(expected: Layout, source: &str, found: [i128; 3]) -> Result<()> {
+    let Layout {
+        chunks: n,
+        chunk_size,
+        size,
+    } = expected;
+    let [count, total, misplaced] = found;
+    if count != n || total != size || misplaced != 0 {
         return Err(MetaError::InvalidManifest {
             message: format!(
-                "expected {n} chunks of {chunk_size} bytes totalling {size}; given {} totalling {total}, {misplaced} misplaced",
-                refs.len()
+                "expected {n} chunks of {chunk_size} bytes totalling {size}; {source} {count} totalling {total}, {misplaced} misplaced"
             ),
         });
     }
-    Ok(refs)
+    Ok(())
 }
 
 /// Each chunk's hash and length once, in hash order: the order every statement that writes

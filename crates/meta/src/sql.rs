@@ -264,13 +264,11 @@ macro_rules! impl_meta_store {
             .fetch_one(&mut **tx)
             .await?;
             let (count, total, misplaced): (i64, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            if count != n || total != size || misplaced != 0 {
-                return Err(MetaError::InvalidManifest {
-                    message: format!(
-                        "expected {n} chunks of {chunk_size} bytes totalling {size}; recorded {count} totalling {total}, {misplaced} misplaced"
-                    ),
-                });
-            }
+            crate::check_layout(
+                crate::Layout { chunks: n.into(), chunk_size: chunk_size.into(), size: size.into() },
+                "recorded",
+                [count.into(), total.into(), misplaced.into()],
+            )?;
             if let Some(owner) = owner {
                 // One statement checks and charges, so concurrent commits of one account
                 // cannot both slip under the quota (PostgreSQL locks the row; SQLite

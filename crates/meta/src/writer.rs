@@ -24,9 +24,9 @@ use tokio::sync::oneshot;
 
 use crate::sql::FILE_COLUMNS;
 use crate::{
-    AccountId, ChunkState, CommitFile, FileRecord, MetaError, NewUpload, PendingChunk, Result,
-    UploadState, chunk_row, chunk_states, from_micros, micros, to_i64, unique_by_hash,
-    whole_manifest,
+    AccountId, ChunkState, CommitFile, FileRecord, Layout, MetaError, NewUpload, PendingChunk,
+    Result, UploadState, check_layout, chunk_row, chunk_states, from_micros, micros, to_i64,
+    unique_by_hash, whole_manifest,
 };
 
 /// Most jobs in one transaction: bounds how long the first caller of a batch waits.
@@ -298,13 +298,15 @@ fn commit_tx(conn: &Connection, upload: FileId, c: &CommitFile) -> Result<FileRe
         .query_row(params![id, n, chunk_size], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
-    if count != n || total != size || misplaced != 0 {
-        return Err(MetaError::InvalidManifest {
-            message: format!(
-                "expected {n} chunks of {chunk_size} bytes totalling {size}; recorded {count} totalling {total}, {misplaced} misplaced"
-            ),
-        });
-    }
+    check_layout(
+        Layout {
+            chunks: n.into(),
+            chunk_size: chunk_size.into(),
+            size: size.into(),
+        },
+        "recorded",
+        [count.into(), total.into(), misplaced.into()],
+    )?;
     if let Some(owner) = owner {
         charge(conn, owner, c.size)?;
     }
