@@ -74,26 +74,37 @@ impl PointReads {
         self.with(|conn| file(conn, id))
     }
 
-    /// Both reads in one read transaction: one snapshot, and SQLite takes and drops its WAL
-    /// read lock (two fcntl calls) once instead of twice.
+    /// The file's row and the start of its manifest in one statement ([`FILE_WITH_ENTRIES`]):
+    /// one snapshot, one read lock taken and dropped (two `fcntl` calls on the shared memory
+    /// index), and none of the `BEGIN`/`COMMIT` a two-statement read needs for its snapshot.
     pub(crate) fn file_with_manifest(
         &self,
         id: FileId,
         limit: u32,
     ) -> Result<Option<(FileRecord, Vec<ChunkEntry>)>> {
         self.with(|conn| {
-            conn.prepare_cached("BEGIN")?.execute([])?;
-            let read = file(conn, id).and_then(|found| match found {
-                // The same snapshot just found the file committed.
-                Some(f) => Ok(Some((f, entries(conn, id, 0, limit, ENTRIES)?))),
-                None => Ok(None),
-            });
-            let ended = conn
-                .prepare_cached("COMMIT")
-                .and_then(|mut c| c.execute([]));
-            let read = read?;
-            ended?;
-            Ok(read)
+            let mut stmt = conn.prepare_cached(&FILE_WITH_ENTRIES)?;
+            let mut rows = stmt.query(params![
+                id.as_uuid().as_bytes().as_slice(),
+                i64::from(limit)
+            ])?;
+            let mut found: Option<(FileRecord, Vec<ChunkEntry>)> = None;
+            while let Some(row) = rows.next()? {
+                let (_, entries) = match &mut found {
+                    Some(f) => f,
+                    None => found.insert((file_record(row)?, Vec::new())),
+                };
+                // A file without chunks (empty) is one row with no manifest columns.
+                if let Some(index) = row.get::<_, Option<i64>>(FILE_COLUMN_COUNT)? {
+                    entries.push(ChunkEntry {
+                        index: index as u64,
+                        offset: row.get::<_, i64>(FILE_COLUMN_COUNT + 1)? as u64,
+                        length: row.get::<_, i64>(FILE_COLUMN_COUNT + 2)? as u64,
+                        hash: chunk_id(row.get(FILE_COLUMN_COUNT + 3)?)?,
+                    });
+                }
+            }
+            Ok(found)
         })
     }
 
@@ -103,7 +114,7 @@ impl PointReads {
         from_index: u64,
         limit: u32,
     ) -> Result<Vec<ChunkEntry>> {
-        self.with(|conn| entries(conn, id, from_index, limit, COMMITTED_ENTRIES))
+        self.with(|conn| entries(conn, id, from_index, limit))
     }
 }
 
@@ -115,6 +126,23 @@ fn file(conn: &Connection, id: FileId) -> Result<Option<FileRecord>> {
         .optional()?)
 }
 
+/// How many columns `FILE_COLUMNS` names: the manifest's columns follow them in
+/// [`FILE_WITH_ENTRIES`].
+const FILE_COLUMN_COUNT: usize = 10;
+
+/// A committed file's row joined with its first manifest entries (`?2` of them): one row per
+/// entry, in index order (the join walks `file_chunks`' primary key), or one row with NULL
+/// entry columns for a file without chunks. No row: no such committed file.
+static FILE_WITH_ENTRIES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {FILE_COLUMNS}, fc.idx, fc.byte_offset, fc.byte_length, fc.hash
+         FROM files f LEFT JOIN file_chunks fc
+           ON fc.file_id = f.id AND fc.idx >= 0 AND fc.idx < ?2
+         WHERE f.id = ?1 AND f.state = 'committed'
+         ORDER BY fc.idx"
+    )
+});
+
 /// Manifest entries of a committed file, by index range. A committed manifest's indices run
 /// 0..n without gaps, so the range is the page. Not `LIMIT ?`: SQLite plans with a bound
 /// LIMIT's value and so prepares such a statement again on every execution.
@@ -123,20 +151,15 @@ const COMMITTED_ENTRIES: &str = "SELECT fc.idx, fc.byte_offset, fc.byte_length, 
      WHERE fc.file_id = ?1 AND f.state = 'committed' AND fc.idx >= ?2 AND fc.idx < ?3
      ORDER BY fc.idx";
 
-/// The same, for a caller that found the file committed in the same read transaction.
-const ENTRIES: &str = "SELECT idx, byte_offset, byte_length, hash FROM file_chunks
-     WHERE file_id = ?1 AND idx >= ?2 AND idx < ?3 ORDER BY idx";
-
-/// Up to `limit` manifest entries from `from_index` on, read with `sql` (one of the above).
+/// Up to `limit` manifest entries of a committed file from `from_index` on.
 fn entries(
     conn: &Connection,
     id: FileId,
     from_index: u64,
     limit: u32,
-    sql: &str,
 ) -> Result<Vec<ChunkEntry>> {
     let from = to_i64(from_index, "chunk index")?;
-    let mut stmt = conn.prepare_cached(sql)?;
+    let mut stmt = conn.prepare_cached(COMMITTED_ENTRIES)?;
     let rows = stmt.query_map(
         params![
             id.as_uuid().as_bytes().as_slice(),
@@ -163,4 +186,15 @@ fn entries(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_manifest_columns_follow_the_file_columns() {
+        assert_eq!(
+            crate::sql::FILE_COLUMNS.split(',').count(),
+            super::FILE_COLUMN_COUNT
+        );
+    }
 }
