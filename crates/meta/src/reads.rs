@@ -152,12 +152,7 @@ const COMMITTED_ENTRIES: &str = "SELECT fc.idx, fc.byte_offset, fc.byte_length, 
      ORDER BY fc.idx";
 
 /// Up to `limit` manifest entries of a committed file from `from_index` on.
-fn entries(
-    conn: &Connection,
-    id: FileId,
-    from_index: u64,
-    limit: u32,
-) -> Result<Vec<ChunkEntry>> {
+fn entries(conn: &Connection, id: FileId, from_index: u64, limit: u32) -> Result<Vec<ChunkEntry>> {
     let from = to_i64(from_index, "chunk index")?;
     let mut stmt = conn.prepare_cached(COMMITTED_ENTRIES)?;
     let rows = stmt.query_map(
