@@ -62,7 +62,7 @@ impl PointReads {
             None => self.connect()?,
         };
         let out = read(&conn);
-        // Never pooled inside a transaction (a read that failed between BEGIN and COMMIT).
+        // Never pooled inside a transaction (a read that failed inside one it began).
         if !conn.is_autocommit() && conn.execute_batch("ROLLBACK").is_err() {
             return out;
         }
