@@ -498,8 +498,9 @@ fn write_staged(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
 /// a reader sees all of the blob or nothing, as with a staging file, but ext4 does one
 /// directory insertion instead of an insertion, a rename and a removal, and a crash leaves no
 /// debris. `Ok(false)` when this cannot be done here (a file system without `O_TMPFILE`, no
-/// `/proc`, a missing directory) or `path` exists already: the caller then writes through a
-/// staging file, which also replaces an existing blob as a put must.
+/// `/proc`, a missing directory) or `path` exists already without holding `data` (see
+/// [`holds`]): the caller then writes through a staging file, which also replaces a damaged
+/// blob as a put must.
 #[cfg(target_os = "linux")]
 fn write_unnamed(path: &std::path::Path, data: &[u8]) -> std::io::Result<bool> {
     use rustix::fs::{AtFlags, CWD, Mode, OFlags};
@@ -524,9 +525,36 @@ fn write_unnamed(path: &std::path::Path, data: &[u8]) -> std::io::Result<bool> {
     let unnamed = format!("/proc/self/fd/{}", file.as_raw_fd());
     match rustix::fs::linkat(CWD, unnamed.as_str(), CWD, path, AtFlags::SYMLINK_FOLLOW) {
         Ok(()) => Ok(true),
-        Err(Errno::EXIST | Errno::NOENT | Errno::PERM | Errno::ACCESS) => Ok(false),
+        // The same content stored before (deduplication) or by a concurrent put: kept as it
+        // is when intact, replaced when not.
+        Err(Errno::EXIST) => Ok(holds(path, data)),
+        Err(Errno::NOENT | Errno::PERM | Errno::ACCESS) => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether the file at `path` holds exactly `data`. A put of a blob that is there intact need
+/// not replace it: its name is its content's hash, and a blob is only ever replaced whole (by
+/// a link or a rename), so what is read here is what later reads get. Replacing costs a
+/// staging file and a rename, which ext4 follows by writing the new file out at once. Any
+/// error reading it counts as "not intact": the caller then replaces it.
+#[cfg(target_os = "linux")]
+fn holds(path: &std::path::Path, data: &[u8]) -> bool {
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return false;
+    };
+    if !file.metadata().is_ok_and(|m| m.len() == data.len() as u64) {
+        return false;
+    }
+    let mut buf = [0u8; 8192];
+    for expected in data.chunks(buf.len()) {
+        let got = &mut buf[..expected.len()];
+        if file.read_exact(got).is_err() || got != expected {
+            return false;
+        }
+    }
+    true
 }
 
 /// A local chunk file read whole on the calling task when it is small; `None` when it is not.

@@ -155,3 +155,47 @@ async fn local_sweep_removes_only_old_staging_files() {
     let mem = ObjectStoreBlobs::memory();
     assert_eq!(mem.sweep_incomplete(now).await.unwrap(), 0);
 }
+
+/// A put of a small blob that is there intact keeps the stored file (no staging file and
+/// rename for deduplicated content); one whose stored bytes differ, or are cut short, is
+/// replaced whole.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn local_put_keeps_an_intact_blob_and_replaces_a_damaged_one() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("blobs");
+    let store = ObjectStoreBlobs::open(
+        &BlobConfig::Local {
+            root: root.clone(),
+            fsync: false,
+        },
+        &RetryOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Larger than the 8 KiB comparison buffer, not a multiple of it.
+    let data = bytes::Bytes::from((0..20_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    let id = ChunkId::of(&data);
+    let path = root.join(chunkvault_blob::chunk_key(&id));
+    store.put(&id, data.clone()).await.unwrap();
+    let first = std::fs::metadata(&path).unwrap().ino();
+
+    store.put(&id, data.clone()).await.unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().ino(),
+        first,
+        "an intact blob is kept"
+    );
+
+    let mut damaged = data.to_vec();
+    damaged[15_000] ^= 1;
+    std::fs::write(&path, &damaged).unwrap();
+    store.put(&id, data.clone()).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data, "a damaged blob is replaced");
+
+    std::fs::write(&path, &data[..10]).unwrap();
+    store.put(&id, data.clone()).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data, "a short blob is replaced");
+    assert_eq!(store.get(&id).await.unwrap(), data);
+}
