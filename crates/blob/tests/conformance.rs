@@ -192,10 +192,18 @@ async fn local_put_keeps_an_intact_blob_and_replaces_a_damaged_one() {
     damaged[15_000] ^= 1;
     std::fs::write(&path, &damaged).unwrap();
     store.put(&id, data.clone()).await.unwrap();
-    assert_eq!(std::fs::read(&path).unwrap(), data, "a damaged blob is replaced");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        data,
+        "a damaged blob is replaced"
+    );
 
     std::fs::write(&path, &data[..10]).unwrap();
     store.put(&id, data.clone()).await.unwrap();
-    assert_eq!(std::fs::read(&path).unwrap(), data, "a short blob is replaced");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        data,
+        "a short blob is replaced"
+    );
     assert_eq!(store.get(&id).await.unwrap(), data);
 }
