@@ -62,6 +62,14 @@ impl UploadMeta {
                 message: "fileName must not contain control characters".into(),
             });
         }
+        if self.name.chars().any(is_bidi_control) {
+            return Err(CoreError::Invalid {
+                code: "invalid_name",
+                message: "fileName must not contain bidirectional override, embedding or isolate \
+                          characters (U+202A-U+202E, U+2066-U+2069)"
+                    .into(),
+            });
+        }
         let t = self.content_type.trim();
         if t.is_empty() {
             self.content_type = "application/octet-stream".into();
@@ -88,6 +96,13 @@ impl UploadMeta {
         }
         Ok(self)
     }
+}
+
+/// Unicode's bidirectional embedding, override and isolate characters. They are not control
+/// characters to [`char::is_control`], but they make a name display otherwise than it reads:
+/// "invoice\u{202E}fdp.exe" shows as "invoiceexe.pdf", a known way to disguise a file's type.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// An upload whose bytes are all stored but which is not visible yet. Dropping it without
@@ -744,6 +759,10 @@ mod tests {
         );
         assert_eq!(code(meta("a\r\nSet-Cookie: x", "")), "invalid_name");
         assert_eq!(code(meta("a\0b", "")), "invalid_name");
+        assert_eq!(code(meta("invoice\u{202E}fdp.exe", "")), "invalid_name");
+        assert_eq!(code(meta("a\u{2066}b\u{2069}", "")), "invalid_name");
+        // Right-to-left text itself is a name like any other.
+        assert!(meta("مستند.pdf", "").validate().is_ok());
         assert_eq!(code(meta("a", "text/plain\r\nX: y")), "invalid_type");
         assert_eq!(code(meta("a", "notatype")), "invalid_type");
         assert_eq!(code(meta("a", "té/xt")), "invalid_type");
