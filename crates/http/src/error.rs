@@ -130,7 +130,11 @@ pub(crate) const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("invalid_id", 400, "the file id is not a hyphenated UUID"),
     ("missing_name", 400, "no fileName was given"),
     ("name_too_long", 400, "fileName is over 1024 bytes"),
-    ("invalid_name", 400, "fileName contains control characters"),
+    (
+        "invalid_name",
+        400,
+        "fileName contains control characters or bidirectional override, embedding or isolate characters",
+    ),
     ("invalid_type", 400, "fileType is not a valid media type"),
     (
         "invalid_size",

@@ -25,8 +25,8 @@ const MAX_FIELD_BYTES: usize = 8 * 1024;
 #[derive(utoipa::ToSchema)]
 #[schema(as = UploadForm)]
 struct UploadForm {
-    /// The file's name (up to 1024 bytes, no control characters); defaults to the file part's
-    /// filename.
+    /// The file's name (up to 1024 bytes; no control characters, no bidirectional override,
+    /// embedding or isolate characters); defaults to the file part's filename.
     #[schema(rename = "fileName")]
     file_name: Option<String>,
     /// Media type; defaults to the file part's Content-Type.
