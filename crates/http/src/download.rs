@@ -278,14 +278,21 @@ pub(crate) fn content_disposition(name: &str) -> String {
         .map(|c| {
             // No quote or backslash (they would end or escape the quoted string) and no slash:
             // RFC 6266 asks clients to strip paths, but not every script that saves by this
-            // name does.
-            if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '/') || c == ' ' {
+            // name does. No percent sign either: some clients percent-decode this parameter,
+            // which would turn "%2e%2e%2f" back into "../".
+            if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '/' | '%') || c == ' ' {
                 c
             } else {
                 '_'
             }
         })
         .collect();
+    // "." and ".." name a directory, not a file; the exact name is still in `filename*`.
+    let fallback = if fallback.trim_matches(|c| c == '.' || c == ' ').is_empty() {
+        "download".to_string()
+    } else {
+        fallback
+    };
     format!(
         "attachment; filename=\"{fallback}\"; filename*=UTF-8''{}",
         utf8_percent_encode(name, ATTR)
@@ -308,6 +315,16 @@ mod tests {
             "{cd}"
         );
         assert!(HeaderValue::from_str(&content_disposition("名前 ü ../../x;y=z")).is_ok());
+        let cd = content_disposition("%2e%2e%2fx");
+        assert!(
+            cd.starts_with("attachment; filename=\"_2e_2e_2fx\";"),
+            "{cd}"
+        );
+        assert!(cd.ends_with("filename*=UTF-8''%252e%252e%252fx"), "{cd}");
+        for dots in [".", "..", " . ."] {
+            let cd = content_disposition(dots);
+            assert!(cd.starts_with("attachment; filename=\"download\";"), "{cd}");
+        }
         let cd = content_disposition("../../etc/passwd");
         assert!(
             cd.starts_with("attachment; filename=\".._.._etc_passwd\";"),
