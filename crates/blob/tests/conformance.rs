@@ -7,33 +7,24 @@ use chunkvault_blob::{
 };
 use chunkvault_types::ChunkId;
 
+/// A local-directory store opened as the server opens it (`ObjectStoreBlobs::open`).
+async fn open_local(root: std::path::PathBuf, fsync: bool) -> ObjectStoreBlobs {
+    ObjectStoreBlobs::open(&BlobConfig::Local { root, fsync }, &RetryOptions::default())
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn local_directory_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ObjectStoreBlobs::open(
-        &BlobConfig::Local {
-            root: dir.path().join("blobs"),
-            fsync: false,
-        },
-        &RetryOptions::default(),
-    )
-    .await
-    .unwrap();
+    let store = open_local(dir.path().join("blobs"), false).await;
     conformance::run_all(&store).await;
 }
 
 #[tokio::test]
 async fn local_directory_with_fsync_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ObjectStoreBlobs::open(
-        &BlobConfig::Local {
-            root: dir.path().to_path_buf(),
-            fsync: true,
-        },
-        &RetryOptions::default(),
-    )
-    .await
-    .unwrap();
+    let store = open_local(dir.path().to_path_buf(), true).await;
     conformance::run_all(&store).await;
 }
 
@@ -49,15 +40,7 @@ async fn memory_conforms() {
 async fn wiped_directory_is_container_missing_not_chunk_missing() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("blobs");
-    let store = ObjectStoreBlobs::open(
-        &BlobConfig::Local {
-            root: root.clone(),
-            fsync: false,
-        },
-        &RetryOptions::default(),
-    )
-    .await
-    .unwrap();
+    let store = open_local(root.clone(), false).await;
     let id = ChunkId::of(b"x");
     store
         .put(&id, bytes::Bytes::from_static(b"x"))
@@ -113,15 +96,7 @@ async fn faulty_wrapper_conforms_when_healthy_and_fails_on_command() {
 async fn local_sweep_removes_only_old_staging_files() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("blobs");
-    let store = ObjectStoreBlobs::open(
-        &BlobConfig::Local {
-            root: root.clone(),
-            fsync: false,
-        },
-        &RetryOptions::default(),
-    )
-    .await
-    .unwrap();
+    let store = open_local(root.clone(), false).await;
     let id = ChunkId::of(b"kept");
     store
         .put(&id, bytes::Bytes::from_static(b"kept"))
@@ -165,15 +140,7 @@ async fn local_put_keeps_an_intact_blob_and_replaces_a_damaged_one() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("blobs");
-    let store = ObjectStoreBlobs::open(
-        &BlobConfig::Local {
-            root: root.clone(),
-            fsync: false,
-        },
-        &RetryOptions::default(),
-    )
-    .await
-    .unwrap();
+    let store = open_local(root.clone(), false).await;
     // Larger than the 8 KiB comparison buffer, not a multiple of it.
     let data = bytes::Bytes::from((0..20_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
     let id = ChunkId::of(&data);

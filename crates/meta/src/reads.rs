@@ -126,9 +126,18 @@ fn file(conn: &Connection, id: FileId) -> Result<Option<FileRecord>> {
         .optional()?)
 }
 
-/// How many columns `FILE_COLUMNS` names: the manifest's columns follow them in
-/// [`FILE_WITH_ENTRIES`].
-const FILE_COLUMN_COUNT: usize = 10;
+/// How many columns `FILE_COLUMNS` names (its commas plus one): the manifest's columns follow
+/// them in [`FILE_WITH_ENTRIES`].
+const FILE_COLUMN_COUNT: usize = {
+    let (bytes, mut i, mut n) = (FILE_COLUMNS.as_bytes(), 0, 1);
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+};
 
 /// A committed file's row joined with its first manifest entries (`?2` of them): one row per
 /// entry, in index order (the join walks `file_chunks`' primary key), or one row with NULL
