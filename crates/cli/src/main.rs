@@ -4,6 +4,7 @@ mod admin;
 mod bench;
 mod client_cmd;
 mod config;
+mod logging;
 mod ops;
 mod serve;
 mod wiring;
@@ -11,7 +12,7 @@ mod wiring;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use config::{Config, LogFormat, ServeArgs, StoreArgs};
+use config::{Config, ServeArgs, StoreArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -122,21 +123,6 @@ enum ConfigCommand {
     Check(ServeArgs),
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    // Colours only on a terminal: a log file or a collector gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -152,7 +138,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = runtime.block_on(run(cli));
+    logging::flush();
+    match code {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -165,33 +153,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(serve) => {
             let config = Config::load(&cli.store, &serve)?;
-            init_logging(config.log_format);
+            logging::init(config.log_format);
             serve::run(config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
             let config = Config::load(&cli.store, &ServeArgs::default())?;
-            init_logging(config.log_format);
+            logging::init(config.log_format);
             ops::migrate(&config).await
         }
         Command::Gc(args) => {
             let config = Config::load(&cli.store, &args.serve)?;
-            init_logging(config.log_format);
+            logging::init(config.log_format);
             ops::gc(&config, &args).await
         }
         Command::Scrub(args) => {
             let config = Config::load(&cli.store, &ServeArgs::default())?;
-            init_logging(config.log_format);
+            logging::init(config.log_format);
             ops::scrub(&config, &args).await
         }
         Command::Repair(args) => {
             let config = Config::load(&cli.store, &ServeArgs::default())?;
-            init_logging(config.log_format);
+            logging::init(config.log_format);
             ops::repair(&config, &args).await
         }
         Command::Location(LocationCommand::Drain { name, json }) => {
             let config = Config::load(&cli.store, &ServeArgs::default())?;
-            init_logging(config.log_format);
+            logging::init(config.log_format);
             ops::drain(&config, &name, json).await
         }
         Command::Upload { client, args } => client_cmd::upload(&client, &args).await,
@@ -207,7 +195,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => client_cmd::link(&client, &id, &expires, range).await,
         Command::Admin(cmd) => {
             let config = Config::load(&cli.store, &ServeArgs::default())?;
-            init_logging(config.log_format);
+            logging::init(config.log_format);
             admin::run(&config, cmd).await
         }
         Command::Openapi => {

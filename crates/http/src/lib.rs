@@ -31,6 +31,7 @@ use utoipa_axum::routes;
 
 pub use auth::{AuthMode, AuthOptions, MAX_HEADER_BYTES};
 pub use error::ApiError;
+pub use observe::ACCESS_LOG_TARGET;
 
 /// Everything a handler needs, behind one `Arc`: axum clones the state for every extractor and
 /// middleware of every request, and one reference count is cheaper than a dozen.

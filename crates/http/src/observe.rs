@@ -2,11 +2,11 @@
 //! metrics. Labels are bounded: the route template (`/download/{id}`), never an id or a name.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chunkvault_core::Stats;
@@ -16,6 +16,10 @@ use tracing::Instrument;
 use crate::AppState;
 
 pub(crate) const REQUEST_ID: &str = "x-request-id";
+
+/// The target of the one log line per request ([`track`]): a log writer may batch these lines
+/// (the binary does), as nothing else in the log is that frequent.
+pub const ACCESS_LOG_TARGET: &str = module_path!();
 
 /// The process's Prometheus recorder, installed on first use. `None` if another recorder was
 /// installed first (then `/metrics` says so).
@@ -72,16 +76,51 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_string();
-    span.in_scope(|| tracing::info!(status, duration_ms = (secs * 1000.0) as u64, response_bytes = %length, "request"));
-    let labels = [
-        ("method", method.to_string()),
-        ("route", route),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!("chunkvault_http_requests_total", &labels).increment(1);
-    metrics::histogram!("chunkvault_http_request_duration_seconds", &labels).record(secs);
+    span.in_scope(|| tracing::info!(target: ACCESS_LOG_TARGET, status, duration_ms = (secs * 1000.0) as u64, response_bytes = %length, "request"));
+    let (count, duration) = request_metrics(method, route, status);
+    count.increment(1);
+    duration.record(secs);
     resp.headers_mut().insert(REQUEST_ID, id);
     resp
+}
+
+/// The request counter and duration histogram of one method, route and status: registered
+/// once and kept, since registering costs label strings and a registry lookup per request.
+/// Methods outside the standard ones count as `OTHER`, so clients cannot grow the label set.
+fn request_metrics(
+    method: Method,
+    route: String,
+    status: u16,
+) -> (metrics::Counter, metrics::Histogram) {
+    type Handles = HashMap<(&'static str, String, u16), (metrics::Counter, metrics::Histogram)>;
+    let method = standard_method(&method);
+    static HANDLES: OnceLock<Mutex<Handles>> = OnceLock::new();
+    let mut handles = HANDLES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    handles
+        .entry((method, route, status))
+        .or_insert_with_key(|(method, route, status)| {
+            let labels = [
+                ("method", method.to_string()),
+                ("route", route.clone()),
+                ("status", status.to_string()),
+            ];
+            (
+                metrics::counter!("chunkvault_http_requests_total", &labels),
+                metrics::histogram!("chunkvault_http_request_duration_seconds", &labels),
+            )
+        })
+        .clone()
+}
+
+fn standard_method(m: &Method) -> &'static str {
+    const STANDARD: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+    STANDARD
+        .into_iter()
+        .find(|s| *s == m.as_str())
+        .unwrap_or("OTHER")
 }
 
 /// The values of a vault's pipeline counters (`core::Stats`) last added to the process's
