@@ -478,6 +478,7 @@ pub async fn a_whole_file_is_recorded_in_one_transaction(m: &dyn MetaStore) {
         ("final.bin", "text/plain")
     );
     assert_eq!(m.file(u.id).await.unwrap().unwrap(), f);
+    let whole = f.clone();
     assert_eq!(
         m.upload(u.id).await.unwrap().unwrap().state,
         UploadState::Committed
@@ -522,6 +523,8 @@ pub async fn a_whole_file_is_recorded_in_one_transaction(m: &dyn MetaStore) {
     let (f, states) = m.create_file(&empty, &[], &commit(0)).await.unwrap();
     assert!(states.is_empty());
     assert_eq!((f.size, f.chunk_count), (0, 0));
+    let (file, entries) = m.file_with_manifest(empty.id, 10).await.unwrap().unwrap();
+    assert_eq!((file, entries), (f, Vec::new()));
 
     // Refused, with nothing recorded: an id in use, a manifest with a hole or the wrong total.
     assert!(
@@ -590,6 +593,19 @@ pub async fn a_whole_file_is_recorded_in_one_transaction(m: &dyn MetaStore) {
         .await
         .unwrap();
     assert_eq!(states, vec![ChunkState::MustWrite]);
+
+    // Read back whole or in part, as often as asked (a store may keep recent files); once
+    // deleted, gone for every read at once.
+    for _ in 0..2 {
+        let (file, entries) = m.file_with_manifest(u.id, 10).await.unwrap().unwrap();
+        assert_eq!((file, entries), (whole.clone(), manifest.clone()));
+        let (_, first) = m.file_with_manifest(u.id, 2).await.unwrap().unwrap();
+        assert_eq!(first, manifest[..2]);
+    }
+    assert!(m.delete_file(u.id).await.unwrap());
+    assert!(m.file_with_manifest(u.id, 10).await.unwrap().is_none());
+    assert!(m.file(u.id).await.unwrap().is_none());
+    assert!(m.manifest(u.id, 0, 10).await.unwrap().is_empty());
 }
 
 pub async fn opening_with_chunks_is_one_transaction(m: &dyn MetaStore) {

@@ -19,6 +19,7 @@
 pub mod conformance;
 mod postgres;
 mod reads;
+mod recent;
 mod schema;
 mod sql;
 mod sqlite;

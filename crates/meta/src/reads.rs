@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use chunkvault_types::{ChunkEntry, FileId};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+use crate::recent::RecentFiles;
 use crate::sql::FILE_COLUMNS;
 use crate::writer::file_record;
 use crate::{FileRecord, Result, chunk_id, to_i64};
@@ -24,6 +25,8 @@ const KEEP: usize = 8;
 pub(crate) struct PointReads {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Small files recently written or read (see `recent.rs`).
+    pub(crate) recent: RecentFiles,
 }
 
 impl PointReads {
@@ -32,6 +35,7 @@ impl PointReads {
         let reads = Self {
             path,
             idle: Mutex::new(Vec::new()),
+            recent: RecentFiles::default(),
         };
         let conn = reads.connect()?;
         reads.put_back(conn);
@@ -71,6 +75,9 @@ impl PointReads {
     }
 
     pub(crate) fn file(&self, id: FileId) -> Result<Option<FileRecord>> {
+        if let Some((file, _)) = self.recent.get(id) {
+            return Ok(Some(file));
+        }
         self.with(|conn| file(conn, id))
     }
 
@@ -78,6 +85,23 @@ impl PointReads {
     /// one snapshot, one read lock taken and dropped (two `fcntl` calls on the shared memory
     /// index), and none of the `BEGIN`/`COMMIT` a two-statement read needs for its snapshot.
     pub(crate) fn file_with_manifest(
+        &self,
+        id: FileId,
+        limit: u32,
+    ) -> Result<Option<(FileRecord, Vec<ChunkEntry>)>> {
+        if let Some((file, mut entries)) = self.recent.get(id) {
+            entries.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            return Ok(Some((file, entries)));
+        }
+        let generation = self.recent.generation();
+        let found = self.read_file_with_manifest(id, limit)?;
+        if let Some((file, entries)) = &found {
+            self.recent.insert(generation, file, entries);
+        }
+        Ok(found)
+    }
+
+    fn read_file_with_manifest(
         &self,
         id: FileId,
         limit: u32,

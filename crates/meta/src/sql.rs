@@ -374,7 +374,13 @@ macro_rules! impl_meta_store {
 
             async fn create_file(&self, u: &NewUpload, chunks: &[PendingChunk], c: &CommitFile) -> Result<(FileRecord, Vec<ChunkState>)> {
                 if let Some(writer) = dialect::upload_writer(self) {
-                    return writer.create_file(u, chunks, c).await;
+                    // A file just written is often read soon: its record is kept (SQLite).
+                    let recent = dialect::point_reads(self).map(|r| (&r.recent, r.recent.generation()));
+                    let (file, states, manifest) = writer.create_file(u, chunks, c).await?;
+                    if let Some((recent, generation)) = recent {
+                        recent.insert(generation, &file, &manifest);
+                    }
+                    return Ok((file, states));
                 }
                 let mut tx = begin(&self.write).await?;
                 insert_upload(u)?.execute(&mut *tx).await?;
@@ -517,6 +523,8 @@ macro_rules! impl_meta_store {
             }
 
             async fn delete_file(&self, id: FileId) -> Result<bool> {
+                // Declared first, dropped last: after the transaction, however it ends.
+                let _forget = dialect::point_reads(self).map(|r| crate::recent::ForgetOnDrop(&r.recent, id));
                 let mut tx = begin(&self.write).await?;
                 let owner = match lock_upload(&mut tx, id).await {
                     Ok((UploadState::Committed, _, owner)) => owner,

@@ -17,7 +17,7 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use chunkvault_types::{ChunkId, FileId};
+use chunkvault_types::{ChunkEntry, ChunkId, FileId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -163,7 +163,7 @@ impl UploadWriter {
         u: &NewUpload,
         chunks: &[PendingChunk],
         c: &CommitFile,
-    ) -> Result<(FileRecord, Vec<ChunkState>)> {
+    ) -> Result<(FileRecord, Vec<ChunkState>, Vec<ChunkEntry>)> {
         let (u, chunks, c) = (u.clone(), chunks.to_vec(), c.clone());
         self.call(move |conn| create_file_tx(conn, &u, &chunks, &c))
             .await
@@ -172,13 +172,14 @@ impl UploadWriter {
 
 /// Records a whole file at once (see `MetaStore::create_file`): what opening it, adding its
 /// chunks and committing it do, written straight in their final state (the file committed,
-/// its chunks live), about half the statements of the three steps.
+/// its chunks live), about half the statements of the three steps. Also returns the manifest
+/// as recorded.
 fn create_file_tx(
     conn: &Connection,
     u: &NewUpload,
     chunks: &[PendingChunk],
     c: &CommitFile,
-) -> Result<(FileRecord, Vec<ChunkState>)> {
+) -> Result<(FileRecord, Vec<ChunkState>, Vec<ChunkEntry>)> {
     let refs = whole_manifest(chunks, u.chunk_size, c.size)?;
     let size = to_i64(c.size, "file size")?;
     let rows = refs.iter().map(chunk_row).collect::<Result<Vec<_>>>()?;
@@ -247,7 +248,16 @@ fn create_file_tx(
     for (idx, off, len, hash) in &rows {
         insert.execute(params![id, idx, off, len, hash.as_bytes().as_slice()])?;
     }
-    Ok((record, chunk_states(chunks, &live)))
+    let manifest = refs
+        .iter()
+        .map(|r| ChunkEntry {
+            index: r.index,
+            offset: r.offset,
+            length: r.length,
+            hash: r.hash,
+        })
+        .collect();
+    Ok((record, chunk_states(chunks, &live), manifest))
 }
 
 /// Adds `size` to the owner's `bytes_used`, or fails with [`MetaError::QuotaExceeded`] (nothing

@@ -1,0 +1,206 @@
+//! Recently written and read small files, kept in memory in front of SQLite's point reads.
+//!
+//! A small file's download reads its row and its one manifest entry: in SQLite that is a read
+//! transaction (two `fcntl` calls on the WAL index), a statement and its rows, a fifth of the
+//! download's CPU time. Committed files never change; they are only deleted. So the record
+//! and the whole manifest of a file with at most [`MAX_CHUNKS`] chunks are kept here when
+//! the file is created whole and when a read finds it, for [`TTL`], at most [`CAPACITY`]
+//! files, the oldest dropped first.
+//!
+//! Deleting a file through this store forgets it, and a read that began before the deletion
+//! cannot put it back (the generation check in [`RecentFiles::insert`]): after a deletion
+//! returns, this process never serves the file again. A deletion by another process on the
+//! same database file is seen within [`TTL`]. The chunks of a deleted file stay for the GC
+//! grace period, and every chunk is verified on reading, so a stale entry can only serve the
+//! deleted file's own bytes. PostgreSQL, where several nodes share the database, has no such
+//! cache.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chunkvault_types::{ChunkEntry, FileId};
+
+use crate::FileRecord;
+
+/// Most files kept (a few hundred bytes each).
+pub(crate) const CAPACITY: usize = 8192;
+/// Files with more chunks are not kept: their downloads are not dominated by the lookup.
+pub(crate) const MAX_CHUNKS: u64 = 8;
+/// How long a file is kept: bounds how long a deletion by another process goes unseen.
+pub(crate) const TTL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+pub(crate) struct RecentFiles {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    files: HashMap<FileId, Kept>,
+    /// Ids in the order they were kept, with when: the oldest go first. May name ids already
+    /// forgotten or kept again since (their time then differs).
+    order: VecDeque<(FileId, Instant)>,
+    /// Counts deletions: a read that began before one must not keep what it found.
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct Kept {
+    at: Instant,
+    file: FileRecord,
+    entries: Vec<ChunkEntry>,
+}
+
+impl RecentFiles {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Every change below leaves the maps consistent at each step.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Taken before a read or a write whose result may be kept: see [`RecentFiles::insert`].
+    pub(crate) fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// The file and its whole manifest, if kept and not older than [`TTL`].
+    pub(crate) fn get(&self, id: FileId) -> Option<(FileRecord, Vec<ChunkEntry>)> {
+        let mut inner = self.lock();
+        let kept = inner.files.get(&id)?;
+        if kept.at.elapsed() < TTL {
+            return Some((kept.file.clone(), kept.entries.clone()));
+        }
+        inner.files.remove(&id);
+        None
+    }
+
+    /// Keeps a committed file found or written under `generation`, if no deletion came since,
+    /// it is small and `entries` is its whole manifest.
+    pub(crate) fn insert(&self, generation: u64, file: &FileRecord, entries: &[ChunkEntry]) {
+        if file.chunk_count > MAX_CHUNKS || entries.len() as u64 != file.chunk_count {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.generation != generation {
+            return;
+        }
+        let at = Instant::now();
+        inner.files.insert(
+            file.id,
+            Kept {
+                at,
+                file: file.clone(),
+                entries: entries.to_vec(),
+            },
+        );
+        inner.order.push_back((file.id, at));
+        while inner.files.len() > CAPACITY || inner.order.len() > 2 * CAPACITY {
+            let Some((old, when)) = inner.order.pop_front() else {
+                break;
+            };
+            if inner.files.get(&old).is_some_and(|k| k.at == when) {
+                inner.files.remove(&old);
+            }
+        }
+    }
+
+    /// Forgets a file that is being or has been deleted, and stops reads that began before
+    /// from keeping it.
+    pub(crate) fn forget(&self, id: FileId) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.files.remove(&id);
+    }
+}
+
+/// Forgets a file when dropped: held across a deletion, it runs on every way out, after the
+/// transaction has ended.
+pub(crate) struct ForgetOnDrop<'a>(pub(crate) &'a RecentFiles, pub(crate) FileId);
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chunkvault_types::ChunkId;
+    use time::OffsetDateTime;
+
+    fn file(chunks: u64) -> (FileRecord, Vec<ChunkEntry>) {
+        let record = FileRecord {
+            id: FileId::new(),
+            name: "a".into(),
+            content_type: "text/plain".into(),
+            size: chunks * 10,
+            chunk_size: 10,
+            chunk_count: chunks,
+            sha256: "0".repeat(64),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            committed_at: OffsetDateTime::UNIX_EPOCH,
+            owner: None,
+        };
+        let entries = (0..chunks)
+            .map(|i| ChunkEntry {
+                index: i,
+                offset: i * 10,
+                length: 10,
+                hash: ChunkId::of(&i.to_le_bytes()),
+            })
+            .collect();
+        (record, entries)
+    }
+
+    #[test]
+    fn keeps_small_whole_files_only() {
+        let recent = RecentFiles::default();
+        let (f, e) = file(1);
+        recent.insert(recent.generation(), &f, &e);
+        assert_eq!(recent.get(f.id).map(|(r, e)| (r.id, e)), Some((f.id, e)));
+
+        let (big, entries) = file(MAX_CHUNKS + 1);
+        recent.insert(recent.generation(), &big, &entries);
+        assert!(recent.get(big.id).is_none());
+
+        let (partial, entries) = file(3);
+        recent.insert(recent.generation(), &partial, &entries[..2]);
+        assert!(recent.get(partial.id).is_none());
+    }
+
+    #[test]
+    fn a_read_from_before_a_deletion_is_not_kept() {
+        let recent = RecentFiles::default();
+        let (f, e) = file(1);
+        let before = recent.generation();
+        recent.forget(f.id);
+        recent.insert(before, &f, &e);
+        assert!(recent.get(f.id).is_none());
+        recent.insert(recent.generation(), &f, &e);
+        assert!(recent.get(f.id).is_some());
+        drop(ForgetOnDrop(&recent, f.id));
+        assert!(recent.get(f.id).is_none());
+    }
+
+    #[test]
+    fn the_oldest_go_first_beyond_capacity() {
+        let recent = RecentFiles::default();
+        let files: Vec<_> = (0..CAPACITY + 10).map(|_| file(1)).collect();
+        for (f, e) in &files {
+            recent.insert(recent.generation(), f, e);
+        }
+        assert!(recent.get(files[9].0.id).is_none());
+        assert!(recent.get(files[10].0.id).is_some());
+        assert!(recent.get(files[CAPACITY + 9].0.id).is_some());
+        // Forgotten and kept again many times: the order queue stays bounded.
+        let (f, e) = &files[CAPACITY + 9];
+        for _ in 0..3 * CAPACITY {
+            recent.forget(f.id);
+            recent.insert(recent.generation(), f, e);
+        }
+        let inner = recent.lock();
+        assert!(inner.order.len() <= 2 * CAPACITY);
+        assert!(inner.files.len() <= CAPACITY);
+    }
+}
