@@ -89,7 +89,8 @@ async fn access_lines_are_written_while_running_and_at_shutdown() {
             .body(reqwest::Body::wrap_stream(body_rx))
             .send(),
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Time for the server to have read the request head (it is waiting for the body).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
