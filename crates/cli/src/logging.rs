@@ -13,7 +13,11 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tracing::{Level, Metadata};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::LogFormat;
 
@@ -22,19 +26,21 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// Gathered bytes that are written at once.
 const FLUSH_BYTES: usize = 32 << 10;
 
-/// Starts logging to stderr in `format`, filtered by `RUST_LOG` (default: info).
+/// Starts logging to stderr in `format`, filtered by `RUST_LOG` when it is set and valid, else
+/// at info (sqlx and tower_http at warn).
 pub fn init(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
     // Colours only on a terminal: a log file or a collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(Stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| EnvFilter::try_new(v).ok());
+    match from_env {
+        Some(filter) => install(filter, format, ansi),
+        // Without RUST_LOG, a filter by target and level only: `EnvFilter` also tracks every
+        // span for directives on span fields, a shared lock taken each time a request's
+        // span is entered or left.
+        None => install(default_filter(), format, ansi),
     }
     let _ = std::thread::Builder::new()
         .name("log-flush".into())
@@ -52,6 +58,28 @@ pub fn init(format: LogFormat) {
         }
         previous(info);
     }));
+}
+
+/// Info and above; sqlx and tower_http (their per-statement and per-request lines) from warn.
+fn default_filter() -> Targets {
+    Targets::new()
+        .with_default(Level::INFO)
+        .with_target("sqlx", Level::WARN)
+        .with_target("tower_http", Level::WARN)
+}
+
+fn install<F>(filter: F, format: LogFormat, ansi: bool)
+where
+    F: Layer<Registry> + Send + Sync + 'static,
+{
+    let subscriber = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(Stderr);
+    match format {
+        LogFormat::Json => subscriber.with(fmt.json()).init(),
+        LogFormat::Text => subscriber.with(fmt).init(),
+    }
 }
 
 /// Writes out the access lines still in memory.
@@ -145,5 +173,16 @@ mod tests {
         assert!(!held(access, &Level::ERROR));
         assert!(!held("chunkvault_core::download", &Level::INFO));
         assert!(!Stderr.make_writer().hold);
+    }
+
+    #[test]
+    fn the_default_filter_is_info_with_sqlx_and_tower_http_at_warn() {
+        let f = default_filter();
+        assert!(f.would_enable(chunkvault_http::ACCESS_LOG_TARGET, &Level::INFO));
+        assert!(f.would_enable("chunkvault::serve", &Level::INFO));
+        assert!(!f.would_enable("chunkvault_core::upload", &Level::DEBUG));
+        assert!(!f.would_enable("sqlx::query", &Level::INFO));
+        assert!(f.would_enable("sqlx::query", &Level::WARN));
+        assert!(!f.would_enable("tower_http::trace", &Level::INFO));
     }
 }
