@@ -494,12 +494,14 @@ pub async fn a_whole_file_is_recorded_in_one_transaction(m: &dyn MetaStore) {
             .map(|c| (c.index, c.offset, c.length, c.hash))
             .collect::<Vec<_>>()
     );
-    assert!(
+    // What create_file returned is the stored row (listing reads it back from the database).
+    assert_eq!(
         m.list_files(None, None, 1000)
             .await
             .unwrap()
-            .iter()
-            .any(|x| x.id == u.id)
+            .into_iter()
+            .find(|x| x.id == u.id),
+        Some(f.clone())
     );
     // Its chunks are live and referenced: stored for the next upload, never claimed by GC.
     let again = new_upload("whole again");
@@ -551,9 +553,15 @@ pub async fn a_whole_file_is_recorded_in_one_transaction(m: &dyn MetaStore) {
     m.create_account(&a).await.unwrap();
     let mut owned = new_upload("owned");
     owned.owner = Some(a.id);
-    m.create_file(&owned, &chunks_for(12, 1400), &commit(12))
+    let (owned_file, _) = m
+        .create_file(&owned, &chunks_for(12, 1400), &commit(12))
         .await
         .unwrap();
+    assert_eq!(owned_file.owner, Some(a.id));
+    assert_eq!(
+        m.list_files(Some(a.id), None, 10).await.unwrap(),
+        vec![owned_file]
+    );
     assert_eq!(used(m, a.id).await, 12);
     let mut over = new_upload("over");
     over.owner = Some(a.id);

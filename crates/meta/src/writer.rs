@@ -189,58 +189,65 @@ fn create_file_tx(
     let mut live = std::collections::HashMap::with_capacity(unique.len());
     for (hash, len) in &unique {
         let key = hash.as_bytes().as_slice();
-        let state: Option<String> = conn
-            .prepare_cached("SELECT state FROM chunks WHERE hash = ?1")?
-            .query_row(params![key], |r| r.get(0))
-            .optional()?;
-        match state.as_deref() {
-            Some("deleting") => return Err(MetaError::ChunkBusy { id: *hash }),
-            Some(state) => {
-                live.insert(*hash, state == "live");
-                conn.prepare_cached(
-                    "UPDATE chunks SET state = 'live', touched_at = ?2 WHERE hash = ?1",
-                )?
-                .execute(params![key, now])?;
-            }
-            None => {
-                live.insert(*hash, false);
-                conn.prepare_cached(
-                    "INSERT INTO chunks (hash, size, state, created_at, touched_at)
-                     VALUES (?1, ?2, 'live', ?3, ?3)",
-                )?
-                .execute(params![key, to_i64(*len, "chunk length")?, now])?;
-            }
+        // A new chunk (the common case) in one statement; a known one is looked at.
+        let inserted = conn
+            .prepare_cached(
+                "INSERT INTO chunks (hash, size, state, created_at, touched_at)
+                 VALUES (?1, ?2, 'live', ?3, ?3) ON CONFLICT (hash) DO NOTHING",
+            )?
+            .execute(params![key, to_i64(*len, "chunk length")?, now])?;
+        if inserted == 1 {
+            live.insert(*hash, false);
+            continue;
         }
+        let state: String = conn
+            .prepare_cached("SELECT state FROM chunks WHERE hash = ?1")?
+            .query_row(params![key], |r| r.get(0))?;
+        if state == "deleting" {
+            return Err(MetaError::ChunkBusy { id: *hash });
+        }
+        live.insert(*hash, state == "live");
+        conn.prepare_cached("UPDATE chunks SET state = 'live', touched_at = ?2 WHERE hash = ?1")?
+            .execute(params![key, now])?;
     }
     if let Some(owner) = u.owner {
         charge(conn, owner, c.size)?;
     }
     let id = u.id.as_uuid().as_bytes().as_slice();
-    let sql = format!(
+    conn.prepare_cached(
         "INSERT INTO files (id, state, name, content_type, chunk_size, size, chunk_count, sha256,
                             created_at, committed_at, expires_at, declared_size, owner)
-         VALUES (?1, 'committed', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-         RETURNING {FILE_COLUMNS}"
-    );
-    let record = conn.prepare_cached(&sql)?.query_row(
-        params![
-            id,
-            c.name,
-            c.content_type,
-            to_i64(u.chunk_size, "chunk size")?,
-            size,
-            rows.len() as i64,
-            c.sha256,
-            micros(u.created_at),
-            micros(c.committed_at),
-            micros(u.expires_at),
-            u.declared_size
-                .map(|d| to_i64(d, "declared size"))
-                .transpose()?,
-            u.owner.map(|o| o.0.as_bytes().to_vec()),
-        ],
-        file_record,
-    )?;
+         VALUES (?1, 'committed', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        id,
+        c.name,
+        c.content_type,
+        to_i64(u.chunk_size, "chunk size")?,
+        size,
+        rows.len() as i64,
+        c.sha256,
+        micros(u.created_at),
+        micros(c.committed_at),
+        micros(u.expires_at),
+        u.declared_size
+            .map(|d| to_i64(d, "declared size"))
+            .transpose()?,
+        u.owner.map(|o| o.0.as_bytes().to_vec()),
+    ])?;
+    // The row as a read returns it (times at the microseconds stored), without reading it.
+    let record = FileRecord {
+        id: u.id,
+        name: c.name.clone(),
+        content_type: c.content_type.clone(),
+        size: c.size,
+        chunk_size: u.chunk_size,
+        chunk_count: rows.len() as u64,
+        sha256: c.sha256.clone(),
+        created_at: from_micros(micros(u.created_at)),
+        committed_at: from_micros(micros(c.committed_at)),
+        owner: u.owner,
+    };
     let mut insert = conn.prepare_cached(
         "INSERT INTO file_chunks (file_id, idx, byte_offset, byte_length, hash)
          VALUES (?1, ?2, ?3, ?4, ?5)",
