@@ -28,7 +28,7 @@ pub(crate) const CAPACITY: usize = 8192;
 /// Files with more chunks are not kept: their downloads are not dominated by the lookup.
 pub(crate) const MAX_CHUNKS: u64 = 8;
 /// How long a file is kept: bounds how long a deletion by another process goes unseen.
-pub(crate) const TTL: Duration = Duration::from_secs(10);
+pub(crate) const TTL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 pub(crate) struct RecentFiles {
