@@ -13,6 +13,9 @@ use chunkvault_client::Client;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
+mod common;
+use common::free_port;
+
 const ROUNDS: usize = 25;
 const GC_EVERY: usize = 5;
 const UPLOAD_TTL: &str = "2s";
@@ -20,14 +23,6 @@ const UPLOAD_TTL: &str = "2s";
 struct Server {
     child: Child,
     url: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn bin() -> &'static str {

@@ -10,16 +10,11 @@ use chunkvault_client::Client;
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
+mod common;
+use common::free_port;
+
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_chunkvault")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Server(std::process::Child);
