@@ -9,7 +9,7 @@
 //! [`FLUSH_EVERY`]; warnings and errors are never held back.
 
 use std::io::Write;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tracing::{Level, Metadata};
@@ -53,8 +53,8 @@ pub fn init(format: LogFormat) {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         // Not `flush`: a panic on a thread that holds the buffer's lock must not wait for it.
-        if let Some(Ok(guard)) = SINK.get().map(|s| s.0.try_lock()) {
-            Pending(guard).write_out();
+        if let Ok(mut pending) = PENDING.try_lock() {
+            write_out(&mut pending);
         }
         previous(info);
     }));
@@ -84,36 +84,23 @@ where
 
 /// Writes out the access lines still in memory.
 pub fn flush() {
-    if let Some(sink) = SINK.get() {
-        sink.lock().write_out();
-    }
+    write_out(&mut lock());
 }
 
-static SINK: OnceLock<Sink> = OnceLock::new();
+/// Access lines waiting to be written.
+static PENDING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
-fn sink() -> &'static Sink {
-    SINK.get_or_init(|| Sink(Mutex::new(Vec::with_capacity(FLUSH_BYTES * 2))))
+fn lock() -> MutexGuard<'static, Vec<u8>> {
+    // A panic while holding the lock leaves whole lines in the buffer: still writable.
+    PENDING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-struct Sink(Mutex<Vec<u8>>);
-
-impl Sink {
-    fn lock(&self) -> Pending<'_> {
-        // A panic while holding the lock leaves whole lines in the buffer: still writable.
-        Pending(self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
-struct Pending<'a>(std::sync::MutexGuard<'a, Vec<u8>>);
-
-impl Pending<'_> {
-    /// Writes the buffer to stderr (under the lock, so batches never overtake each other).
-    /// Logging must not fail the program: a stderr that cannot be written drops the lines.
-    fn write_out(&mut self) {
-        if !self.0.is_empty() {
-            let _ = std::io::stderr().lock().write_all(&self.0);
-            self.0.clear();
-        }
+/// Writes `pending` to stderr (under the lock, so batches never overtake each other).
+/// Logging must not fail the program: a stderr that cannot be written drops the lines.
+fn write_out(pending: &mut Vec<u8>) {
+    if !pending.is_empty() {
+        let _ = std::io::stderr().lock().write_all(pending);
+        pending.clear();
     }
 }
 
@@ -128,10 +115,10 @@ struct Line {
 
 impl Write for Line {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut pending = sink().lock();
-        pending.0.extend_from_slice(buf);
-        if !self.hold || pending.0.len() >= FLUSH_BYTES {
-            pending.write_out();
+        let mut pending = lock();
+        pending.extend_from_slice(buf);
+        if !self.hold || pending.len() >= FLUSH_BYTES {
+            write_out(&mut pending);
         }
         Ok(buf.len())
     }
