@@ -5,10 +5,11 @@
 //! record its chunks, commit it) were ~15 round trips on that one writer, which capped small
 //! uploads near 1000 a second whatever the hardware. Here each call is one job sent to a
 //! thread that owns a rusqlite connection. The thread takes every job waiting in its queue,
-//! runs them in one transaction, each in its own savepoint (a job that fails undoes only its
-//! own writes), commits once, and only then answers the callers: no caller learns of a write
-//! before the commit that made it true. Under load the queue is never empty, so the thread
-//! runs flat out and one commit serves many uploads.
+//! runs them in one transaction, each in its own savepoint when it has company (a job that
+//! fails undoes only its own writes; a job alone rolls the transaction back), commits once,
+//! and only then answers the callers: no caller learns of a write before the commit that
+//! made it true. Under load the queue is never empty, so the thread runs flat out and one
+//! commit serves many uploads.
 //!
 //! The rest of the store stays on sqlx. Both take SQLite's write lock with `BEGIN IMMEDIATE`
 //! (waiting up to the busy timeout), so their transactions never interleave, exactly as with
@@ -60,9 +61,12 @@ impl UploadWriter {
         conn.busy_timeout(opts.busy_timeout).map_err(error)?;
         conn.set_prepared_statement_cache_capacity(64);
         let sync = if opts.fsync { "FULL" } else { "NORMAL" };
+        // temp_store: a job's savepoint keeps the pages it changes in a statement journal,
+        // which SQLite otherwise spills to a temporary file, created and deleted on the
+        // thread (an ext4 inode each time). A job changes a few pages, so memory is enough.
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;
-             PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES};"
+             PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}; PRAGMA temp_store = MEMORY;"
         ))
         .map_err(error)?;
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
@@ -492,10 +496,23 @@ fn uuid(bytes: &[u8]) -> Result<uuid::Uuid> {
 }
 
 /// A unit of work for the thread.
+/// How a job ended inside its batch's transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    /// Its writes stand (or, in a savepoint, were undone after it failed).
+    Kept,
+    /// It failed outside a savepoint: the transaction holds its partial writes and must roll
+    /// back.
+    FailedAlone,
+    /// The transaction can no longer be trusted (a savepoint could not be rolled back).
+    Unsound,
+}
+
 trait Job: Send {
-    /// Runs inside the batch's transaction. False when the transaction can no longer be
-    /// trusted (a savepoint could not be rolled back): the whole batch must roll back.
-    fn run(&mut self, conn: &Connection) -> bool;
+    /// Runs inside the batch's transaction, in a savepoint of its own when `savepoint` (a
+    /// batch of several: a failing job undoes only its own writes). A job alone in its batch
+    /// needs none: when it fails, the whole transaction rolls back, which undoes the same.
+    fn run(&mut self, conn: &Connection, savepoint: bool) -> Ran;
     /// Answers the caller once the batch has ended; `committed` is how it ended.
     fn answer(self: Box<Self>, committed: std::result::Result<(), &rusqlite::Error>);
 }
@@ -511,16 +528,26 @@ where
     T: Send,
     F: FnOnce(&Connection) -> Result<T> + Send,
 {
-    fn run(&mut self, conn: &Connection) -> bool {
+    fn run(&mut self, conn: &Connection, savepoint: bool) -> Ran {
         let Some(work) = self.work.take() else {
-            return true;
+            return Ran::Kept;
         };
+        if !savepoint {
+            let outcome = work(conn);
+            let ran = if outcome.is_ok() {
+                Ran::Kept
+            } else {
+                Ran::FailedAlone
+            };
+            self.outcome = Some(outcome);
+            return ran;
+        }
         if let Err(e) = conn
             .prepare_cached("SAVEPOINT job")
             .and_then(|mut s| s.execute([]))
         {
             self.outcome = Some(Err(error(e)));
-            return true;
+            return Ran::Kept;
         }
         let outcome = work(conn);
         let end = if outcome.is_ok() {
@@ -535,11 +562,11 @@ where
         match end {
             Ok(_) => {
                 self.outcome = Some(outcome);
-                true
+                Ran::Kept
             }
             Err(e) => {
                 self.outcome = Some(Err(error(e)));
-                false
+                Ran::Unsound
             }
         }
     }
@@ -581,20 +608,22 @@ fn serve(conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>) {
 
 fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
     conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-    let mut sound = true;
+    let alone = batch.len() == 1;
+    let mut ran = Ran::Kept;
     for job in batch.iter_mut() {
-        if !job.run(conn) {
-            sound = false;
+        ran = job.run(conn, !alone);
+        if ran == Ran::Unsound {
             break;
         }
     }
-    let end = if sound {
-        conn.prepare_cached("COMMIT")?.execute([]).map(|_| ())
-    } else {
-        Err(rusqlite::Error::SqliteFailure(
+    let end = match ran {
+        Ran::Kept => conn.prepare_cached("COMMIT")?.execute([]).map(|_| ()),
+        // Its own error is its answer; there is nothing else to commit.
+        Ran::FailedAlone => conn.prepare_cached("ROLLBACK")?.execute([]).map(|_| ()),
+        Ran::Unsound => Err(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
             Some("a savepoint could not be rolled back".into()),
-        ))
+        )),
     };
     if end.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
