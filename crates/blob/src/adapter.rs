@@ -587,14 +587,28 @@ fn read_exactly(mut file: std::fs::File, start: u64, len: u64) -> std::io::Resul
 }
 
 fn local_io_error(
-    what: &str,
+    what: &'static str,
     path: &std::path::Path,
     source: std::io::Error,
 ) -> object_store::Error {
     object_store::Error::Generic {
         store: "LocalFileSystem",
-        source: format!("{what} {}: {source}", path.display()).into(),
+        source: Box::new(LocalIoError {
+            what,
+            path: path.display().to_string(),
+            source,
+        }),
     }
+}
+
+/// A local file operation that failed; keeps the `io::Error` as its source, so that what it
+/// means (a full disk, say) can still be told apart (`BlobError::is_storage_full`).
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {source}")]
+struct LocalIoError {
+    what: &'static str,
+    path: String,
+    source: std::io::Error,
 }
 
 /// Reads a whole object into a pooled buffer (see `pool.rs`): a local file straight from the
@@ -659,5 +673,27 @@ mod tests {
         let e = put_error(other, key, "az://bench");
         assert!(matches!(e, BlobError::Other { .. }), "{e:?}");
         assert!(!e.is_unavailable());
+        assert!(!e.is_storage_full());
+    }
+
+    /// A real `ENOSPC` (writing to /dev/full), reported as the local store's own writes report
+    /// errors, is told apart from other I/O failures.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_disk_is_storage_full() {
+        use std::io::Write;
+        let path = std::path::Path::new("/dev/full");
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(b"x").and_then(|()| f.flush()));
+        let enospc = written.expect_err("/dev/full refuses writes");
+        let e = put_error(local_io_error("writing", path, enospc), "k", "local");
+        assert!(e.is_storage_full(), "{e:?}");
+        assert!(!e.is_unavailable());
+
+        let missing = std::fs::File::open("/nonexistent/chunkvault").expect_err("no such file");
+        let e = put_error(local_io_error("writing", path, missing), "k", "local");
+        assert!(!e.is_storage_full(), "{e:?}");
     }
 }

@@ -37,6 +37,18 @@ impl BlobError {
         )
     }
 
+    /// Whether the backend refused a write for lack of room: the file system is full
+    /// (`ENOSPC`) or a disk quota is reached (`EDQUOT`). Clients get a 507: unlike an
+    /// unreachable store, retrying at once will not help until space is freed.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            Self::Unavailable { source } | Self::Denied { source } | Self::Other { source } => {
+                is_out_of_space(source.as_ref())
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn from_object_store(e: object_store::Error, key: &str) -> Self {
         use object_store::Error as E;
         match e {
@@ -73,4 +85,22 @@ impl BlobError {
             },
         }
     }
+}
+
+/// Whether `e` or one of its sources is an I/O error saying the file system is full or a disk
+/// quota is reached.
+pub fn is_out_of_space(e: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }

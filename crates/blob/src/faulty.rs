@@ -28,6 +28,8 @@ pub enum Fault {
     Stall(Duration),
     /// Gets return the blob with one byte flipped.
     CorruptReads,
+    /// Puts fail as a full local disk does (`ENOSPC`); reads and deletes work.
+    Full,
 }
 
 /// See [`Fault`]. Cloning shares the controls.
@@ -100,6 +102,7 @@ impl<S: BlobStore> FaultyBlobStore<S> {
         match self.current() {
             Fault::Down => return Err(down()),
             Fault::FailPuts if op == Op::Put => return Err(down()),
+            Fault::Full if op == Op::Put => return Err(full()),
             Fault::FailGets if op == Op::Read => return Err(down()),
             Fault::Stall(d) => tokio::time::sleep(d).await,
             _ => {}
@@ -132,6 +135,13 @@ enum Op {
 fn down() -> BlobError {
     BlobError::Unavailable {
         source: "injected fault: blob store down".into(),
+    }
+}
+
+/// What the local store's put returns on a full disk: the `io::Error` is a source, not text.
+fn full() -> BlobError {
+    BlobError::Other {
+        source: Box::new(std::io::Error::from(std::io::ErrorKind::StorageFull)),
     }
 }
 

@@ -29,6 +29,10 @@ pub enum CoreError {
     BlobUnavailable(#[source] BlobError),
     #[error("the metadata store is unavailable")]
     MetaUnavailable(#[source] MetaError),
+    /// The blob store's or the database's disk is full (or at a disk quota): nothing of the
+    /// write was kept visible, and writes fail until space is freed.
+    #[error("storage is full")]
+    StorageFull(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A stored chunk did not match its hash, or is missing although referenced.
     #[error("chunk {chunk} of file {file} is {problem}")]
     Damaged {
@@ -61,6 +65,7 @@ impl From<MetaError> for CoreError {
                     "the account's quota of {quota} bytes cannot hold {size} more ({used} used)"
                 ),
             },
+            e @ MetaError::StorageFull { .. } => Self::StorageFull(Box::new(e)),
             e if e.is_unavailable() => Self::MetaUnavailable(e),
             e => Self::Internal(Box::new(e)),
         }
@@ -69,7 +74,9 @@ impl From<MetaError> for CoreError {
 
 impl From<BlobError> for CoreError {
     fn from(e: BlobError) -> Self {
-        if e.is_unavailable() {
+        if e.is_storage_full() {
+            Self::StorageFull(Box::new(e))
+        } else if e.is_unavailable() {
             Self::BlobUnavailable(e)
         } else {
             Self::Internal(Box::new(e))

@@ -85,6 +85,14 @@ impl From<CoreError> for ApiError {
                     "the metadata store cannot be reached; retry later",
                 )
             }
+            CoreError::StorageFull(e) => {
+                tracing::error!(error = ?e, "storage full");
+                Self::new(
+                    S::INSUFFICIENT_STORAGE,
+                    "storage_full",
+                    "the server's storage is full; the write was not completed",
+                )
+            }
             CoreError::QuotaExceeded { message } => {
                 Self::new(S::INSUFFICIENT_STORAGE, "quota_exceeded", message)
             }
@@ -334,6 +342,11 @@ pub(crate) const ERROR_CODES: &[(&str, u16, &str)] = &[
         "headers_too_large",
         431,
         "the request headers total more than 32 KiB",
+    ),
+    (
+        "storage_full",
+        507,
+        "the server's disk (blob store or database) is full or at a quota; the write was not completed, no file became visible, and a resumable upload keeps what it had stored",
     ),
     (
         "quota_exceeded",

@@ -210,6 +210,7 @@ fn chunk_hash(headers: &HeaderMap) -> Result<Option<ChunkId>, ApiError> {
         (status = 429, description = "`too_many_uploads`: the account has `max_uploads_per_account` uploads in progress on this node", body = ErrorBody),
         (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `busy`, `backend_timeout`", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds"))),
+        (status = 507, description = "`storage_full`: the server's disk is full; the chunk was not stored and may be sent again", body = ErrorBody),
     )
 )]
 pub(crate) async fn put_chunk(

@@ -408,7 +408,7 @@ pub(crate) async fn head(
         (status = 500, description = "`chunk_damaged`", body = ErrorBody),
         (status = 503, description = "`metadata_store_unavailable`, `blob_store_unavailable`, `busy`, `backend_timeout`", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds"))),
-        (status = 507, description = "`quota_exceeded`: the finished file is over the account's quota; the upload is aborted", body = ErrorBody),
+        (status = 507, description = "`quota_exceeded`: the finished file is over the account's quota; the upload is aborted. `storage_full`: the server's disk is full", body = ErrorBody),
     )
 )]
 pub(crate) async fn patch(

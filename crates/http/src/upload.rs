@@ -79,7 +79,7 @@ accepted because `curl -T` sends it.",
         (status = 500, description = "`internal`", body = ErrorBody),
         (status = 503, description = "`blob_store_unavailable`, `metadata_store_unavailable`, `busy`", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds"))),
-        (status = 507, description = "`quota_exceeded`: the file does not fit the account's quota; nothing of it is visible or charged", body = ErrorBody),
+        (status = 507, description = "`quota_exceeded`: the file does not fit the account's quota; `storage_full`: the server's disk is full. Nothing of the file is visible or charged", body = ErrorBody),
     )
 )]
 pub(crate) async fn upload(

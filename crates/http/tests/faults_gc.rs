@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 
 backend_tests!(
     blob_put_failure_is_503_and_nothing_visible,
+    full_disk_is_507_and_nothing_visible,
     client_error_mid_upload_leaves_nothing,
     client_gone_mid_upload_leaves_nothing,
     gc_removes_only_unreferenced_chunks,
@@ -142,6 +143,59 @@ async fn wait_bytes_in(s: &TestServer, n: u64) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A full disk is not the store being down: 507 with its own code and no Retry-After, for
+/// both forms, a file of one chunk (written before its metadata) and one of several; nothing
+/// shows, and once there is room again the same upload works.
+async fn full_disk_is_507_and_nothing_visible(backend: Backend) {
+    let s = TestServer::start(backend, C).await;
+    let kept_data = random_bytes(C + 7, fresh_seed());
+    let kept = s.put_file("kept.bin", &kept_data).await;
+    let before = s.listed_ids().await;
+    s.faulty.set(Fault::Full);
+    let mut aborted = 0;
+    for size in [1, C - 1, 3 * C + 5] {
+        let data = random_bytes(size, fresh_seed());
+        for form in [false, true] {
+            let resp = if form {
+                s.upload_form("full.bin", "application/octet-stream", &data)
+                    .await
+            } else {
+                s.upload_raw("full.bin", "application/octet-stream", &data)
+                    .await
+            };
+            assert!(resp.headers().get("retry-after").is_none());
+            expect_error(resp, StatusCode::INSUFFICIENT_STORAGE, "storage_full").await;
+            // A one-chunk raw body is written before anything is recorded: no upload to abort.
+            if form || size > C {
+                aborted += 1;
+            }
+            assert_eq!(s.listed_ids().await, before, "a failed upload is invisible");
+        }
+    }
+    s.faulty.set(Fault::None);
+    s.wait_aborted(aborted).await;
+    s.assert_store_converges().await;
+    let data = random_bytes(3 * C + 5, fresh_seed());
+    let resp = s.upload_raw("room.bin", "text/plain", &data).await;
+    let info = expect_created(resp, "room.bin", "text/plain", &data, &s).await;
+    expect_download(
+        &s,
+        info["id"].as_str().unwrap(),
+        &data,
+        "room.bin",
+        "text/plain",
+    )
+    .await;
+    expect_download(
+        &s,
+        &kept,
+        &kept_data,
+        "kept.bin",
+        "application/octet-stream",
+    )
+    .await;
 }
 
 async fn client_error_mid_upload_leaves_nothing(backend: Backend) {

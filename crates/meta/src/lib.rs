@@ -60,6 +60,10 @@ pub enum MetaError {
     /// The database cannot be reached (pool timeout, connection refused, I/O).
     #[error("the metadata store is unavailable")]
     Unavailable { source: BoxError },
+    /// The database's disk is full (SQLite's `SQLITE_FULL`, PostgreSQL's `disk_full`): the
+    /// transaction was rolled back, and writes fail until space is freed.
+    #[error("the metadata store's disk is full")]
+    StorageFull { source: BoxError },
     /// Committing would take the owner's stored bytes over its quota; nothing was committed.
     #[error("the account's quota of {quota} bytes would be exceeded ({used} used, {size} more)")]
     QuotaExceeded { quota: u64, used: u64, size: u64 },
@@ -91,6 +95,12 @@ impl From<sqlx::Error> for MetaError {
             E::Database(ref d) if d.message().contains("database is locked") => Self::Unavailable {
                 source: Box::new(e),
             },
+            // SQLite's SQLITE_FULL (13) and PostgreSQL's disk_full (53100).
+            E::Database(ref d) if matches!(d.code().as_deref(), Some("13" | "53100")) => {
+                Self::StorageFull {
+                    source: Box::new(e),
+                }
+            }
             other => Self::Other {
                 source: Box::new(other),
             },

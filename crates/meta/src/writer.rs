@@ -642,18 +642,21 @@ fn is_unavailable(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
         Some(
-            C::DatabaseBusy
-                | C::DatabaseLocked
-                | C::SystemIoFailure
-                | C::DiskFull
-                | C::CannotOpen
-                | C::ReadOnly
+            C::DatabaseBusy | C::DatabaseLocked | C::SystemIoFailure | C::CannotOpen | C::ReadOnly
         )
     )
 }
 
+fn is_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+}
+
 fn error(e: rusqlite::Error) -> MetaError {
-    if is_unavailable(&e) {
+    if is_full(&e) {
+        MetaError::StorageFull {
+            source: Box::new(e),
+        }
+    } else if is_unavailable(&e) {
         MetaError::Unavailable {
             source: Box::new(e),
         }
@@ -667,7 +670,9 @@ fn error(e: rusqlite::Error) -> MetaError {
 /// The batch's one error, for each of its callers.
 fn error_ref(e: &rusqlite::Error) -> MetaError {
     let source = e.to_string().into();
-    if is_unavailable(e) {
+    if is_full(e) {
+        MetaError::StorageFull { source }
+    } else if is_unavailable(e) {
         MetaError::Unavailable { source }
     } else {
         MetaError::Other { source }
@@ -677,5 +682,33 @@ fn error_ref(e: &rusqlite::Error) -> MetaError {
 impl From<rusqlite::Error> for MetaError {
     fn from(e: rusqlite::Error) -> Self {
         error(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's own "database or disk is full" (here from `max_page_count`, which SQLite
+    /// reports exactly as a full disk) is `StorageFull`, for the failing job and for the
+    /// other jobs of its batch.
+    #[test]
+    fn a_full_database_is_storage_full() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (b BLOB); PRAGMA max_page_count = 8;")
+            .unwrap();
+        let full = (0..64)
+            .find_map(|_| {
+                conn.execute("INSERT INTO t VALUES (zeroblob(4000))", [])
+                    .err()
+            })
+            .expect("the insert fails once the page limit is reached");
+        assert!(matches!(error_ref(&full), MetaError::StorageFull { .. }));
+        assert!(matches!(error(full), MetaError::StorageFull { .. }));
+
+        let other = conn
+            .execute("INSERT INTO missing VALUES (1)", [])
+            .unwrap_err();
+        assert!(matches!(error(other), MetaError::Other { .. }));
     }
 }
