@@ -605,7 +605,7 @@ fn local_io_error(
 /// means (a full disk, say) can still be told apart (`BlobError::is_storage_full`).
 #[derive(Debug, thiserror::Error)]
 #[error("{what} {path}: {source}")]
-struct LocalIoError {
+pub(crate) struct LocalIoError {
     what: &'static str,
     path: String,
     source: std::io::Error,
@@ -695,5 +695,21 @@ mod tests {
         let missing = std::fs::File::open("/nonexistent/chunkvault").expect_err("no such file");
         let e = put_error(local_io_error("writing", path, missing), "k", "local");
         assert!(!e.is_storage_full(), "{e:?}");
+    }
+
+    /// A local failure is not "unavailable" because of words in its path.
+    #[test]
+    fn a_local_error_is_not_classified_by_its_path() {
+        let path = std::path::Path::new("/srv/connection-retry-dns/blobs/ab/cd");
+        let denied = std::io::Error::from(std::io::ErrorKind::InvalidData);
+        let e = BlobError::from_object_store(local_io_error("reading", path, denied), "k");
+        assert!(matches!(e, BlobError::Other { .. }), "{e:?}");
+        assert!(!e.is_unavailable());
+        // A remote store's generic failure is still sorted by its text.
+        let remote = object_store::Error::Generic {
+            store: "MicrosoftAzure",
+            source: "Error after 10 retries: connection refused".into(),
+        };
+        assert!(BlobError::from_object_store(remote, "k").is_unavailable());
     }
 }

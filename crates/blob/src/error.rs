@@ -58,6 +58,11 @@ impl BlobError {
             E::PermissionDenied { source, .. } | E::Unauthenticated { source, .. } => {
                 Self::Denied { source }
             }
+            // A local file operation of ours: its text holds a path, which says nothing about
+            // reachability (a data dir may be named "connections").
+            E::Generic { source, .. } if source.is::<crate::adapter::LocalIoError>() => {
+                Self::Other { source }
+            }
             E::Generic { source, .. } => {
                 // object_store reports exhausted retries, timeouts and connection failures as
                 // Generic; its message is the only thing that tells them apart.
