@@ -7,7 +7,11 @@
 //! the metadata store keeps GC to one node at a time.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use chunkvault_blob::BlobStore;
+use chunkvault_meta::{MetaError, MetaStore};
 
 use chunkvault_types::{ChunkId, FileId};
 use futures::{StreamExt, TryStreamExt};
@@ -201,5 +205,116 @@ impl Vault {
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())
+    }
+}
+
+/// Page size for reading an aborted upload's references.
+const RELEASE_PAGE: u32 = 1000;
+
+/// How long an aborted upload's collection may hold the GC lease (it releases it when done).
+const RELEASE_LEASE_TTL: Duration = Duration::from_secs(120);
+
+/// How long an aborted upload's collection waits for a GC run to release the lease before it
+/// leaves the chunks to GC.
+const RELEASE_LEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// One aborted upload's collection at a time in this process; across processes the GC lease
+/// orders them.
+static RELEASING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Aborts an open upload, then collects in the background the chunks that only it held,
+/// instead of leaving them for GC's grace period: a failed upload does not keep its space.
+/// The references are read before the abort drops them. Only the abort's own failure is an
+/// error; see [`release`] for the collection.
+pub(crate) async fn abort_and_collect(
+    meta: &Arc<dyn MetaStore>,
+    blobs: &Arc<dyn BlobStore>,
+    id: FileId,
+) -> std::result::Result<(), MetaError> {
+    let mut held = Vec::new();
+    let mut from = 0;
+    loop {
+        // A session's chunks may have gaps: page on indices, not on counts.
+        let page = meta.upload_chunks(id, from, RELEASE_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        from = last.index + 1;
+        let full = page.len() == RELEASE_PAGE as usize;
+        held.extend(page.into_iter().map(|c| c.hash));
+        if !full {
+            break;
+        }
+    }
+    meta.abort_upload(id).await?;
+    if !held.is_empty() {
+        tokio::spawn(release(meta.clone(), blobs.clone(), id, held));
+    }
+    Ok(())
+}
+
+/// Collects the chunks of an aborted upload that nothing else references, under the GC lease
+/// (rule 5 in ARCHITECTURE.md: GC finishes rows it finds `deleting`, which must not be rows
+/// another collector is still working on). Each is claimed as GC claims (an upload that meets
+/// a claimed row waits and writes the blob again), its blob deleted and its row forgotten. When
+/// a GC run holds the lease for longer than [`RELEASE_LEASE_WAIT`], or anything fails, the
+/// chunks are left to GC, which collects them after its grace period.
+async fn release(
+    meta: Arc<dyn MetaStore>,
+    blobs: Arc<dyn BlobStore>,
+    id: FileId,
+    held: Vec<ChunkId>,
+) {
+    let deadline = tokio::time::Instant::now() + RELEASE_LEASE_WAIT;
+    let _one = RELEASING.lock().await;
+    let holder = format!("abort {id}");
+    loop {
+        match meta
+            .try_lease(LEASE, &holder, RELEASE_LEASE_TTL, OffsetDateTime::now_utc())
+            .await
+        {
+            Ok(true) => break,
+            Ok(false) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(false) => {
+                tracing::debug!(upload = %id, "GC holds its lease; the aborted upload's chunks are left to it");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(upload = %id, error = %e, "could not collect an aborted upload's chunks; GC will");
+                return;
+            }
+        }
+    }
+    let collected = async {
+        let claimed = meta.gc_claim_chunks(&held).await?;
+        let (mut deleted, mut kept) = (Vec::new(), Vec::new());
+        for chunk in claimed {
+            match blobs.delete(&chunk).await {
+                Ok(()) => deleted.push(chunk),
+                Err(e) => {
+                    tracing::debug!(chunk = %chunk, error = %e, "could not delete an aborted upload's chunk");
+                    kept.push(chunk);
+                }
+            }
+        }
+        meta.gc_forget(&deleted).await?;
+        // A store that failed now (often why the upload failed) must not leave rows claimed
+        // until the next GC run: uploads of the same content would wait on them.
+        if !kept.is_empty() {
+            meta.gc_unclaim(&kept, OffsetDateTime::now_utc()).await?;
+        }
+        Ok::<_, crate::CoreError>(deleted.len())
+    };
+    match collected.await {
+        Ok(n) => {
+            metrics::counter!("chunkvault_gc_blobs_deleted_total", "reason" => "aborted")
+                .increment(n as u64);
+        }
+        Err(e) => {
+            tracing::warn!(upload = %id, error = %e, "could not collect an aborted upload's chunks; GC will");
+        }
+    }
+    if let Err(e) = meta.release_lease(LEASE, &holder).await {
+        tracing::warn!(error = %e, "could not release the GC lease; it expires by itself");
     }
 }

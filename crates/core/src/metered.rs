@@ -285,6 +285,14 @@ impl MetaStore for MeteredMeta {
         meta_call!("gc_claim_orphans", self.inner.gc_claim_orphans(ids, now))
     }
 
+    async fn gc_claim_chunks(&self, ids: &[ChunkId]) -> MetaResult<Vec<ChunkId>> {
+        meta_call!("gc_claim_chunks", self.inner.gc_claim_chunks(ids))
+    }
+
+    async fn gc_unclaim(&self, ids: &[ChunkId], now: OffsetDateTime) -> MetaResult<()> {
+        meta_call!("gc_unclaim", self.inner.gc_unclaim(ids, now))
+    }
+
     async fn gc_forget(&self, ids: &[ChunkId]) -> MetaResult<()> {
         meta_call!("gc_forget", self.inner.gc_forget(ids))
     }

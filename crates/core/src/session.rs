@@ -427,7 +427,8 @@ impl Vault {
             Ok(r) => r,
             Err(e @ chunkvault_meta::MetaError::QuotaExceeded { .. }) => {
                 // Over quota: the upload ends here, nothing visible and nothing charged.
-                if let Err(abort) = self.meta.abort_upload(id).await {
+                if let Err(abort) = crate::gc::abort_and_collect(&self.meta, &self.blobs, id).await
+                {
                     tracing::warn!(upload = %id, error = %abort, "could not abort an upload over quota; it will expire");
                 }
                 Stats::add(&self.stats.uploads_aborted, 1);
@@ -442,7 +443,7 @@ impl Vault {
     /// Ends a session without a file; its chunks become collectable.
     pub async fn abort_session(&self, who: &Principal, id: FileId) -> Result<()> {
         self.open_upload(who, id).await?;
-        self.meta.abort_upload(id).await?;
+        crate::gc::abort_and_collect(&self.meta, &self.blobs, id).await?;
         Stats::add(&self.stats.uploads_aborted, 1);
         Ok(())
     }

@@ -120,6 +120,7 @@ pub struct Received {
 #[derive(Debug)]
 struct AbortGuard {
     meta: Arc<dyn MetaStore>,
+    blobs: Arc<dyn BlobStore>,
     id: FileId,
     armed: bool,
     stats: Arc<Stats>,
@@ -133,13 +134,18 @@ impl Drop for AbortGuard {
             return;
         }
         Stats::add(&self.stats.uploads_aborted, 1);
-        let (meta, id, opening) = (self.meta.clone(), self.id, self.opening.clone());
+        let (meta, blobs, id, opening) = (
+            self.meta.clone(),
+            self.blobs.clone(),
+            self.id,
+            self.opening.clone(),
+        );
         // If the metadata store is unreachable now, the upload expires later instead.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 // An open still in flight finishes first, so the abort finds what it opened.
                 let _opened = opening.lock().await;
-                match meta.abort_upload(id).await {
+                match crate::gc::abort_and_collect(&meta, &blobs, id).await {
                     // NotFound: the upload failed before it was opened.
                     Ok(()) | Err(MetaError::NotFound) => {}
                     Err(e) => {
@@ -323,6 +329,7 @@ impl Vault {
         Stats::add(&self.stats.uploads_started, 1);
         let guard = AbortGuard {
             meta: self.meta.clone(),
+            blobs: self.blobs.clone(),
             id,
             armed: true,
             stats: self.stats.clone(),

@@ -17,6 +17,7 @@ use reqwest::StatusCode;
 backend_tests!(
     blob_put_failure_is_503_and_nothing_visible,
     full_disk_is_507_and_nothing_visible,
+    a_failed_upload_keeps_no_blobs,
     client_error_mid_upload_leaves_nothing,
     client_gone_mid_upload_leaves_nothing,
     gc_removes_only_unreferenced_chunks,
@@ -188,6 +189,128 @@ async fn full_disk_is_507_and_nothing_visible(backend: Backend) {
         "text/plain",
     )
     .await;
+    expect_download(
+        &s,
+        &kept,
+        &kept_data,
+        "kept.bin",
+        "application/octet-stream",
+    )
+    .await;
+}
+
+/// Waits until the blob store holds exactly `want`, without running GC.
+async fn wait_for_blobs(s: &TestServer, want: &HashSet<ChunkId>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let blobs = s.blob_ids().await;
+        if &blobs == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} blobs stored, {} expected",
+            blobs.len(),
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An upload that fails gives back what it had written at once, not after GC's grace period:
+/// the chunks only it held are deleted when it is aborted, and a chunk another file holds is
+/// kept. Covers a store failing mid-body, a full disk, and a session ended by its client.
+async fn a_failed_upload_keeps_no_blobs(backend: Backend) {
+    let s = TestServer::start(backend, C).await;
+    let kept_data = random_bytes(2 * C + 1, fresh_seed());
+    let kept = s.put_file("kept.bin", &kept_data).await;
+    let kept_chunks: HashSet<ChunkId> = chunk_ids(&kept_data, C).into_iter().collect();
+    wait_for_blobs(&s, &kept_chunks).await;
+
+    // Shares its first chunk with the kept file; the rest is new.
+    let mut data = kept_data[..C].to_vec();
+    data.extend(random_bytes(5 * C + 3, fresh_seed()));
+    let mut aborted = 0;
+    for (allowed, form) in [(2u64, false), (4, true)] {
+        s.faulty.fail_puts_after(allowed);
+        let resp = if form {
+            s.upload_form("fails.bin", "application/octet-stream", &data)
+                .await
+        } else {
+            s.upload_raw("fails.bin", "application/octet-stream", &data)
+                .await
+        };
+        expect_error(
+            resp,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "blob_store_unavailable",
+        )
+        .await;
+        lift_countdown(&s);
+        aborted += 1;
+        s.wait_aborted(aborted).await;
+        wait_for_blobs(&s, &kept_chunks).await;
+    }
+    s.faulty.set(Fault::Full);
+    let resp = s.upload_raw("full.bin", "text/plain", &data).await;
+    expect_error(resp, StatusCode::INSUFFICIENT_STORAGE, "storage_full").await;
+    s.faulty.set(Fault::None);
+    wait_for_blobs(&s, &kept_chunks).await;
+
+    // A store down for everything, deletes included: what the failed upload held cannot be
+    // deleted, and must not keep the same content's next upload waiting once it is back.
+    s.faulty.set(Fault::Down);
+    let resp = s.upload_raw("down.bin", "text/plain", &data).await;
+    expect_error(
+        resp,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "blob_store_unavailable",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.faulty.set(Fault::None);
+    let resp = s.upload_raw("back.bin", "text/plain", &data).await;
+    let back = expect_created(resp, "back.bin", "text/plain", &data, &s).await;
+    let back = back["id"].as_str().unwrap().to_string();
+    expect_download(&s, &back, &data, "back.bin", "text/plain").await;
+    s.client.delete(&back).await.unwrap();
+    s.assert_store_converges().await;
+    wait_for_blobs(&s, &kept_chunks).await;
+
+    // A session whose client gives up: its stored chunks go with it.
+    let created: serde_json::Value = s
+        .http
+        .post(s.url("/uploads"))
+        .json(&serde_json::json!({"name": "s.bin", "size": 2 * C}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    let part = random_bytes(C, fresh_seed());
+    let put = s
+        .http
+        .put(s.url(&format!("/uploads/{id}/chunks/0")))
+        .body(part.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let mut with_part = kept_chunks.clone();
+    with_part.extend(chunk_ids(&part, C));
+    assert_eq!(s.blob_ids().await, with_part);
+    let gone = s
+        .http
+        .delete(s.url(&format!("/uploads/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::NO_CONTENT);
+    wait_for_blobs(&s, &kept_chunks).await;
+
+    assert_eq!(s.listed_ids().await, vec![kept.clone()]);
     expect_download(
         &s,
         &kept,

@@ -93,6 +93,7 @@ pub async fn run_all(m: &dyn MetaStore) {
     chunk_copies_are_recorded_replaced_and_forgotten(m).await;
     chunk_copies_are_recorded_in_batches(m).await;
     cancelled_calls_leave_no_transaction_open(m).await;
+    an_aborted_uploads_chunks_are_claimed_at_once(m).await;
 }
 
 pub async fn schema_is_current(m: &dyn MetaStore) {
@@ -396,6 +397,62 @@ pub async fn gc_grace_period_is_respected(m: &dyn MetaStore) {
     let claimed = claim_all(m, now() + Duration::from_secs(1)).await;
     assert!(claimed.contains(&hash(800)));
     m.gc_forget(&claimed).await.unwrap();
+}
+
+/// `gc_claim_chunks`: of the hashes given, exactly those nothing references are claimed, at
+/// once (no grace period), each once; an upload meeting one is told to wait until it is
+/// forgotten, and may then record it anew.
+pub async fn an_aborted_uploads_chunks_are_claimed_at_once(m: &dyn MetaStore) {
+    let other = new_upload("other");
+    m.create_upload(&other).await.unwrap();
+    m.add_chunks(other.id, &chunks_for(4, 7701)).await.unwrap();
+    let kept = store_file(m, 4, 7702).await;
+    let a = new_upload("aborted");
+    m.create_upload(&a).await.unwrap();
+    m.add_chunks(a.id, &chunks_for(16, 7700)).await.unwrap();
+    m.abort_upload(a.id).await.unwrap();
+
+    let asked = [7700, 7701, 7702, 7703, 7703, 7799].map(hash);
+    let mut claimed = m.gc_claim_chunks(&asked).await.unwrap();
+    claimed.sort();
+    let mut want = vec![hash(7700), hash(7703)];
+    want.sort();
+    assert_eq!(claimed, want, "only what nothing references, each once");
+    assert!(m.gc_claim_chunks(&asked).await.unwrap().is_empty());
+    assert!(m.gc_claim_chunks(&[]).await.unwrap().is_empty());
+
+    let late = new_upload("late");
+    m.create_upload(&late).await.unwrap();
+    match m.add_chunks(late.id, &chunks_for(4, 7700)).await {
+        Err(MetaError::ChunkBusy { id }) => assert_eq!(id, hash(7700)),
+        other => panic!("a claimed chunk must be busy, got {other:?}"),
+    }
+    // A claim given back (its blob could not be deleted) is a pending chunk again: an upload
+    // meeting it writes the blob, and it can be claimed again.
+    m.gc_unclaim(&[hash(7703), hash(7702)], now())
+        .await
+        .unwrap();
+    assert_eq!(
+        m.add_chunks(late.id, &chunks_for(4, 7703)).await.unwrap(),
+        vec![ChunkState::MustWrite]
+    );
+    let other_late = new_upload("other late");
+    m.create_upload(&other_late).await.unwrap();
+    m.abort_upload(late.id).await.unwrap();
+    assert_eq!(
+        m.gc_claim_chunks(&[hash(7703)]).await.unwrap(),
+        vec![hash(7703)]
+    );
+    m.gc_forget(&[hash(7703)]).await.unwrap();
+    assert_eq!(m.manifest(kept, 0, 10).await.unwrap()[0].hash, hash(7702));
+    m.gc_forget(&claimed).await.unwrap();
+    let late = other_late;
+    assert_eq!(
+        m.add_chunks(late.id, &chunks_for(4, 7700)).await.unwrap(),
+        vec![ChunkState::MustWrite]
+    );
+    m.abort_upload(late.id).await.unwrap();
+    m.abort_upload(other.id).await.unwrap();
 }
 
 pub async fn busy_chunk_blocks_new_references(m: &dyn MetaStore) {

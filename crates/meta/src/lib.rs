@@ -455,6 +455,21 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
         limit: u32,
     ) -> Result<Vec<ChunkId>>;
 
+    /// Claims for deletion those of `ids` that nothing references, however recently they were
+    /// touched (state becomes deleting): the chunks an upload held when it was aborted, collected
+    /// at once instead of after GC's grace period. Same protocol as
+    /// [`MetaStore::gc_claim_unreferenced`]: an upload that meets a claimed row waits and
+    /// writes the blob again. The caller deletes their blobs, then calls
+    /// [`MetaStore::gc_forget`].
+    async fn gc_claim_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>>;
+
+    /// Gives back claims whose blob could not be deleted (the store failed): their rows leave
+    /// the deleting state for `pending`, touched at `now`, so uploads stop waiting on them,
+    /// any upload that references one writes its blob again (a partly deleted blob is
+    /// restored), and GC collects them after its grace period if nothing does. Only for rows
+    /// claimed by [`MetaStore::gc_claim_chunks`] under the GC lease.
+    async fn gc_unclaim(&self, ids: &[ChunkId], now: OffsetDateTime) -> Result<()>;
+
     /// For blobs found in the store: claims those that have no chunk row (orphans) by adding a
     /// deleting row, so no upload can start referencing them while their blob is deleted.
     /// Returns the claimed ones.

@@ -610,6 +610,59 @@ macro_rules! impl_meta_store {
                 Ok(claimed)
             }
 
+            async fn gc_claim_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+                let mut sorted = ids.to_vec();
+                sorted.sort();
+                sorted.dedup();
+                let mut claimed = Vec::new();
+                let mut tx = begin(&self.write).await?;
+                for batch in sorted.chunks(BATCH) {
+                    // As in gc_claim_unreferenced: lock the candidates first, then re-check for
+                    // references in a new statement, which sees every reference committed
+                    // before the locks were taken.
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT hash FROM chunks c WHERE c.state <> 'deleting' AND c.hash IN ",
+                    );
+                    push_hashes(&mut qb, batch);
+                    qb.push(" AND NOT EXISTS (SELECT 1 FROM file_chunks f WHERE f.hash = c.hash)");
+                    qb.push(dialect::SKIP_LOCKED);
+                    let candidates: Vec<ChunkId> = qb
+                        .build()
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .into_iter()
+                        .map(|r| chunk_id(r.try_get(0)?))
+                        .collect::<Result<_>>()?;
+                    if candidates.is_empty() {
+                        continue;
+                    }
+                    let mut qb = QueryBuilder::<$db>::new("UPDATE chunks SET state = 'deleting' WHERE hash IN ");
+                    push_hashes(&mut qb, &candidates);
+                    qb.push(" AND NOT EXISTS (SELECT 1 FROM file_chunks f WHERE f.hash = chunks.hash) RETURNING hash");
+                    for row in qb.build().fetch_all(&mut *tx).await? {
+                        claimed.push(chunk_id(row.try_get(0)?)?);
+                    }
+                }
+                tx.commit().await?;
+                Ok(claimed)
+            }
+
+            async fn gc_unclaim(&self, ids: &[ChunkId], now: OffsetDateTime) -> Result<()> {
+                let mut sorted = ids.to_vec();
+                sorted.sort();
+                sorted.dedup();
+                let mut tx = begin(&self.write).await?;
+                for batch in sorted.chunks(BATCH) {
+                    let mut qb = QueryBuilder::<$db>::new("UPDATE chunks SET state = 'pending', touched_at = ");
+                    qb.push_bind(micros(now));
+                    qb.push(" WHERE state = 'deleting' AND hash IN ");
+                    push_hashes(&mut qb, batch);
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn gc_claim_orphans(&self, ids: &[ChunkId], now: OffsetDateTime) -> Result<Vec<ChunkId>> {
                 let mut sorted = ids.to_vec();
                 sorted.sort();
