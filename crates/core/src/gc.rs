@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use chunkvault_blob::BlobStore;
 use chunkvault_meta::{MetaError, MetaStore};
-
 use chunkvault_types::{ChunkId, FileId};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -224,13 +223,30 @@ static RELEASING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Aborts an open upload, then collects in the background the chunks that only it held,
 /// instead of leaving them for GC's grace period: a failed upload does not keep its space.
-/// The references are read before the abort drops them. Only the abort's own failure is an
-/// error; see [`release`] for the collection.
+/// The references are read before the abort drops them; if they cannot be read, the upload is
+/// still aborted and GC collects its chunks. Only the abort's own failure is an error; see
+/// [`release`] for the collection.
 pub(crate) async fn abort_and_collect(
     meta: &Arc<dyn MetaStore>,
     blobs: &Arc<dyn BlobStore>,
     id: FileId,
 ) -> std::result::Result<(), MetaError> {
+    let held = held_chunks(meta.as_ref(), id).await.unwrap_or_else(|e| {
+        tracing::debug!(upload = %id, error = %e, "could not read an aborted upload's chunks; GC will collect them");
+        Vec::new()
+    });
+    meta.abort_upload(id).await?;
+    if !held.is_empty() {
+        tokio::spawn(release(meta.clone(), blobs.clone(), id, held));
+    }
+    Ok(())
+}
+
+/// Every chunk an open upload references.
+async fn held_chunks(
+    meta: &dyn MetaStore,
+    id: FileId,
+) -> std::result::Result<Vec<ChunkId>, MetaError> {
     let mut held = Vec::new();
     let mut from = 0;
     loop {
@@ -244,11 +260,7 @@ pub(crate) async fn abort_and_collect(
             break;
         }
     }
-    meta.abort_upload(id).await?;
-    if !held.is_empty() {
-        tokio::spawn(release(meta.clone(), blobs.clone(), id, held));
-    }
-    Ok(())
+    Ok(held)
 }
 
 /// Collects the chunks of an aborted upload that nothing else references, under the GC lease
