@@ -701,8 +701,8 @@ mod tests {
     #[test]
     fn a_local_error_is_not_classified_by_its_path() {
         let path = std::path::Path::new("/srv/connection-retry-dns/blobs/ab/cd");
-        let denied = std::io::Error::from(std::io::ErrorKind::InvalidData);
-        let e = BlobError::from_object_store(local_io_error("reading", path, denied), "k");
+        let bad = std::io::Error::from(std::io::ErrorKind::InvalidData);
+        let e = BlobError::from_object_store(local_io_error("reading", path, bad), "k");
         assert!(matches!(e, BlobError::Other { .. }), "{e:?}");
         assert!(!e.is_unavailable());
         // A remote store's generic failure is still sorted by its text.

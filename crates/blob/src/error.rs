@@ -94,7 +94,7 @@ impl BlobError {
 
 /// Whether `e` or one of its sources is an I/O error saying the file system is full or a disk
 /// quota is reached.
-pub fn is_out_of_space(e: &(dyn StdError + 'static)) -> bool {
+fn is_out_of_space(e: &(dyn StdError + 'static)) -> bool {
     let mut next = Some(e);
     while let Some(e) = next {
         if let Some(io) = e.downcast_ref::<std::io::Error>()

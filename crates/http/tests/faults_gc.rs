@@ -28,6 +28,16 @@ backend_tests!(
 
 const C: usize = SMALL_CHUNK;
 
+/// Uploads `data` as a multipart form or as a raw body.
+async fn upload_as(s: &TestServer, form: bool, name: &str, data: &[u8]) -> reqwest::Response {
+    let ty = "application/octet-stream";
+    if form {
+        s.upload_form(name, ty, data).await
+    } else {
+        s.upload_raw(name, ty, data).await
+    }
+}
+
 /// Lifts a put countdown. `fail_puts_after` takes no "off"; a count this large never runs out.
 fn lift_countdown(s: &TestServer) {
     s.faulty.fail_puts_after(1 << 40);
@@ -45,13 +55,7 @@ async fn blob_put_failure_is_503_and_nothing_visible(backend: Backend) {
     for allowed in [0u64, 2, 6] {
         for form in [false, true] {
             s.faulty.fail_puts_after(allowed);
-            let resp = if form {
-                s.upload_form("fails.bin", "application/octet-stream", &data)
-                    .await
-            } else {
-                s.upload_raw("fails.bin", "application/octet-stream", &data)
-                    .await
-            };
+            let resp = upload_as(&s, form, "fails.bin", &data).await;
             assert!(
                 resp.headers().get("retry-after").is_some(),
                 "503 carries Retry-After"
@@ -159,13 +163,7 @@ async fn full_disk_is_507_and_nothing_visible(backend: Backend) {
     for size in [1, C - 1, 3 * C + 5] {
         let data = random_bytes(size, fresh_seed());
         for form in [false, true] {
-            let resp = if form {
-                s.upload_form("full.bin", "application/octet-stream", &data)
-                    .await
-            } else {
-                s.upload_raw("full.bin", "application/octet-stream", &data)
-                    .await
-            };
+            let resp = upload_as(&s, form, "full.bin", &data).await;
             assert!(resp.headers().get("retry-after").is_none());
             expect_error(resp, StatusCode::INSUFFICIENT_STORAGE, "storage_full").await;
             // A one-chunk raw body is written before anything is recorded: no upload to abort.
@@ -233,13 +231,7 @@ async fn a_failed_upload_keeps_no_blobs(backend: Backend) {
     let mut aborted = 0;
     for (allowed, form) in [(2u64, false), (4, true)] {
         s.faulty.fail_puts_after(allowed);
-        let resp = if form {
-            s.upload_form("fails.bin", "application/octet-stream", &data)
-                .await
-        } else {
-            s.upload_raw("fails.bin", "application/octet-stream", &data)
-                .await
-        };
+        let resp = upload_as(&s, form, "fails.bin", &data).await;
         expect_error(
             resp,
             StatusCode::SERVICE_UNAVAILABLE,

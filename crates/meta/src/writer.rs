@@ -647,36 +647,24 @@ fn is_unavailable(e: &rusqlite::Error) -> bool {
     )
 }
 
-fn is_full(e: &rusqlite::Error) -> bool {
-    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+/// What a SQLite error means to callers: the variant that carries it.
+fn variant(e: &rusqlite::Error) -> fn(crate::BoxError) -> MetaError {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        |source| MetaError::StorageFull { source }
+    } else if is_unavailable(e) {
+        |source| MetaError::Unavailable { source }
+    } else {
+        |source| MetaError::Other { source }
+    }
 }
 
 fn error(e: rusqlite::Error) -> MetaError {
-    if is_full(&e) {
-        MetaError::StorageFull {
-            source: Box::new(e),
-        }
-    } else if is_unavailable(&e) {
-        MetaError::Unavailable {
-            source: Box::new(e),
-        }
-    } else {
-        MetaError::Other {
-            source: Box::new(e),
-        }
-    }
+    variant(&e)(Box::new(e))
 }
 
 /// The batch's one error, for each of its callers.
 fn error_ref(e: &rusqlite::Error) -> MetaError {
-    let source = e.to_string().into();
-    if is_full(e) {
-        MetaError::StorageFull { source }
-    } else if is_unavailable(e) {
-        MetaError::Unavailable { source }
-    } else {
-        MetaError::Other { source }
-    }
+    variant(e)(e.to_string().into())
 }
 
 impl From<rusqlite::Error> for MetaError {
