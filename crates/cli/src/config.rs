@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// Chunks a download fetches and verifies ahead of the one being sent (1 to 16).
     #[arg(long, env = "CHUNKVAULT_READ_AHEAD")]
     pub read_ahead: Option<usize>,
+    /// Files uploaded whole up to this size are kept in the metadata database instead of as a
+    /// chunk blob, e.g. 16KiB (the default); 0 keeps every file in blobs. At most 1MiB.
+    #[arg(long, env = "CHUNKVAULT_INLINE_MAX")]
+    pub inline_max: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "CHUNKVAULT_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -147,6 +151,7 @@ pub struct FileSettings {
     pub gc_interval: Option<String>,
     pub gc_grace: Option<String>,
     pub read_ahead: Option<usize>,
+    pub inline_max: Option<String>,
     pub log_format: Option<String>,
     pub migrate: Option<bool>,
     pub azure: Option<AzureFileSettings>,
@@ -420,6 +425,23 @@ impl Config {
                 ));
             }
         };
+        let inline_max = match pick(serve.inline_max.clone(), file.inline_max) {
+            None => VaultConfig::DEFAULT_INLINE_MAX,
+            Some(s) => parse_size(&s)
+                .map_err(|e| setting_error("inline_max", "CHUNKVAULT_INLINE_MAX", e))
+                .and_then(|n| {
+                    usize::try_from(n)
+                        .ok()
+                        .filter(|n| *n <= VaultConfig::INLINE_MAX_LIMIT)
+                        .ok_or_else(|| {
+                            setting_error(
+                                "inline_max",
+                                "CHUNKVAULT_INLINE_MAX",
+                                "must be at most 1MiB",
+                            )
+                        })
+                })?,
+        };
         let read_ahead =
             pick(serve.read_ahead, file.read_ahead).unwrap_or(VaultConfig::default().read_ahead);
         if !(1..=16).contains(&read_ahead) {
@@ -515,6 +537,7 @@ impl Config {
                 upload_ttl,
                 read_ahead,
                 max_uploads_per_account,
+                inline_max,
                 ..VaultConfig::default()
             },
             fsync,
@@ -573,6 +596,7 @@ impl Config {
             ),
             format!("gc_grace = {}", humantime::format_duration(self.gc_grace)),
             format!("read_ahead = {}", self.vault.read_ahead),
+            format!("inline_max = {}", self.vault.inline_max),
             format!("auth = {}", self.auth.as_str()),
             format!(
                 "max_uploads_per_account = {}",

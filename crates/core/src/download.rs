@@ -6,6 +6,7 @@ use chunkvault_blob::{BlobError, BlobStore};
 use chunkvault_meta::{FileRecord, MetaStore};
 use chunkvault_types::{ByteRange, ChunkEntry, ChunkSlice, FileId, chunk_slices};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
 
 use crate::{CoreError, Result, Stats, Vault};
 
@@ -30,6 +31,24 @@ impl Vault {
     ) -> BoxStream<'static, Result<Bytes>> {
         if range.is_empty() {
             return stream::empty().boxed();
+        }
+        if file.inline {
+            let (vault, file) = (self.clone(), file.clone());
+            return stream::once(async move {
+                let data = vault.inline_content(&file).await?;
+                let end = usize::try_from(range.end)
+                    .ok()
+                    .filter(|e| *e <= data.len())
+                    .ok_or_else(|| {
+                        CoreError::Internal(
+                            format!("inline file {} is shorter than {range:?}", file.id).into(),
+                        )
+                    })?;
+                let out = data.slice(range.start as usize..end);
+                Stats::add(&vault.stats.bytes_out, out.len() as u64);
+                Ok(out)
+            })
+            .boxed();
         }
         let meta = self.meta.clone();
         let blobs = self.blobs.clone();
@@ -62,6 +81,31 @@ impl Vault {
                 out
             })
             .boxed()
+    }
+}
+
+impl Vault {
+    /// The content of an inline file, checked against the file's SHA-256 before any of it is
+    /// used: [`CoreError::Damaged`] (logged, counted) when it does not match, `NotFound` when
+    /// the file was deleted since its record was read.
+    pub(crate) async fn inline_content(&self, file: &FileRecord) -> Result<Bytes> {
+        let data = self
+            .meta
+            .inline_data(file.id)
+            .await?
+            .ok_or(CoreError::NotFound)?;
+        let digest = Sha256::digest(&data);
+        if data.len() as u64 != file.size || hex::encode(digest) != file.sha256 {
+            Stats::add(&self.stats.chunks_corrupt, 1);
+            tracing::error!(file = %file.id, "inline content does not match the file's digest; not served");
+            return Err(CoreError::Damaged {
+                file: file.id.to_string(),
+                chunk: "inline".into(),
+                problem: "corrupt",
+            });
+        }
+        Stats::add(&self.stats.chunks_verified, 1);
+        Ok(data)
     }
 }
 

@@ -53,6 +53,10 @@ pub struct VaultConfig {
     /// Uploads one account may have in progress at once on this node (whole-file uploads,
     /// chunk PUTs and tus requests count while their body streams).
     pub max_uploads_per_account: usize,
+    /// A file uploaded whole (`POST /upload`) of at most this many bytes is kept in the
+    /// metadata store instead of as a chunk and a blob (see [`MetaStore::create_inline_file`]);
+    /// 0 keeps every file in chunks. Files larger than one chunk never are.
+    pub inline_max: usize,
 }
 
 impl Default for VaultConfig {
@@ -63,6 +67,7 @@ impl Default for VaultConfig {
             puts_in_flight: 4,
             read_ahead: 4,
             max_uploads_per_account: 16,
+            inline_max: Self::DEFAULT_INLINE_MAX,
         }
     }
 }
@@ -70,6 +75,12 @@ impl Default for VaultConfig {
 impl VaultConfig {
     /// The smallest and largest chunk sizes accepted (1 KiB to 64 MiB).
     pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<usize> = 1024..=(64 << 20);
+    /// 16 KiB: four database pages. A 4 KiB file kept inline is about twice as fast to upload
+    /// as one kept in a chunk (ARCHITECTURE.md, "Small files kept inline").
+    pub const DEFAULT_INLINE_MAX: usize = 16 << 10;
+    /// The largest `inline_max` accepted: a row in the metadata store, not a place for big
+    /// files.
+    pub const INLINE_MAX_LIMIT: usize = 1 << 20;
 }
 
 /// The service: files cut into content-addressed chunks in a blob store, described in a
@@ -151,8 +162,19 @@ impl Vault {
 
     /// The whole manifest of a committed file. Its size grows with the file: for the API's
     /// file detail, not for streaming.
+    /// An inline file's one entry is its content's, computed from the content once it is
+    /// verified.
     pub async fn manifest(&self, who: &Principal, id: FileId) -> Result<Vec<ChunkEntry>> {
-        self.file(who, id).await?;
+        let file = self.file(who, id).await?;
+        if file.inline {
+            let data = self.inline_content(&file).await?;
+            return Ok(vec![ChunkEntry {
+                index: 0,
+                offset: 0,
+                length: data.len() as u64,
+                hash: chunkvault_types::ChunkId::of(&data),
+            }]);
+        }
         let mut all = Vec::new();
         loop {
             let page = self.meta.manifest(id, all.len() as u64, 10_000).await?;

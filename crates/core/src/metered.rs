@@ -205,6 +205,22 @@ impl MetaStore for MeteredMeta {
         )
     }
 
+    async fn create_inline_file(
+        &self,
+        upload: &NewUpload,
+        commit: &CommitFile,
+        data: bytes::Bytes,
+    ) -> MetaResult<FileRecord> {
+        meta_call!(
+            "create_inline_file",
+            self.inner.create_inline_file(upload, commit, data)
+        )
+    }
+
+    async fn inline_data(&self, id: FileId) -> MetaResult<Option<bytes::Bytes>> {
+        meta_call!("inline_data", self.inner.inline_data(id))
+    }
+
     async fn abort_upload(&self, upload: FileId) -> MetaResult<()> {
         meta_call!("abort_upload", self.inner.abort_upload(upload))
     }

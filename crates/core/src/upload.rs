@@ -265,6 +265,17 @@ impl Vault {
             return Err(quota_exceeded(left, size as u64, true));
         }
         let upload = self.new_upload(who);
+        let commit = CommitFile {
+            name: meta.name,
+            content_type: meta.content_type,
+            size: size as u64,
+            sha256: hex::encode(Sha256::digest(&data)),
+            committed_at: upload.created_at,
+        };
+        if !data.is_empty() && size <= self.config.inline_max.min(self.config.chunk_size) {
+            // Kept in its metadata row: no chunk, no blob, nothing for GC.
+            return Ok(self.meta.create_inline_file(&upload, &commit, data).await?);
+        }
         let hash = ChunkId::of(&data);
         let chunks: Vec<PendingChunk> = if data.is_empty() {
             Vec::new()
@@ -275,13 +286,6 @@ impl Vault {
                 length: size as u64,
                 hash,
             }]
-        };
-        let commit = CommitFile {
-            name: meta.name,
-            content_type: meta.content_type,
-            size: size as u64,
-            sha256: hex::encode(Sha256::digest(&data)),
-            committed_at: upload.created_at,
         };
         // Written again on every try: GC may have deleted it while the record waited.
         let (record, states) = self

@@ -127,6 +127,7 @@ pub(crate) fn file_info(f: FileRecord) -> FileInfo {
         chunk_size: f.chunk_size,
         sha256: f.sha256,
         created_at: f.created_at,
+        inline: f.inline,
     }
 }
 

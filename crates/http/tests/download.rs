@@ -4,7 +4,7 @@
 #[macro_use]
 mod common;
 
-use chunkvault_core::Stats;
+use chunkvault_core::{Stats, VaultConfig};
 use common::*;
 use reqwest::StatusCode;
 
@@ -16,6 +16,7 @@ backend_tests!(
     corrupt_later_chunk_cuts_the_transfer_off,
     missing_chunk_behaves_like_a_corrupt_one,
     blob_store_read_failure_is_503,
+    small_files_are_kept_inline_and_verified,
 );
 
 const C: usize = SMALL_CHUNK;
@@ -435,4 +436,96 @@ async fn blob_store_read_failure_is_503(backend: Backend) {
         "application/octet-stream",
     )
     .await;
+}
+
+/// A file uploaded whole of at most `inline_max` bytes is kept in the metadata store: no blob,
+/// the same API (one chunk, ranges, ETag), verified against its digest on every read, gone
+/// with its file.
+async fn small_files_are_kept_inline_and_verified(backend: Backend) {
+    let s = TestServer::start(backend, C).await;
+    let max = VaultConfig::default().inline_max;
+    assert!(max > 0 && max < C, "the default keeps small files inline");
+    let ty = "application/x-test";
+    for (size, inline) in [(1, true), (777, true), (max, true), (max + 1, false)] {
+        let data = random_bytes(size, fresh_seed());
+        let blobs_before = s.blob_ids().await.len();
+        let v = expect_created(
+            s.upload_raw("i.bin", ty, &data).await,
+            "i.bin",
+            ty,
+            &data,
+            &s,
+        )
+        .await;
+        let id = v["id"].as_str().unwrap().to_string();
+        assert_eq!(v["inline"].as_bool().unwrap_or(false), inline, "{v}");
+        assert_eq!(
+            s.blob_ids().await.len(),
+            blobs_before + usize::from(!inline),
+            "{size} bytes: a blob is written only past inline_max"
+        );
+        expect_download(&s, &id, &data, "i.bin", ty).await;
+        // From the database as well as from what the server keeps of recent files.
+        s.forget_recent_files();
+        expect_download(&s, &id, &data, "i.bin", ty).await;
+        let detail: serde_json::Value = s.get(&format!("/files/{id}")).await.json().await.unwrap();
+        assert_eq!(detail["chunks"], 1);
+        assert_eq!(detail["manifest"][0]["length"], size as u64);
+        assert_eq!(
+            detail["manifest"][0]["hash"],
+            chunk_ids(&data, C)[0].to_hex(),
+            "the manifest names the content's chunk hash"
+        );
+        if size > 100 {
+            expect_range_ok(&s, &id, &data, 10, 100).await;
+            expect_range_ok(&s, &id, &data, size - 5, size).await;
+        }
+        let resp = s.download_range(&id, &format!("bytes={size}-")).await;
+        assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    }
+
+    // Damage in the database: an error status and never a byte of it, for ranges too.
+    let data = random_bytes(5000, fresh_seed());
+    let id = s.put_file("damaged.bin", &data).await;
+    let corrupt_before = Stats::get(&s.stats().chunks_corrupt);
+    s.corrupt_inline(&id).await;
+    let resp = s.get(&format!("/download/{id}")).await;
+    expect_error(resp, StatusCode::INTERNAL_SERVER_ERROR, "chunk_damaged").await;
+    let resp = s.download_range(&id, "bytes=1000-1999").await;
+    expect_error(resp, StatusCode::INTERNAL_SERVER_ERROR, "chunk_damaged").await;
+    let resp = s.get(&format!("/files/{id}")).await;
+    expect_error(resp, StatusCode::INTERNAL_SERVER_ERROR, "chunk_damaged").await;
+    assert!(Stats::get(&s.stats().chunks_corrupt) >= corrupt_before + 3);
+    // Scrub checks inline content too, and names the file.
+    let scrub = s
+        .vault
+        .scrub(&chunkvault_core::ScrubOptions::default())
+        .await
+        .unwrap();
+    let damaged: Vec<_> = scrub
+        .findings
+        .iter()
+        .map(|f| {
+            (
+                f.problem,
+                f.files.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    assert_eq!(damaged, vec![("corrupt", vec![id.clone()])], "{scrub:?}");
+    assert!(
+        scrub.chunks_checked >= 4,
+        "the intact inline files were checked: {scrub:?}"
+    );
+
+    // Deleting the file deletes its content.
+    let resp = s
+        .http
+        .delete(s.url(&format!("/files/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = s.get(&format!("/download/{id}")).await;
+    expect_error(resp, StatusCode::NOT_FOUND, "not_found").await;
 }

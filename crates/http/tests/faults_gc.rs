@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chunkvault_blob::{Fault, Hook};
-use chunkvault_core::Stats;
+use chunkvault_core::{Stats, VaultConfig};
 use chunkvault_types::ChunkId;
 use common::*;
 use reqwest::StatusCode;
@@ -157,13 +157,22 @@ async fn full_disk_is_507_and_nothing_visible(backend: Backend) {
     let s = TestServer::start(backend, C).await;
     let kept_data = random_bytes(C + 7, fresh_seed());
     let kept = s.put_file("kept.bin", &kept_data).await;
-    let before = s.listed_ids().await;
+    let mut before = s.listed_ids().await;
     s.faulty.set(Fault::Full);
     let mut aborted = 0;
-    for size in [1, C - 1, 3 * C + 5] {
+    let inline_max = VaultConfig::default().inline_max;
+    for size in [1, inline_max, inline_max + 1, C - 1, 3 * C + 5] {
         let data = random_bytes(size, fresh_seed());
         for form in [false, true] {
             let resp = upload_as(&s, form, "full.bin", &data).await;
+            if !form && size <= inline_max {
+                // Kept in the metadata store: the full blob store is not needed.
+                let ty = "application/octet-stream";
+                let v = expect_created(resp, "full.bin", ty, &data, &s).await;
+                assert_eq!(v["inline"], true, "{v}");
+                before = s.listed_ids().await;
+                continue;
+            }
             assert!(resp.headers().get("retry-after").is_none());
             expect_error(resp, StatusCode::INSUFFICIENT_STORAGE, "storage_full").await;
             // A one-chunk raw body is written before anything is recorded: no upload to abort.

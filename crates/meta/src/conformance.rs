@@ -94,6 +94,7 @@ pub async fn run_all(m: &dyn MetaStore) {
     chunk_copies_are_recorded_in_batches(m).await;
     cancelled_calls_leave_no_transaction_open(m).await;
     an_aborted_uploads_chunks_are_claimed_at_once(m).await;
+    an_inline_file_is_kept_in_the_store(m).await;
 }
 
 pub async fn schema_is_current(m: &dyn MetaStore) {
@@ -1262,5 +1263,91 @@ pub async fn cancelled_calls_leave_no_transaction_open(m: &dyn MetaStore) {
         }
         m.abort_upload(other.id).await.unwrap();
         m.abort_upload(u.id).await.unwrap();
+    }
+}
+
+pub async fn an_inline_file_is_kept_in_the_store(m: &dyn MetaStore) {
+    let data = bytes::Bytes::from_static(b"inline bytes");
+    let n = data.len() as u64;
+    let u = new_upload("inline");
+    let f = m
+        .create_inline_file(&u, &commit(n), data.clone())
+        .await
+        .unwrap();
+    assert!(f.inline);
+    assert_eq!(
+        (f.id, f.size, f.chunk_count, f.manifest_len()),
+        (u.id, n, 1, 0)
+    );
+    // What it returned is the row as every read returns it.
+    assert_eq!(m.file(u.id).await.unwrap().unwrap(), f);
+    assert_eq!(
+        m.list_files(None, None, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|x| x.id == u.id),
+        Some(f.clone())
+    );
+    assert_eq!(
+        m.file_with_manifest(u.id, 10).await.unwrap(),
+        Some((f.clone(), Vec::new()))
+    );
+    assert!(m.manifest(u.id, 0, 10).await.unwrap().is_empty());
+    assert_eq!(m.inline_data(u.id).await.unwrap(), Some(data.clone()));
+    assert_eq!(
+        m.upload(u.id).await.unwrap().unwrap().state,
+        UploadState::Committed
+    );
+
+    // A file in chunks has no inline content; an unknown id neither.
+    let chunked = store_file(m, 10, 8000).await;
+    assert!(!m.file(chunked).await.unwrap().unwrap().inline);
+    assert_eq!(m.inline_data(chunked).await.unwrap(), None);
+    assert_eq!(m.inline_data(FileId::new()).await.unwrap(), None);
+
+    // Content that does not match the declared size, or none, records nothing.
+    for (size, bad) in [(n + 1, data.clone()), (0, bytes::Bytes::new())] {
+        let u = new_upload("bad");
+        assert!(matches!(
+            m.create_inline_file(&u, &commit(size), bad).await,
+            Err(MetaError::InvalidManifest { .. })
+        ));
+        assert!(m.file(u.id).await.unwrap().is_none());
+        assert!(m.upload(u.id).await.unwrap().is_none());
+    }
+
+    // Quota: charged at creation, refused whole past it, credited at deletion.
+    let a = account("inline-quota", Some(n + 5));
+    m.create_account(&a).await.unwrap();
+    let mut owned = new_upload("owned");
+    owned.owner = Some(a.id);
+    let of = m
+        .create_inline_file(&owned, &commit(n), data.clone())
+        .await
+        .unwrap();
+    assert_eq!(of.owner, Some(a.id));
+    assert_eq!(used(m, a.id).await, n);
+    let mut over = new_upload("over");
+    over.owner = Some(a.id);
+    match m.create_inline_file(&over, &commit(n), data.clone()).await {
+        Err(MetaError::QuotaExceeded { quota, used, size }) => {
+            assert_eq!((quota, used, size), (n + 5, n, n))
+        }
+        other => panic!("expected QuotaExceeded, got {other:?}"),
+    }
+    assert!(m.file(over.id).await.unwrap().is_none());
+    assert_eq!(m.inline_data(over.id).await.unwrap(), None);
+    assert_eq!(used(m, a.id).await, n);
+
+    // Deleting the file deletes its content; a second delete finds nothing.
+    for (id, credited) in [(u.id, None), (owned.id, Some(a.id))] {
+        assert!(m.delete_file(id).await.unwrap());
+        assert!(m.file(id).await.unwrap().is_none());
+        assert_eq!(m.inline_data(id).await.unwrap(), None);
+        assert!(!m.delete_file(id).await.unwrap());
+        if let Some(a) = credited {
+            assert_eq!(used(m, a).await, 0);
+        }
     }
 }

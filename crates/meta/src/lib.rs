@@ -167,6 +167,16 @@ pub struct FileRecord {
     pub committed_at: OffsetDateTime,
     /// The account it belongs to; `None` for files stored without authentication.
     pub owner: Option<AccountId>,
+    /// Its content is kept in the metadata store itself ([`MetaStore::create_inline_file`]):
+    /// no chunk row, no manifest entry and no blob; [`MetaStore::inline_data`] reads it.
+    pub inline: bool,
+}
+
+impl FileRecord {
+    /// How many entries its manifest has: `chunk_count`, or none for an inline file.
+    pub fn manifest_len(&self) -> u64 {
+        if self.inline { 0 } else { self.chunk_count }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -395,6 +405,25 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
         chunks: &[PendingChunk],
         commit: &CommitFile,
     ) -> Result<(FileRecord, Vec<ChunkState>)>;
+
+    /// Records a committed file whose content, `data` (not empty), is kept in the metadata
+    /// store itself, in one transaction: no chunk, no manifest entry, no blob, so nothing for
+    /// GC to collect; deleting the file deletes its content. For small files, whose chunk
+    /// row, reference and blob cost more than their bytes. `commit.size` must be
+    /// `data.len()` and the file counts one chunk (`chunk_count` 1, as the API reports it).
+    /// Charges the owner as [`MetaStore::commit_upload`] does ([`MetaError::QuotaExceeded`],
+    /// nothing recorded).
+    async fn create_inline_file(
+        &self,
+        upload: &NewUpload,
+        commit: &CommitFile,
+        data: bytes::Bytes,
+    ) -> Result<FileRecord>;
+
+    /// The content of a committed inline file ([`FileRecord::inline`]); `None` for an unknown,
+    /// uncommitted or deleted file and for one stored in chunks. Stored as it came: the caller
+    /// verifies it against the file's digest before serving it.
+    async fn inline_data(&self, id: FileId) -> Result<Option<bytes::Bytes>>;
 
     /// Ends an open upload without a file: drops its references. Idempotent; `NotFound` for an
     /// unknown id, `NotOpen` for a committed one.

@@ -81,6 +81,26 @@ impl PointReads {
         self.with(|conn| file(conn, id))
     }
 
+    pub(crate) fn inline_data(&self, id: FileId) -> Result<Option<bytes::Bytes>> {
+        if let Some(data) = self.recent.data(id) {
+            return Ok(Some(data));
+        }
+        let generation = self.recent.generation();
+        let found = self.with(|conn| {
+            Ok(conn
+                .prepare_cached(INLINE_DATA)?
+                .query_row(params![id.as_uuid().as_bytes().as_slice()], |r| {
+                    r.get::<_, Vec<u8>>(0)
+                })
+                .optional()?
+                .map(bytes::Bytes::from))
+        })?;
+        if let Some(data) = &found {
+            self.recent.attach(generation, id, data);
+        }
+        Ok(found)
+    }
+
     /// The file's row and the start of its manifest in one statement ([`FILE_WITH_ENTRIES`]):
     /// one snapshot, one read lock taken and dropped (two `fcntl` calls on the shared memory
     /// index), and none of the `BEGIN`/`COMMIT` a two-statement read needs for its snapshot.
@@ -149,6 +169,15 @@ fn file(conn: &Connection, id: FileId) -> Result<Option<FileRecord>> {
         .query_row(params![id.as_uuid().as_bytes().as_slice()], file_record)
         .optional()?)
 }
+
+/// The content of a committed inline file (no row for a file stored in chunks).
+pub(crate) const INLINE_DATA: &str =
+    "SELECT d.data FROM inline_data d JOIN files f ON f.id = d.file_id
+     WHERE d.file_id = $1 AND f.state = 'committed'";
+
+/// Records an inline file's content, after its row.
+pub(crate) const INSERT_INLINE_DATA: &str =
+    "INSERT INTO inline_data (file_id, data) VALUES ($1, $2)";
 
 /// How many columns `FILE_COLUMNS` names (its commas plus one): the manifest's columns follow
 /// them in [`FILE_WITH_ENTRIES`].

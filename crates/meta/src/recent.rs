@@ -5,7 +5,8 @@
 //! download's CPU time. Committed files never change; they are only deleted. So the record
 //! and the whole manifest of a file with at most [`MAX_CHUNKS`] chunks are kept here when
 //! the file is created whole and when a read finds it, for [`TTL`], at most [`CAPACITY`]
-//! files, the oldest dropped first.
+//! files, the oldest dropped first. The content of an inline file is kept beside its record,
+//! up to [`DATA_BUDGET`] bytes in all (the oldest content goes first; its record stays).
 //!
 //! Deleting a file through this store forgets it, and a read that began before the deletion
 //! cannot put it back (the generation check in [`RecentFiles::insert`]): after a deletion
@@ -19,6 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use chunkvault_types::{ChunkEntry, FileId};
 
 use crate::FileRecord;
@@ -29,6 +31,11 @@ pub(crate) const CAPACITY: usize = 8192;
 pub(crate) const MAX_CHUNKS: u64 = 8;
 /// How long a file is kept: bounds how long a deletion by another process goes unseen.
 pub(crate) const TTL: Duration = Duration::from_secs(60);
+/// Most bytes of inline files' content kept (see [`RecentFiles::keep_data`]); the oldest
+/// files go first past it.
+pub(crate) const DATA_BUDGET: usize = 16 << 20;
+/// Larger content is not kept.
+pub(crate) const MAX_DATA: usize = 64 << 10;
 
 #[derive(Debug, Default)]
 pub(crate) struct RecentFiles {
@@ -43,6 +50,41 @@ struct Inner {
     order: VecDeque<(FileId, Instant)>,
     /// Counts deletions: a read that began before one must not keep what it found.
     generation: u64,
+    /// Bytes of content kept, at most [`DATA_BUDGET`] between calls.
+    data_bytes: usize,
+    /// Files whose content was kept, in that order, as `order`.
+    data_order: VecDeque<(FileId, Instant)>,
+}
+
+impl Inner {
+    fn remove(&mut self, id: &FileId) {
+        if let Some(kept) = self.files.remove(id) {
+            self.data_bytes -= kept.data.as_ref().map_or(0, Bytes::len);
+        }
+    }
+
+    /// Drops the oldest files until the limits hold, and the content of the oldest files
+    /// that have some until it fits its budget (their records stay).
+    fn evict(&mut self) {
+        while self.files.len() > CAPACITY || self.order.len() > 2 * CAPACITY {
+            let Some((old, when)) = self.order.pop_front() else {
+                break;
+            };
+            if self.files.get(&old).is_some_and(|k| k.at == when) {
+                self.remove(&old);
+            }
+        }
+        while self.data_bytes > DATA_BUDGET || self.data_order.len() > 2 * CAPACITY {
+            let Some((old, when)) = self.data_order.pop_front() else {
+                break;
+            };
+            if let Some(kept) = self.files.get_mut(&old).filter(|k| k.at == when)
+                && let Some(data) = kept.data.take()
+            {
+                self.data_bytes -= data.len();
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -50,6 +92,8 @@ struct Kept {
     at: Instant,
     file: FileRecord,
     entries: Vec<ChunkEntry>,
+    /// An inline file's content, once written or read.
+    data: Option<Bytes>,
 }
 
 impl RecentFiles {
@@ -70,14 +114,47 @@ impl RecentFiles {
         if kept.at.elapsed() < TTL {
             return Some((kept.file.clone(), kept.entries.clone()));
         }
-        inner.files.remove(&id);
+        inner.remove(&id);
         None
+    }
+
+    /// An inline file's content, if kept and not older than [`TTL`].
+    pub(crate) fn data(&self, id: FileId) -> Option<Bytes> {
+        let inner = self.lock();
+        let kept = inner.files.get(&id)?;
+        (kept.at.elapsed() < TTL).then(|| kept.data.clone())?
+    }
+
+    /// Keeps an inline file's content beside its record, if that is kept, under the same
+    /// generation rule as [`RecentFiles::insert`].
+    pub(crate) fn attach(&self, generation: u64, id: FileId, data: &Bytes) {
+        if data.len() > MAX_DATA {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.generation != generation {
+            return;
+        }
+        let Some(kept) = inner.files.get_mut(&id).filter(|k| k.file.inline) else {
+            return;
+        };
+        // A copy: `data` may be a slice of a much larger buffer (a request body's).
+        let before = kept
+            .data
+            .replace(Bytes::copy_from_slice(data))
+            .map_or(0, |d| d.len());
+        let at = kept.at;
+        inner.data_bytes = inner.data_bytes - before + data.len();
+        if before == 0 {
+            inner.data_order.push_back((id, at));
+        }
+        inner.evict();
     }
 
     /// Keeps a committed file found or written under `generation`, if no deletion came since,
     /// it is small and `entries` is its whole manifest.
     pub(crate) fn insert(&self, generation: u64, file: &FileRecord, entries: &[ChunkEntry]) {
-        if file.chunk_count > MAX_CHUNKS || entries.len() as u64 != file.chunk_count {
+        if file.chunk_count > MAX_CHUNKS || entries.len() as u64 != file.manifest_len() {
             return;
         }
         let mut inner = self.lock();
@@ -85,23 +162,28 @@ impl RecentFiles {
             return;
         }
         let at = Instant::now();
+        inner.remove(&file.id);
         inner.files.insert(
             file.id,
             Kept {
                 at,
                 file: file.clone(),
                 entries: entries.to_vec(),
+                data: None,
             },
         );
         inner.order.push_back((file.id, at));
-        while inner.files.len() > CAPACITY || inner.order.len() > 2 * CAPACITY {
-            let Some((old, when)) = inner.order.pop_front() else {
-                break;
-            };
-            if inner.files.get(&old).is_some_and(|k| k.at == when) {
-                inner.files.remove(&old);
-            }
-        }
+        inner.evict();
+    }
+
+    /// Forgets every file, and stops reads that began before from keeping theirs.
+    pub(crate) fn clear(&self) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.files.clear();
+        inner.order.clear();
+        inner.data_order.clear();
+        inner.data_bytes = 0;
     }
 
     /// Forgets a file that is being or has been deleted, and stops reads that began before
@@ -109,7 +191,7 @@ impl RecentFiles {
     pub(crate) fn forget(&self, id: FileId) {
         let mut inner = self.lock();
         inner.generation += 1;
-        inner.files.remove(&id);
+        inner.remove(&id);
     }
 }
 
@@ -141,6 +223,7 @@ mod tests {
             created_at: OffsetDateTime::UNIX_EPOCH,
             committed_at: OffsetDateTime::UNIX_EPOCH,
             owner: None,
+            inline: false,
         };
         let entries = (0..chunks)
             .map(|i| ChunkEntry {

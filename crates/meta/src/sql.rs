@@ -6,7 +6,7 @@
 //! A macro rather than generics over `sqlx::Database`: the trait bounds sqlx needs for generic
 //! executors and codecs would outweigh the code they save.
 
-pub(crate) const FILE_COLUMNS: &str = "id, name, content_type, size, chunk_size, chunk_count, sha256, created_at, committed_at, owner";
+pub(crate) const FILE_COLUMNS: &str = "id, name, content_type, size, chunk_size, chunk_count, sha256, created_at, committed_at, owner, is_inline";
 
 /// Rows per multi-row statement: far below both databases' bind-variable limits (5 binds a row).
 pub(crate) const BATCH: usize = 1000;
@@ -80,6 +80,7 @@ macro_rules! impl_meta_store {
                 created_at: from_micros(row.try_get("created_at")?),
                 committed_at: from_micros(row.try_get("committed_at")?),
                 owner: row.try_get::<Option<uuid::Uuid>, _>("owner")?.map(AccountId),
+                inline: row.try_get("is_inline")?,
             })
         }
 
@@ -241,6 +242,35 @@ macro_rules! impl_meta_store {
         }
 
         /// `commit_upload` inside the caller's transaction.
+        /// Adds `size` to the owner's `bytes_used`, or fails with [`MetaError::QuotaExceeded`]
+        /// (nothing changed) when that would pass the quota.
+        async fn charge_tx(tx: &mut Tx, owner: uuid::Uuid, bytes: u64) -> Result<()> {
+            let size = to_i64(bytes, "file size")?;
+            // One statement checks and charges, so concurrent commits of one account
+            // cannot both slip under the quota (PostgreSQL locks the row; SQLite
+            // writes one transaction at a time).
+            let charged = sqlx::query(
+                "UPDATE accounts SET bytes_used = bytes_used + $2
+                 WHERE id = $1 AND (quota_bytes IS NULL OR bytes_used + $2 <= quota_bytes)",
+            )
+            .bind(owner)
+            .bind(size)
+            .execute(&mut **tx)
+            .await?;
+            if charged.rows_affected() != 1 {
+                let row = sqlx::query("SELECT quota_bytes, bytes_used FROM accounts WHERE id = $1")
+                    .bind(owner)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                return Err(MetaError::QuotaExceeded {
+                    quota: row.try_get::<Option<i64>, _>(0)?.unwrap_or(0) as u64,
+                    used: row.try_get::<i64, _>(1)? as u64,
+                    size: bytes,
+                });
+            }
+            Ok(())
+        }
+
         async fn commit_tx(tx: &mut Tx, upload: FileId, c: &CommitFile) -> Result<FileRecord> {
             let (state, chunk_size, owner) = lock_upload(tx, upload).await?;
             if state != UploadState::Open {
@@ -270,28 +300,7 @@ macro_rules! impl_meta_store {
                 [count.into(), total.into(), misplaced.into()],
             )?;
             if let Some(owner) = owner {
-                // One statement checks and charges, so concurrent commits of one account
-                // cannot both slip under the quota (PostgreSQL locks the row; SQLite
-                // writes one transaction at a time).
-                let charged = sqlx::query(
-                    "UPDATE accounts SET bytes_used = bytes_used + $2
-                     WHERE id = $1 AND (quota_bytes IS NULL OR bytes_used + $2 <= quota_bytes)",
-                )
-                .bind(owner)
-                .bind(size)
-                .execute(&mut **tx)
-                .await?;
-                if charged.rows_affected() != 1 {
-                    let row = sqlx::query("SELECT quota_bytes, bytes_used FROM accounts WHERE id = $1")
-                        .bind(owner)
-                        .fetch_one(&mut **tx)
-                        .await?;
-                    return Err(MetaError::QuotaExceeded {
-                        quota: row.try_get::<Option<i64>, _>(0)?.unwrap_or(0) as u64,
-                        used: row.try_get::<i64, _>(1)? as u64,
-                        size: c.size,
-                    });
-                }
+                charge_tx(tx, owner, c.size).await?;
             }
             lock_file_chunks(tx, upload).await?;
             sqlx::query(
@@ -388,6 +397,66 @@ macro_rules! impl_meta_store {
                 let record = commit_tx(&mut tx, u.id, c).await?;
                 tx.commit().await?;
                 Ok((record, states))
+            }
+
+            async fn create_inline_file(&self, u: &NewUpload, c: &CommitFile, data: bytes::Bytes) -> Result<FileRecord> {
+                if data.is_empty() || data.len() as u64 != c.size {
+                    return Err(MetaError::InvalidManifest {
+                        message: format!("an inline file of size {} holds {} bytes", c.size, data.len()),
+                    });
+                }
+                if let Some(writer) = dialect::upload_writer(self) {
+                    let recent = dialect::point_reads(self).map(|r| (&r.recent, r.recent.generation()));
+                    let file = writer.create_inline_file(u, c, data.clone()).await?;
+                    if let Some((recent, generation)) = recent {
+                        recent.insert(generation, &file, &[]);
+                        recent.attach(generation, file.id, &data);
+                    }
+                    return Ok(file);
+                }
+                let mut tx = begin(&self.write).await?;
+                if let Some(owner) = u.owner {
+                    charge_tx(&mut tx, owner.0, c.size).await?;
+                }
+                let sql = format!(
+                    "INSERT INTO files (id, state, name, content_type, chunk_size, size, chunk_count, sha256,
+                                        created_at, committed_at, expires_at, declared_size, owner, is_inline)
+                     VALUES ($1, 'committed', $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, TRUE)
+                     RETURNING {FILE_COLUMNS}"
+                );
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(*u.id.as_uuid())
+                    .bind(&c.name)
+                    .bind(&c.content_type)
+                    .bind(to_i64(u.chunk_size, "chunk size")?)
+                    .bind(to_i64(c.size, "file size")?)
+                    .bind(&c.sha256)
+                    .bind(micros(u.created_at))
+                    .bind(micros(c.committed_at))
+                    .bind(micros(u.expires_at))
+                    .bind(u.declared_size.map(|d| to_i64(d, "declared size")).transpose()?)
+                    .bind(u.owner.map(|o| o.0))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let record = file_record(&row)?;
+                sqlx::query(crate::reads::INSERT_INLINE_DATA)
+                    .bind(*u.id.as_uuid())
+                    .bind(data.as_ref())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(record)
+            }
+
+            async fn inline_data(&self, id: FileId) -> Result<Option<bytes::Bytes>> {
+                if let Some(reads) = dialect::point_reads(self) {
+                    return reads.inline_data(id);
+                }
+                let row = sqlx::query(crate::reads::INLINE_DATA)
+                    .bind(id.as_uuid())
+                    .fetch_optional(&self.read)
+                    .await?;
+                Ok(row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose()?.map(bytes::Bytes::from))
             }
 
             async fn abort_upload(&self, upload: FileId) -> Result<()> {
@@ -542,6 +611,7 @@ macro_rules! impl_meta_store {
                     .await?;
                 }
                 drop_refs(&mut tx, id, OffsetDateTime::now_utc()).await?;
+                sqlx::query("DELETE FROM inline_data WHERE file_id = $1").bind(id.as_uuid()).execute(&mut *tx).await?;
                 sqlx::query("DELETE FROM files WHERE id = $1").bind(id.as_uuid()).execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(true)

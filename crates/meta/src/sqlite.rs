@@ -111,4 +111,13 @@ impl SqliteMeta {
     }
 }
 
+impl SqliteMeta {
+    /// Drops what this process keeps in memory of recent small files (see `recent.rs`), so
+    /// the next reads go to the database file: after the file was changed by another process
+    /// or by hand.
+    pub fn forget_recent_files(&self) {
+        self.reads.recent.clear();
+    }
+}
+
 crate::sql::impl_meta_store!(SqliteMeta, sqlx::Sqlite, crate::sqlite::dialect);

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use sqlx::{Connection, Executor};
 
+use chunkvault_types::FileId;
+
 use crate::{PostgresMeta, PostgresOptions};
 
 pub const DEFAULT_TEST_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -71,5 +73,48 @@ impl TestDatabase {
                 ))
                 .await;
         }
+    }
+}
+
+/// Flips one bit of an inline file's stored content, straight in the database at `url`
+/// (`sqlite://PATH` or a PostgreSQL URL), the way a damaged disk would. Panics when the file
+/// has no inline content.
+pub async fn damage_inline_data(url: &str, id: FileId) {
+    const READ: &str = "SELECT data FROM inline_data WHERE file_id = $1";
+    const WRITE: &str = "UPDATE inline_data SET data = $2 WHERE file_id = $1";
+    let flip = |mut data: Vec<u8>| {
+        data[0] ^= 0x01;
+        data
+    };
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url)
+            .await
+            .expect("open the database");
+        let (data,): (Vec<u8>,) = sqlx::query_as(READ)
+            .bind(id.as_uuid())
+            .fetch_one(&mut conn)
+            .await
+            .expect("the file has inline content");
+        sqlx::query(WRITE)
+            .bind(id.as_uuid())
+            .bind(flip(data))
+            .execute(&mut conn)
+            .await
+            .expect("damage the inline content");
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .expect("open the database");
+        let (data,): (Vec<u8>,) = sqlx::query_as(READ)
+            .bind(id.as_uuid())
+            .fetch_one(&mut conn)
+            .await
+            .expect("the file has inline content");
+        sqlx::query(WRITE)
+            .bind(id.as_uuid())
+            .bind(flip(data))
+            .execute(&mut conn)
+            .await
+            .expect("damage the inline content");
     }
 }

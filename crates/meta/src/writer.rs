@@ -172,6 +172,74 @@ impl UploadWriter {
         self.call(move |conn| create_file_tx(conn, &u, &chunks, &c))
             .await
     }
+
+    pub(crate) async fn create_inline_file(
+        &self,
+        u: &NewUpload,
+        c: &CommitFile,
+        data: bytes::Bytes,
+    ) -> Result<FileRecord> {
+        let (u, c) = (u.clone(), c.clone());
+        self.call(move |conn| create_inline_tx(conn, &u, &c, &data))
+            .await
+    }
+}
+
+/// Records a committed file with its content in its row (see `MetaStore::create_inline_file`):
+/// one row, no chunk and no manifest entry.
+fn create_inline_tx(
+    conn: &Connection,
+    u: &NewUpload,
+    c: &CommitFile,
+    data: &[u8],
+) -> Result<FileRecord> {
+    if data.is_empty() || data.len() as u64 != c.size {
+        return Err(MetaError::InvalidManifest {
+            message: format!(
+                "an inline file of size {} holds {} bytes",
+                c.size,
+                data.len()
+            ),
+        });
+    }
+    if let Some(owner) = u.owner {
+        charge(conn, owner, c.size)?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO files (id, state, name, content_type, chunk_size, size, chunk_count, sha256,
+                            created_at, committed_at, expires_at, declared_size, owner, is_inline)
+         VALUES (?1, 'committed', ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10, ?11, TRUE)",
+    )?
+    .execute(params![
+        u.id.as_uuid().as_bytes().as_slice(),
+        c.name,
+        c.content_type,
+        to_i64(u.chunk_size, "chunk size")?,
+        to_i64(c.size, "file size")?,
+        c.sha256,
+        micros(u.created_at),
+        micros(c.committed_at),
+        micros(u.expires_at),
+        u.declared_size
+            .map(|d| to_i64(d, "declared size"))
+            .transpose()?,
+        u.owner.map(|o| o.0.as_bytes().to_vec()),
+    ])?;
+    conn.prepare_cached(crate::reads::INSERT_INLINE_DATA)?
+        .execute(params![u.id.as_uuid().as_bytes().as_slice(), data])?;
+    Ok(FileRecord {
+        id: u.id,
+        name: c.name.clone(),
+        content_type: c.content_type.clone(),
+        size: c.size,
+        chunk_size: u.chunk_size,
+        chunk_count: 1,
+        sha256: c.sha256.clone(),
+        created_at: from_micros(micros(u.created_at)),
+        committed_at: from_micros(micros(c.committed_at)),
+        owner: u.owner,
+        inline: true,
+    })
 }
 
 /// Records a whole file at once (see `MetaStore::create_file`): what opening it, adding its
@@ -251,6 +319,7 @@ fn create_file_tx(
         created_at: from_micros(micros(u.created_at)),
         committed_at: from_micros(micros(c.committed_at)),
         owner: u.owner,
+        inline: false,
     };
     let mut insert = conn.prepare_cached(
         "INSERT INTO file_chunks (file_id, idx, byte_offset, byte_length, hash)
@@ -486,6 +555,7 @@ pub(crate) fn file_record(r: &Row<'_>) -> rusqlite::Result<FileRecord> {
             .map(|o| blob_uuid(9, o))
             .transpose()?
             .map(AccountId),
+        inline: r.get(10)?,
     })
 }
 

@@ -29,6 +29,10 @@ pub struct FileInfo {
     #[serde(with = "time::serde::rfc3339")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: OffsetDateTime,
+    /// True when the file is kept in the metadata store instead of as chunk blobs (a small
+    /// file, see the server's `inline_max`); its one manifest entry then names no blob.
+    #[serde(default)]
+    pub inline: bool,
 }
 
 impl FileInfo {

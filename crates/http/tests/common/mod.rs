@@ -79,6 +79,8 @@ pub struct TestServer {
     pub blob_dir: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
     db: Option<TestDatabase>,
+    /// The SQLite store (SQLite + local backend only), to drop its memory of recent files.
+    sqlite: Option<SqliteMeta>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -129,6 +131,7 @@ impl TestServer {
         let mut dir = None;
         let mut db = None;
         let mut blob_dir = None;
+        let mut sqlite = None;
         let (meta, raw): (Arc<dyn MetaStore>, ObjectStoreBlobs) = match backend {
             Backend::SqliteLocal => {
                 let tmp = tempfile::tempdir().expect("temporary directory");
@@ -152,6 +155,7 @@ impl TestServer {
                 .expect("open the local blob directory");
                 blob_dir = Some(root);
                 dir = Some(tmp);
+                sqlite = Some(meta.clone());
                 (Arc::new(meta), raw)
             }
             Backend::PostgresAzurite => {
@@ -214,6 +218,7 @@ impl TestServer {
             blob_dir,
             _dir: dir,
             db,
+            sqlite,
             shutdown: Some(tx),
         }
     }
@@ -453,6 +458,27 @@ impl TestServer {
     }
 
     /// Flips one byte of the stored blob of `id`.
+    /// Flips a bit of an inline file's content in the database, and makes the server read it
+    /// from there next time (not from its memory of recent files).
+    pub async fn corrupt_inline(&self, id: &str) {
+        let id: FileId = id.parse().expect("file id");
+        let url = match (&self.db, &self._dir) {
+            (Some(db), _) => db.url.clone(),
+            (None, Some(dir)) => format!("sqlite://{}", dir.path().join("meta.db").display()),
+            (None, None) => unreachable!("every backend has a database"),
+        };
+        chunkvault_meta::testing::damage_inline_data(&url, id).await;
+        self.forget_recent_files();
+    }
+
+    /// Makes the next reads of files go to the database (SQLite keeps recent small files in
+    /// memory; PostgreSQL keeps nothing).
+    pub fn forget_recent_files(&self) {
+        if let Some(sqlite) = &self.sqlite {
+            sqlite.forget_recent_files();
+        }
+    }
+
     pub async fn corrupt_chunk(&self, id: &ChunkId) {
         let mut bytes = self.raw.get(id).await.expect("read the chunk").to_vec();
         let at = bytes.len() / 3;
