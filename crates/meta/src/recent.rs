@@ -31,9 +31,11 @@ pub(crate) const CAPACITY: usize = 8192;
 pub(crate) const MAX_CHUNKS: u64 = 8;
 /// How long a file is kept: bounds how long a deletion by another process goes unseen.
 pub(crate) const TTL: Duration = Duration::from_secs(60);
-/// Most bytes of inline files' content kept (see [`RecentFiles::keep_data`]); the oldest
-/// files go first past it.
-pub(crate) const DATA_BUDGET: usize = 16 << 20;
+/// Most bytes of inline files' content kept (see [`RecentFiles::attach`]); the oldest
+/// content goes first past it. Small: 16 MiB (4,096 files of 4 KiB) added 27 MiB to the
+/// server's resident memory after a burst of small uploads, for a download that costs
+/// 45 instead of 27 µs of CPU when its content is read from the database.
+pub(crate) const DATA_BUDGET: usize = 4 << 20;
 /// Larger content is not kept.
 pub(crate) const MAX_DATA: usize = 64 << 10;
 
