@@ -170,10 +170,10 @@ fn file(conn: &Connection, id: FileId) -> Result<Option<FileRecord>> {
         .optional()?)
 }
 
-/// The content of a committed inline file (no row for a file stored in chunks).
-pub(crate) const INLINE_DATA: &str =
-    "SELECT d.data FROM inline_data d JOIN files f ON f.id = d.file_id
-     WHERE d.file_id = $1 AND f.state = 'committed'";
+/// The content of a committed inline file (no row for a file stored in chunks). Its row is
+/// written in the transaction that commits the file and deleted in the one that deletes it, so
+/// it is there exactly while the file is committed: no need to read the file's row.
+pub(crate) const INLINE_DATA: &str = "SELECT data FROM inline_data WHERE file_id = $1";
 
 /// Records an inline file's content, after its row.
 pub(crate) const INSERT_INLINE_DATA: &str =
