@@ -115,30 +115,37 @@ impl PointReads {
         }
         let generation = self.recent.generation();
         let found = self.read_file_with_manifest(id, limit)?;
-        if let Some((file, entries)) = &found {
-            self.recent.insert(generation, file, entries);
-        }
-        Ok(found)
+        Ok(found.map(|(file, entries, data)| {
+            self.recent.insert(generation, &file, &entries);
+            // An inline file's content came with its row: kept, the read of it that follows
+            // (`inline_data`) finds it here instead of taking a second read transaction.
+            if let Some(data) = data {
+                self.recent.attach(generation, id, &data);
+            }
+            (file, entries)
+        }))
     }
 
-    fn read_file_with_manifest(
-        &self,
-        id: FileId,
-        limit: u32,
-    ) -> Result<Option<(FileRecord, Vec<ChunkEntry>)>> {
+    /// The file, its first manifest entries, and an inline file's content.
+    fn read_file_with_manifest(&self, id: FileId, limit: u32) -> Result<Option<FileWithEntries>> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(&FILE_WITH_ENTRIES)?;
             let mut rows = stmt.query(params![
                 id.as_uuid().as_bytes().as_slice(),
                 i64::from(limit)
             ])?;
-            let mut found: Option<(FileRecord, Vec<ChunkEntry>)> = None;
+            let mut found: Option<FileWithEntries> = None;
             while let Some(row) = rows.next()? {
-                let (_, entries) = match &mut found {
+                let (_, entries, _) = match &mut found {
                     Some(f) => f,
-                    None => found.insert((file_record(row)?, Vec::new())),
+                    None => found.insert((
+                        file_record(row)?,
+                        Vec::new(),
+                        row.get::<_, Option<Vec<u8>>>(FILE_COLUMN_COUNT + 4)?
+                            .map(bytes::Bytes::from),
+                    )),
                 };
-                // A file without chunks (empty) is one row with no manifest columns.
+                // A file without chunks (empty or inline) is one row with no manifest columns.
                 if let Some(index) = row.get::<_, Option<i64>>(FILE_COLUMN_COUNT)? {
                     entries.push(ChunkEntry {
                         index: index as u64,
@@ -179,6 +186,9 @@ pub(crate) const INLINE_DATA: &str = "SELECT data FROM inline_data WHERE file_id
 pub(crate) const INSERT_INLINE_DATA: &str =
     "INSERT INTO inline_data (file_id, data) VALUES ($1, $2)";
 
+/// A file's record, its first manifest entries and an inline file's content.
+type FileWithEntries = (FileRecord, Vec<ChunkEntry>, Option<bytes::Bytes>);
+
 /// How many columns `FILE_COLUMNS` names (its commas plus one): the manifest's columns follow
 /// them in [`FILE_WITH_ENTRIES`].
 const FILE_COLUMN_COUNT: usize = {
@@ -194,11 +204,12 @@ const FILE_COLUMN_COUNT: usize = {
 
 /// A committed file's row joined with its first manifest entries (`?2` of them): one row per
 /// entry, in index order (the join walks `file_chunks`' primary key), or one row with NULL
-/// entry columns for a file without chunks. No row: no such committed file.
+/// entry columns for a file without chunks; an inline file's content in the last column
+/// (NULL for every other file). No row: no such committed file.
 static FILE_WITH_ENTRIES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "SELECT {FILE_COLUMNS}, fc.idx, fc.byte_offset, fc.byte_length, fc.hash
-         FROM files f LEFT JOIN file_chunks fc
+        "SELECT {FILE_COLUMNS}, fc.idx, fc.byte_offset, fc.byte_length, fc.hash, d.data
+         FROM files f LEFT JOIN inline_data d ON d.file_id = f.id LEFT JOIN file_chunks fc
            ON fc.file_id = f.id AND fc.idx >= 0 AND fc.idx < ?2
          WHERE f.id = ?1 AND f.state = 'committed'
          ORDER BY fc.idx"
