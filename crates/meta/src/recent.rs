@@ -288,4 +288,85 @@ mod tests {
         assert!(inner.order.len() <= 2 * CAPACITY);
         assert!(inner.files.len() <= CAPACITY);
     }
+
+    fn inline_file() -> FileRecord {
+        let (mut f, _) = file(1);
+        f.inline = true;
+        f
+    }
+
+    fn counted(recent: &RecentFiles) -> usize {
+        let inner = recent.lock();
+        let held = inner
+            .files
+            .values()
+            .filter_map(|k| k.data.as_ref())
+            .map(Bytes::len)
+            .sum::<usize>();
+        assert_eq!(inner.data_bytes, held, "the count matches what is held");
+        held
+    }
+
+    #[test]
+    fn inline_content_stays_within_its_budget_and_records_stay() {
+        let recent = RecentFiles::default();
+        let n = DATA_BUDGET / 4096 + 10;
+        let files: Vec<FileRecord> = (0..n).map(|_| inline_file()).collect();
+        for f in &files {
+            let g = recent.generation();
+            recent.insert(g, f, &[]);
+            // A slice of a larger buffer, as a request body's is: kept as a copy.
+            let body = Bytes::from(vec![7u8; 8192]);
+            recent.attach(g, f.id, &body.slice(..4096));
+        }
+        assert!(counted(&recent) <= DATA_BUDGET);
+        assert!(
+            recent.data(files[0].id).is_none(),
+            "the oldest content went"
+        );
+        assert!(recent.get(files[0].id).is_some(), "its record stayed");
+        assert_eq!(recent.data(files[n - 1].id).unwrap().len(), 4096);
+        // Larger content than a kept file may hold is not kept.
+        let big = inline_file();
+        let g = recent.generation();
+        recent.insert(g, &big, &[]);
+        recent.attach(g, big.id, &Bytes::from(vec![1u8; MAX_DATA + 1]));
+        assert!(recent.data(big.id).is_none());
+    }
+
+    #[test]
+    fn content_is_kept_only_for_a_kept_inline_file_and_only_until_a_deletion() {
+        let recent = RecentFiles::default();
+        let f = inline_file();
+        let g = recent.generation();
+        recent.insert(g, &f, &[]);
+        // A deletion since the read began: what it found is not kept.
+        recent.forget(FileId::new());
+        recent.attach(g, f.id, &Bytes::from_static(b"x"));
+        assert!(recent.data(f.id).is_none());
+        // A file stored in chunks, or one not kept, gets no content.
+        let (c, e) = file(1);
+        let g = recent.generation();
+        recent.insert(g, &c, &e);
+        recent.attach(g, c.id, &Bytes::from_static(b"x"));
+        recent.attach(g, FileId::new(), &Bytes::from_static(b"x"));
+        assert!(recent.data(c.id).is_none());
+        assert_eq!(counted(&recent), 0);
+        // Kept, then gone with its file, and with everything on clear.
+        recent.attach(g, f.id, &Bytes::from_static(b"abc"));
+        assert_eq!(recent.data(f.id).unwrap(), "abc");
+        assert_eq!(counted(&recent), 3);
+        recent.forget(f.id);
+        assert!(recent.data(f.id).is_none());
+        assert_eq!(counted(&recent), 0);
+        let g = recent.generation();
+        recent.insert(g, &f, &[]);
+        recent.attach(g, f.id, &Bytes::from_static(b"abc"));
+        recent.clear();
+        assert!(recent.get(f.id).is_none() && recent.data(f.id).is_none());
+        assert_eq!(counted(&recent), 0);
+        // Kept again under the generation before the clear: refused.
+        recent.insert(g, &f, &[]);
+        assert!(recent.get(f.id).is_none());
+    }
 }
