@@ -273,7 +273,7 @@ impl Vault {
             committed_at: upload.created_at,
         };
         if !data.is_empty() && size <= self.config.inline_max.min(self.config.chunk_size) {
-            // Kept in its metadata row: no chunk, no blob, nothing for GC.
+            // Kept in the metadata store: no chunk, no blob, nothing for GC.
             return Ok(self.meta.create_inline_file(&upload, &commit, data).await?);
         }
         let hash = ChunkId::of(&data);
