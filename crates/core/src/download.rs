@@ -82,9 +82,7 @@ impl Vault {
             })
             .boxed()
     }
-}
 
-impl Vault {
     /// The content of an inline file, checked against the file's SHA-256 before any of it is
     /// used: [`CoreError::Damaged`] (logged, counted) when it does not match, `NotFound` when
     /// the file was deleted since its record was read.

@@ -59,6 +59,16 @@ pub struct ScrubFinding {
     pub copies: Vec<(String, CopyState)>,
 }
 
+/// Waits until `checked` bytes since `clock` started are within the scrub's rate.
+async fn pace(opts: &ScrubOptions, clock: Instant, checked: u64) {
+    if let Some(rate) = opts.bytes_per_second.filter(|r| *r > 0) {
+        let due = Duration::from_secs_f64(checked as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(clock.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 impl Vault {
     /// Checks every chunk a committed upload wrote. Findings are logged and reported; the
     /// report is kept as [`Vault::last_scrub`].
@@ -148,12 +158,7 @@ impl Vault {
                         copies,
                     });
                 }
-                if let Some(rate) = opts.bytes_per_second.filter(|r| *r > 0) {
-                    let due = Duration::from_secs_f64(report.bytes_checked as f64 / rate as f64);
-                    if let Some(wait) = due.checked_sub(clock.elapsed()) {
-                        tokio::time::sleep(wait).await;
-                    }
-                }
+                pace(opts, clock, report.bytes_checked).await;
             }
         }
         self.scrub_inline(opts, clock, &mut report).await?;
@@ -222,12 +227,7 @@ impl Vault {
                         });
                     }
                 }
-                if let Some(rate) = opts.bytes_per_second.filter(|r| *r > 0) {
-                    let due = Duration::from_secs_f64(report.bytes_checked as f64 / rate as f64);
-                    if let Some(wait) = due.checked_sub(clock.elapsed()) {
-                        tokio::time::sleep(wait).await;
-                    }
-                }
+                pace(opts, clock, report.bytes_checked).await;
             }
         }
     }

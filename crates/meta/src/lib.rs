@@ -711,6 +711,14 @@ pub(crate) fn unique_by_hash(chunks: &[PendingChunk]) -> Vec<(ChunkId, u64)> {
     unique
 }
 
+/// Each id once, in hash order: the order every statement that locks chunk rows takes them in.
+pub(crate) fn sorted_unique(ids: &[ChunkId]) -> Vec<ChunkId> {
+    let mut sorted = ids.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    sorted
+}
+
 /// What to tell the caller per chunk, given which hashes were live before its write.
 pub(crate) fn chunk_states(
     chunks: &[PendingChunk],

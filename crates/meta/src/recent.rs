@@ -128,7 +128,8 @@ impl RecentFiles {
     }
 
     /// Keeps an inline file's content beside its record, if that is kept, under the same
-    /// generation rule as [`RecentFiles::insert`].
+    /// generation rule as [`RecentFiles::insert`]. `data` must own its memory: a slice of a
+    /// larger buffer (a request body's) would keep all of that buffer here.
     pub(crate) fn attach(&self, generation: u64, id: FileId, data: &Bytes) {
         if data.len() > MAX_DATA {
             return;
@@ -140,11 +141,7 @@ impl RecentFiles {
         let Some(kept) = inner.files.get_mut(&id).filter(|k| k.file.inline) else {
             return;
         };
-        // A copy: `data` may be a slice of a much larger buffer (a request body's).
-        let before = kept
-            .data
-            .replace(Bytes::copy_from_slice(data))
-            .map_or(0, |d| d.len());
+        let before = kept.data.replace(data.clone()).map_or(0, |d| d.len());
         let at = kept.at;
         inner.data_bytes = inner.data_bytes - before + data.len();
         if before == 0 {
@@ -315,9 +312,7 @@ mod tests {
         for f in &files {
             let g = recent.generation();
             recent.insert(g, f, &[]);
-            // A slice of a larger buffer, as a request body's is: kept as a copy.
-            let body = Bytes::from(vec![7u8; 8192]);
-            recent.attach(g, f.id, &body.slice(..4096));
+            recent.attach(g, f.id, &Bytes::from(vec![7u8; 4096]));
         }
         assert!(counted(&recent) <= DATA_BUDGET);
         assert!(

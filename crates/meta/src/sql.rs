@@ -410,7 +410,8 @@ macro_rules! impl_meta_store {
                     let file = writer.create_inline_file(u, c, data.clone()).await?;
                     if let Some((recent, generation)) = recent {
                         recent.insert(generation, &file, &[]);
-                        recent.attach(generation, file.id, &data);
+                        // A copy: `data` is a slice of the request body's buffer.
+                        recent.attach(generation, file.id, &bytes::Bytes::copy_from_slice(&data));
                     }
                     return Ok(file);
                 }
@@ -681,9 +682,7 @@ macro_rules! impl_meta_store {
             }
 
             async fn gc_claim_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
-                let mut sorted = ids.to_vec();
-                sorted.sort();
-                sorted.dedup();
+                let sorted = crate::sorted_unique(ids);
                 let mut claimed = Vec::new();
                 let mut tx = begin(&self.write).await?;
                 for batch in sorted.chunks(BATCH) {
@@ -718,9 +717,7 @@ macro_rules! impl_meta_store {
             }
 
             async fn gc_unclaim(&self, ids: &[ChunkId], now: OffsetDateTime) -> Result<()> {
-                let mut sorted = ids.to_vec();
-                sorted.sort();
-                sorted.dedup();
+                let sorted = crate::sorted_unique(ids);
                 let mut tx = begin(&self.write).await?;
                 for batch in sorted.chunks(BATCH) {
                     let mut qb = QueryBuilder::<$db>::new("UPDATE chunks SET state = 'pending', touched_at = ");
@@ -734,9 +731,7 @@ macro_rules! impl_meta_store {
             }
 
             async fn gc_claim_orphans(&self, ids: &[ChunkId], now: OffsetDateTime) -> Result<Vec<ChunkId>> {
-                let mut sorted = ids.to_vec();
-                sorted.sort();
-                sorted.dedup();
+                let sorted = crate::sorted_unique(ids);
                 let mut claimed = Vec::new();
                 let mut tx = begin(&self.write).await?;
                 for batch in sorted.chunks(BATCH) {

@@ -82,39 +82,27 @@ impl TestDatabase {
 pub async fn damage_inline_data(url: &str, id: FileId) {
     const READ: &str = "SELECT data FROM inline_data WHERE file_id = $1";
     const WRITE: &str = "UPDATE inline_data SET data = $2 WHERE file_id = $1";
-    let flip = |mut data: Vec<u8>| {
-        data[0] ^= 0x01;
-        data
-    };
+    // One body, two connection types.
+    macro_rules! damage {
+        ($conn:ty) => {{
+            let mut conn = <$conn>::connect(url).await.expect("open the database");
+            let (mut data,): (Vec<u8>,) = sqlx::query_as(READ)
+                .bind(id.as_uuid())
+                .fetch_one(&mut conn)
+                .await
+                .expect("the file has inline content");
+            data[0] ^= 0x01;
+            sqlx::query(WRITE)
+                .bind(id.as_uuid())
+                .bind(data)
+                .execute(&mut conn)
+                .await
+                .expect("damage the inline content");
+        }};
+    }
     if url.starts_with("sqlite:") {
-        let mut conn = sqlx::SqliteConnection::connect(url)
-            .await
-            .expect("open the database");
-        let (data,): (Vec<u8>,) = sqlx::query_as(READ)
-            .bind(id.as_uuid())
-            .fetch_one(&mut conn)
-            .await
-            .expect("the file has inline content");
-        sqlx::query(WRITE)
-            .bind(id.as_uuid())
-            .bind(flip(data))
-            .execute(&mut conn)
-            .await
-            .expect("damage the inline content");
+        damage!(sqlx::SqliteConnection)
     } else {
-        let mut conn = sqlx::PgConnection::connect(url)
-            .await
-            .expect("open the database");
-        let (data,): (Vec<u8>,) = sqlx::query_as(READ)
-            .bind(id.as_uuid())
-            .fetch_one(&mut conn)
-            .await
-            .expect("the file has inline content");
-        sqlx::query(WRITE)
-            .bind(id.as_uuid())
-            .bind(flip(data))
-            .execute(&mut conn)
-            .await
-            .expect("damage the inline content");
+        damage!(sqlx::PgConnection)
     }
 }

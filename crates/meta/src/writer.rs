@@ -185,30 +185,37 @@ impl UploadWriter {
     }
 }
 
-/// Records a committed file with its content in its row (see `MetaStore::create_inline_file`):
-/// one row, no chunk and no manifest entry.
+/// Records a committed file with its content beside it (see `MetaStore::create_inline_file`,
+/// whose caller checked the content against the size): one row, its content, no chunk and no
+/// manifest entry.
 fn create_inline_tx(
     conn: &Connection,
     u: &NewUpload,
     c: &CommitFile,
     data: &[u8],
 ) -> Result<FileRecord> {
-    if data.is_empty() || data.len() as u64 != c.size {
-        return Err(MetaError::InvalidManifest {
-            message: format!(
-                "an inline file of size {} holds {} bytes",
-                c.size,
-                data.len()
-            ),
-        });
-    }
     if let Some(owner) = u.owner {
         charge(conn, owner, c.size)?;
     }
+    let record = insert_committed(conn, u, c, 1, true)?;
+    conn.prepare_cached(crate::reads::INSERT_INLINE_DATA)?
+        .execute(params![u.id.as_uuid().as_bytes().as_slice(), data])?;
+    Ok(record)
+}
+
+/// Inserts a file's row straight in state `committed` and returns the record as a read would
+/// return it (times at the microseconds stored), without reading it back.
+fn insert_committed(
+    conn: &Connection,
+    u: &NewUpload,
+    c: &CommitFile,
+    chunk_count: u64,
+    inline: bool,
+) -> Result<FileRecord> {
     conn.prepare_cached(
         "INSERT INTO files (id, state, name, content_type, chunk_size, size, chunk_count, sha256,
                             created_at, committed_at, expires_at, declared_size, owner, is_inline)
-         VALUES (?1, 'committed', ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10, ?11, TRUE)",
+         VALUES (?1, 'committed', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         u.id.as_uuid().as_bytes().as_slice(),
@@ -216,6 +223,7 @@ fn create_inline_tx(
         c.content_type,
         to_i64(u.chunk_size, "chunk size")?,
         to_i64(c.size, "file size")?,
+        to_i64(chunk_count, "chunk count")?,
         c.sha256,
         micros(u.created_at),
         micros(c.committed_at),
@@ -224,21 +232,20 @@ fn create_inline_tx(
             .map(|d| to_i64(d, "declared size"))
             .transpose()?,
         u.owner.map(|o| o.0.as_bytes().to_vec()),
+        inline,
     ])?;
-    conn.prepare_cached(crate::reads::INSERT_INLINE_DATA)?
-        .execute(params![u.id.as_uuid().as_bytes().as_slice(), data])?;
     Ok(FileRecord {
         id: u.id,
         name: c.name.clone(),
         content_type: c.content_type.clone(),
         size: c.size,
         chunk_size: u.chunk_size,
-        chunk_count: 1,
+        chunk_count,
         sha256: c.sha256.clone(),
         created_at: from_micros(micros(u.created_at)),
         committed_at: from_micros(micros(c.committed_at)),
         owner: u.owner,
-        inline: true,
+        inline,
     })
 }
 
@@ -253,7 +260,6 @@ fn create_file_tx(
     c: &CommitFile,
 ) -> Result<(FileRecord, Vec<ChunkState>, Vec<ChunkEntry>)> {
     let refs = whole_manifest(chunks, u.chunk_size, c.size)?;
-    let size = to_i64(c.size, "file size")?;
     let rows = refs.iter().map(chunk_row).collect::<Result<Vec<_>>>()?;
     let now = micros(OffsetDateTime::now_utc());
     // Hash order, as everywhere chunk rows are written; each hash once.
@@ -285,42 +291,8 @@ fn create_file_tx(
     if let Some(owner) = u.owner {
         charge(conn, owner, c.size)?;
     }
+    let record = insert_committed(conn, u, c, rows.len() as u64, false)?;
     let id = u.id.as_uuid().as_bytes().as_slice();
-    conn.prepare_cached(
-        "INSERT INTO files (id, state, name, content_type, chunk_size, size, chunk_count, sha256,
-                            created_at, committed_at, expires_at, declared_size, owner)
-         VALUES (?1, 'committed', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?
-    .execute(params![
-        id,
-        c.name,
-        c.content_type,
-        to_i64(u.chunk_size, "chunk size")?,
-        size,
-        rows.len() as i64,
-        c.sha256,
-        micros(u.created_at),
-        micros(c.committed_at),
-        micros(u.expires_at),
-        u.declared_size
-            .map(|d| to_i64(d, "declared size"))
-            .transpose()?,
-        u.owner.map(|o| o.0.as_bytes().to_vec()),
-    ])?;
-    // The row as a read returns it (times at the microseconds stored), without reading it.
-    let record = FileRecord {
-        id: u.id,
-        name: c.name.clone(),
-        content_type: c.content_type.clone(),
-        size: c.size,
-        chunk_size: u.chunk_size,
-        chunk_count: rows.len() as u64,
-        sha256: c.sha256.clone(),
-        created_at: from_micros(micros(u.created_at)),
-        committed_at: from_micros(micros(c.committed_at)),
-        owner: u.owner,
-        inline: false,
-    };
     let mut insert = conn.prepare_cached(
         "INSERT INTO file_chunks (file_id, idx, byte_offset, byte_length, hash)
          VALUES (?1, ?2, ?3, ?4, ?5)",
