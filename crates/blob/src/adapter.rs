@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chunkvault_types::ChunkId;
+use chunkvault_types::{ChunkHasher, ChunkId};
 use futures::stream::{BoxStream, StreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -104,6 +104,31 @@ pub struct ObjectStoreBlobs {
 }
 
 impl ObjectStoreBlobs {
+    /// Reads a whole blob into a pooled buffer; with `hash`, hashes it as it reads and returns
+    /// the hash too.
+    async fn read(&self, id: &ChunkId, hash: bool) -> Result<(Bytes, Option<ChunkId>)> {
+        let key = chunk_key(id);
+        if let Some(root) = &self.local_root {
+            let path = root.join(&key);
+            match read_small_local(&path, hash) {
+                Ok(Some(data)) => return Ok(data),
+                Ok(None) => {} // large: read on a blocking thread below
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(self.not_found(key).await);
+                }
+                Err(e) => return Err(self.classify(local_io_error("reading", &path, e), &key)),
+            }
+        }
+        let result = match self.store.get(&Path::from(key.as_str())).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Err(self.not_found(key).await),
+            Err(e) => return Err(self.classify(e, &key)),
+        };
+        read_pooled(result, hash)
+            .await
+            .map_err(|e| self.classify(e, &key))
+    }
+
     /// Wraps an already-built object store, without touching it.
     pub fn new(store: Arc<dyn ObjectStore>, describe: impl Into<String>) -> Self {
         Self {
@@ -300,26 +325,12 @@ impl BlobStore for ObjectStoreBlobs {
     }
 
     async fn get(&self, id: &ChunkId) -> Result<Bytes> {
-        let key = chunk_key(id);
-        if let Some(root) = &self.local_root {
-            let path = root.join(&key);
-            match read_small_local(&path) {
-                Ok(Some(data)) => return Ok(data),
-                Ok(None) => {} // large: read on a blocking thread below
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(self.not_found(key).await);
-                }
-                Err(e) => return Err(self.classify(local_io_error("reading", &path, e), &key)),
-            }
-        }
-        let result = match self.store.get(&Path::from(key.as_str())).await {
-            Ok(r) => r,
-            Err(object_store::Error::NotFound { .. }) => return Err(self.not_found(key).await),
-            Err(e) => return Err(self.classify(e, &key)),
-        };
-        read_pooled(result)
-            .await
-            .map_err(|e| self.classify(e, &key))
+        self.read(id, false).await.map(|(data, _)| data)
+    }
+
+    async fn get_checked(&self, id: &ChunkId) -> Result<(Bytes, bool)> {
+        let (data, hash) = self.read(id, true).await?;
+        Ok((data, hash == Some(*id)))
     }
 
     async fn head(&self, id: &ChunkId) -> Result<Option<BlobMeta>> {
@@ -557,33 +568,49 @@ fn holds(path: &std::path::Path, data: &[u8]) -> bool {
     true
 }
 
-/// A local chunk file read whole on the calling task when it is small; `None` when it is not.
-fn read_small_local(path: &std::path::Path) -> std::io::Result<Option<Bytes>> {
+/// A local chunk file read whole (and hashed, with `hash`) on the calling task when it is
+/// small; `None` when it is not.
+fn read_small_local(
+    path: &std::path::Path,
+    hash: bool,
+) -> std::io::Result<Option<(Bytes, Option<ChunkId>)>> {
     let file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     if len > INLINE_IO_MAX {
         return Ok(None);
     }
-    read_exactly(file, 0, len).map(Some)
+    read_exactly(file, 0, len, hash).map(Some)
 }
 
-/// `len` bytes of `file` from `start` into a pooled buffer; a file that ends sooner (it shrank
-/// under us) is an error, as with object_store's own reader.
-fn read_exactly(mut file: std::fs::File, start: u64, len: u64) -> std::io::Result<Bytes> {
+/// `len` bytes of `file` from `start` into a pooled buffer, hashed piece by piece as they are
+/// read when `hash` is set; a file that ends sooner (it shrank under us) is an error, as with
+/// object_store's own reader.
+fn read_exactly(
+    mut file: std::fs::File,
+    start: u64,
+    len: u64,
+    hash: bool,
+) -> std::io::Result<(Bytes, Option<ChunkId>)> {
     use std::io::{Seek, SeekFrom};
     // Files reach here freshly opened, at offset 0.
     if start != 0 {
         file.seek(SeekFrom::Start(start))?;
     }
-    let mut buf = ChunkBuf::with_capacity(usize::try_from(len).unwrap_or(usize::MAX));
-    let read = buf.read_from(&mut file, len)?;
-    if read as u64 != len {
+    let size = usize::try_from(len).unwrap_or(usize::MAX);
+    let mut buf = ChunkBuf::with_capacity(size);
+    let mut hasher = hash.then(ChunkHasher::new);
+    let read = buf.read_pieces(&mut file, size, |piece| {
+        if let Some(h) = hasher.as_mut() {
+            h.update(piece);
+        }
+    })?;
+    if read != size {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             format!("expected {len} bytes, read {read}"),
         ));
     }
-    Ok(buf.freeze())
+    Ok((buf.freeze(), hasher.map(|h| h.finish())))
 }
 
 fn local_io_error(
@@ -611,15 +638,20 @@ pub(crate) struct LocalIoError {
     source: std::io::Error,
 }
 
-/// Reads a whole object into a pooled buffer (see `pool.rs`): a local file straight from the
-/// file (on a blocking thread unless small), a remote object from its body stream.
-async fn read_pooled(result: object_store::GetResult) -> object_store::Result<Bytes> {
+/// Reads a whole object into a pooled buffer (see `pool.rs`), hashed as it arrives when `hash`
+/// is set: a local file straight from the file (on a blocking thread unless small), a remote
+/// object from its body stream.
+async fn read_pooled(
+    result: object_store::GetResult,
+    hash: bool,
+) -> object_store::Result<(Bytes, Option<ChunkId>)> {
     let len = result.range.end - result.range.start;
     match result.payload {
         object_store::GetResultPayload::File(file, path) => {
             let start = result.range.start;
             let read = move || {
-                read_exactly(file, start, len).map_err(|e| local_io_error("reading", &path, e))
+                read_exactly(file, start, len, hash)
+                    .map_err(|e| local_io_error("reading", &path, e))
             };
             if len <= INLINE_IO_MAX {
                 // The file is open already; a small read costs less than a thread hand-off.
@@ -632,10 +664,15 @@ async fn read_pooled(result: object_store::GetResult) -> object_store::Result<By
         }
         object_store::GetResultPayload::Stream(mut stream) => {
             let mut buf = ChunkBuf::with_capacity(usize::try_from(len).unwrap_or(usize::MAX));
+            let mut hasher = hash.then(ChunkHasher::new);
             while let Some(part) = stream.next().await {
-                buf.extend_from_slice(&part?);
+                let part = part?;
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&part);
+                }
+                buf.extend_from_slice(&part);
             }
-            Ok(buf.freeze())
+            Ok((buf.freeze(), hasher.map(|h| h.finish())))
         }
     }
 }

@@ -23,6 +23,7 @@ pub async fn run_all(store: &dyn BlobStore) {
     put_is_idempotent(store).await;
     put_replaces_a_damaged_blob(store).await;
     missing_blob_is_not_found(store).await;
+    get_checked_tells_damage(store).await;
     delete_is_idempotent(store).await;
     list_sees_every_chunk(store).await;
     empty_and_large_blobs(store).await;
@@ -116,6 +117,47 @@ pub async fn missing_blob_is_not_found(store: &dyn BlobStore) {
             .expect("head of a missing blob")
             .is_none()
     );
+}
+
+/// `get_checked` says whether what it read hashes to its id: yes for a stored chunk (small, one
+/// past what a local store reads on the calling task, several of its read pieces), no for
+/// bytes stored under an id they do not hash to (how a damaged blob looks), and `NotFound`
+/// for a missing one.
+pub async fn get_checked_tells_damage(store: &dyn BlobStore) {
+    for len in [1usize, 1000, (64 << 10) + 1, (4 << 20) + 3] {
+        let (id, data) = blob(11, len);
+        store.put(&id, data.clone()).await.expect("put");
+        let (got, ok) = store.get_checked(&id).await.expect("get_checked");
+        assert_eq!(got, data, "{len} bytes read back");
+        assert!(ok, "an intact {len}-byte blob checks");
+        let mut damaged = data.to_vec();
+        damaged[len / 2] ^= 0x01;
+        let damaged = Bytes::from(damaged);
+        store.put(&id, damaged.clone()).await.expect("put damaged");
+        // A replicated store whose write quorum is below its copy count may serve an intact
+        // copy until the damaged put reaches every location.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (got, ok) = store
+                .get_checked(&id)
+                .await
+                .expect("get_checked of a damaged blob");
+            if got == damaged {
+                assert!(!ok, "a damaged {len}-byte blob does not check");
+                break;
+            }
+            assert!(ok && got == data, "{len} bytes: either copy, told apart");
+            assert!(tries < 50, "the damaged copy never landed");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        store.delete(&id).await.expect("delete");
+    }
+    let (missing, _) = blob(12, 10);
+    assert!(matches!(
+        store.get_checked(&missing).await,
+        Err(BlobError::NotFound { .. })
+    ));
 }
 
 pub async fn delete_is_idempotent(store: &dyn BlobStore) {

@@ -37,6 +37,21 @@ pub use replicated::{
     RepairOutcome, ReplicaStats, ReplicatedBlobStore, placement,
 };
 
+/// Blobs up to this size are hashed on the calling task: a thread hand-off would cost more.
+pub const HASH_ON_TASK_MAX: usize = 64 << 10;
+
+/// Whether `data` hashes to `id`; hashed on a blocking thread unless small.
+pub(crate) async fn matches_off_task(id: ChunkId, data: Bytes) -> Result<bool> {
+    if data.len() <= HASH_ON_TASK_MAX {
+        return Ok(id.matches(&data));
+    }
+    tokio::task::spawn_blocking(move || id.matches(&data))
+        .await
+        .map_err(|e| BlobError::Other {
+            source: Box::new(e),
+        })
+}
+
 /// What a store knows about one stored blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobMeta {
@@ -57,7 +72,10 @@ pub struct BlobMeta {
 /// - Missing blobs are [`BlobError::NotFound`]; a missing container, bucket or directory is
 ///   [`BlobError::ContainerMissing`], never `NotFound`, so a wiped location is not mistaken for
 ///   one missing chunk.
-/// - The store does not verify content: callers check `ChunkId::matches` on what they read.
+/// - `get` does not verify content: callers check `ChunkId::matches` on what they read, or
+///   read with `get_checked`, which says whether the bytes match their id. A store may hash
+///   while it reads there (a local directory does, piece by piece, while each piece is still
+///   in the CPU's cache), so nothing is read twice.
 /// - `delete` is idempotent: deleting a missing blob is `Ok`.
 #[async_trait]
 pub trait BlobStore: Send + Sync + Debug + 'static {
@@ -66,6 +84,15 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
 
     /// Reads the whole blob.
     async fn get(&self, id: &ChunkId) -> Result<Bytes>;
+
+    /// Reads the whole blob, as `get` does, and checks it against `id`: `(data, true)` when
+    /// `data` hashes to `id`, `(data, false)` when it does not (a damaged blob). Errors as
+    /// `get`.
+    async fn get_checked(&self, id: &ChunkId) -> Result<(Bytes, bool)> {
+        let data = self.get(id).await?;
+        let ok = matches_off_task(*id, data.clone()).await?;
+        Ok((data, ok))
+    }
 
     /// The blob's metadata, or `None` when it is not stored.
     async fn head(&self, id: &ChunkId) -> Result<Option<BlobMeta>>;

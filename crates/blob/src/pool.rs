@@ -9,6 +9,11 @@
 //! steady stream allocates nothing and memory stays at what is in flight plus that reserve.
 //!
 //! Buffers under [`POOLED_MIN`] are ordinary allocations: small blocks never had the problem.
+//!
+//! A pooled buffer keeps the bytes it has held (its `Vec` length counts them; [`ChunkBuf`]
+//! tracks its data length apart), so [`ChunkBuf::read_pieces`] reads a file into memory that is
+//! already initialized: without `unsafe`, a read needs initialized memory, and zeroing a chunk
+//! before every read would cost a pass over it.
 
 use std::sync::Mutex;
 
@@ -48,9 +53,10 @@ fn take(capacity: usize) -> Vec<u8> {
     Vec::with_capacity(rounded)
 }
 
-fn give_back(mut buf: Vec<u8>) {
+/// Pooled buffers keep the bytes they ever held (their `Vec` length): memory initialized once
+/// is read into again without being zeroed again.
+fn give_back(buf: Vec<u8>) {
     if let Some(class) = class_of(buf.capacity()) {
-        buf.clear();
         let mut free = FREE[class].lock().unwrap_or_else(|p| p.into_inner());
         if free.len() < KEEP_PER_CLASS {
             free.push(buf);
@@ -58,12 +64,21 @@ fn give_back(mut buf: Vec<u8>) {
     }
 }
 
+/// How much [`ChunkBuf::read_pieces`] reads at a time: small enough that a piece is still in
+/// the core's cache when it is handed on (hashed), large enough that a chunk is a few dozen
+/// system calls.
+pub const READ_PIECE: usize = 256 << 10;
+
 /// A growable buffer for one chunk, taken from the pool; [`ChunkBuf::freeze`] turns it into
 /// [`Bytes`] that return it to the pool when the last clone drops. Dropped unfrozen, it goes
 /// back at once.
 #[derive(Debug)]
 pub struct ChunkBuf {
+    /// The allocation. Its length counts the bytes ever initialized, which may run past the
+    /// data: a pooled buffer comes back with what its last user wrote.
     buf: Option<Vec<u8>>,
+    /// Bytes of data, from the start of `buf`.
+    len: usize,
 }
 
 impl ChunkBuf {
@@ -71,6 +86,7 @@ impl ChunkBuf {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             buf: Some(take(capacity)),
+            len: 0,
         }
     }
 
@@ -79,35 +95,71 @@ impl ChunkBuf {
     }
 
     pub fn len(&self) -> usize {
-        self.buf.as_ref().map_or(0, Vec::len)
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
     /// Empties the buffer, keeping its capacity.
     pub fn clear(&mut self) {
-        self.vec().clear();
+        self.len = 0;
     }
 
     pub fn extend_from_slice(&mut self, data: &[u8]) {
-        self.vec().extend_from_slice(data);
+        let start = self.len;
+        let end = start + data.len();
+        let v = self.vec();
+        if end <= v.len() {
+            v[start..end].copy_from_slice(data);
+        } else {
+            v.truncate(start);
+            v.extend_from_slice(data);
+        }
+        self.len = end;
     }
 
-    /// Appends everything `reader` yields, up to `limit` bytes; returns how many were read.
-    /// Reads into the spare capacity without zeroing it first.
-    pub fn read_from(&mut self, reader: impl std::io::Read, limit: u64) -> std::io::Result<usize> {
-        use std::io::Read as _;
-        reader.take(limit).read_to_end(self.vec())
+    /// Appends what `reader` yields, up to `limit` bytes, [`READ_PIECE`] bytes at a time, and
+    /// hands each piece to `each` as soon as it is read, while it is still in the cache (a
+    /// reader of a chunk hashes it there instead of reading it all back from memory). Returns
+    /// how many bytes were read: fewer than `limit` only where the reader ended.
+    pub fn read_pieces(
+        &mut self,
+        mut reader: impl std::io::Read,
+        limit: usize,
+        mut each: impl FnMut(&[u8]),
+    ) -> std::io::Result<usize> {
+        let start = self.len;
+        let want = start.saturating_add(limit);
+        let v = self.vec();
+        if v.len() < want {
+            // Zeroes only memory this buffer never held before.
+            v.resize(want, 0);
+        }
+        let mut at = start;
+        while at < want {
+            let end = want.min(at + READ_PIECE);
+            let n = match reader.read(&mut v[at..end]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            each(&v[at..at + n]);
+            at += n;
+        }
+        self.len = at;
+        Ok(at - start)
     }
 
     /// The contents as [`Bytes`]; the buffer returns to the pool when the last clone drops.
     pub fn freeze(mut self) -> Bytes {
-        let buf = self.buf.take().expect("present until frozen or dropped");
+        let mut buf = self.buf.take().expect("present until frozen or dropped");
         if class_of(buf.capacity()).is_some() {
-            Bytes::from_owner(Returning(buf))
+            Bytes::from_owner(Returning { buf, len: self.len })
         } else {
+            buf.truncate(self.len);
             Bytes::from(buf)
         }
     }
@@ -121,18 +173,21 @@ impl Drop for ChunkBuf {
     }
 }
 
-/// The owner behind frozen pooled [`Bytes`].
-struct Returning(Vec<u8>);
+/// The owner behind frozen pooled [`Bytes`]: the buffer and how much of it is the data.
+struct Returning {
+    buf: Vec<u8>,
+    len: usize,
+}
 
 impl AsRef<[u8]> for Returning {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.buf[..self.len]
     }
 }
 
 impl Drop for Returning {
     fn drop(&mut self) {
-        give_back(std::mem::take(&mut self.0));
+        give_back(std::mem::take(&mut self.buf));
     }
 }
 
@@ -173,10 +228,50 @@ mod tests {
     }
 
     #[test]
-    fn read_from_stops_at_the_limit() {
+    fn read_pieces_stops_at_the_limit_and_hands_on_every_byte_once() {
         let mut buf = ChunkBuf::with_capacity(1 << 20);
-        let n = buf.read_from(&b"0123456789"[..], 4).unwrap();
+        let mut seen = Vec::new();
+        let n = buf
+            .read_pieces(&b"0123456789"[..], 4, |p| seen.extend_from_slice(p))
+            .unwrap();
         assert_eq!(n, 4);
+        assert_eq!(seen, b"0123");
         assert_eq!(&buf.freeze()[..], b"0123");
+    }
+
+    #[test]
+    fn read_pieces_reads_in_pieces_and_stops_where_the_reader_ends() {
+        let data: Vec<u8> = (0..READ_PIECE * 2 + 7).map(|i| (i % 251) as u8).collect();
+        let mut buf = ChunkBuf::with_capacity(data.len() + 100);
+        buf.extend_from_slice(b"head");
+        let mut pieces = Vec::new();
+        let n = buf
+            .read_pieces(&data[..], data.len() + 100, |p| pieces.push(p.to_vec()))
+            .unwrap();
+        assert_eq!(n, data.len(), "short where the reader ended");
+        assert!(pieces.iter().all(|p| p.len() <= READ_PIECE));
+        assert_eq!(pieces.concat(), data);
+        let frozen = buf.freeze();
+        assert_eq!(&frozen[..4], b"head");
+        assert_eq!(&frozen[4..], &data[..]);
+    }
+
+    #[test]
+    fn a_reused_buffer_holds_only_what_its_new_user_wrote() {
+        // A class of its own (64 MiB) so parallel tests do not share it.
+        let cap = 64 << 20;
+        let mut a = ChunkBuf::with_capacity(cap);
+        a.read_pieces(&vec![7u8; 1 << 20][..], 1 << 20, |_| {})
+            .unwrap();
+        drop(a.freeze());
+        let mut b = ChunkBuf::with_capacity(cap);
+        assert!(b.is_empty());
+        b.extend_from_slice(b"abc");
+        b.read_pieces(&b"de"[..], 10, |_| {}).unwrap();
+        assert_eq!(
+            &b.freeze()[..],
+            b"abcde",
+            "nothing of the last user's bytes"
+        );
     }
 }

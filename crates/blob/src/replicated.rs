@@ -379,11 +379,105 @@ impl ReplicatedBlobStore {
         }
     }
 
+    /// Tries the locations the index records a copy on, then the placed locations in
+    /// preference order, then the others; skips copies that are
+    /// missing, unreachable or fail `ChunkId::matches`, and records what it found wrong. A location that has not answered after
+    /// [`HEDGE_AFTER`] gets company: the next one is asked too, and the first healthy copy wins,
+    /// so one slow or hanging location costs a read at most that delay. When every copy found is
+    /// corrupt, one is returned (with `false`) so the caller reports damage rather than a missing
+    /// chunk.
+    async fn read_checked(&self, id: &ChunkId) -> Result<(Bytes, bool)> {
+        if let Some((data, _)) = self.erasure {
+            return self.get_erasure(id, data).await;
+        }
+        let placed = self.placed(id, None);
+        let recorded = self.recorded(id).await;
+        let order = self.read_order(&placed, &recorded);
+        let mut seen = Vec::new();
+        let mut corrupt = None;
+        let mut unreachable = Vec::new();
+        let mut skipped = false;
+        let mut next = 0;
+        let mut pending = FuturesUnordered::new();
+        let read = |i: usize| {
+            let store = self.locations[i].store.clone();
+            let id = *id;
+            async move { (i, Self::read_copy(store.as_ref(), &id).await) }
+        };
+        loop {
+            if pending.is_empty() {
+                if next == order.len() {
+                    break;
+                }
+                pending.push(read(order[next]));
+                next += 1;
+            }
+            let hedge = tokio::time::sleep(HEDGE_AFTER);
+            let answered = tokio::select! {
+                Some(answer) = pending.next() => Some(answer),
+                () = hedge, if next < order.len() => None,
+            };
+            let Some((i, (state, data))) = answered else {
+                self.stats.read_hedges.fetch_add(1, Ordering::Relaxed);
+                pending.push(read(order[next]));
+                next += 1;
+                continue;
+            };
+            let l = &self.locations[i];
+            seen.push((i, None, state));
+            match (state, data) {
+                (CopyState::Healthy, Some(data)) => {
+                    if skipped {
+                        self.stats.read_failovers.fetch_add(1, Ordering::Relaxed);
+                        self.enqueue(*id);
+                    }
+                    self.note_read(id, &recorded, &seen).await;
+                    return Ok((data, true));
+                }
+                (CopyState::Corrupt, data) => {
+                    tracing::warn!(chunk = %id, location = %l.name, "corrupt copy skipped; queued for repair");
+                    self.stats
+                        .corrupt_copies_seen
+                        .fetch_add(1, Ordering::Relaxed);
+                    corrupt = corrupt.or(data);
+                    skipped = true;
+                }
+                (CopyState::Missing, _) => {
+                    let was_recorded = recorded.iter().any(|c| c.location == l.name);
+                    if placed.contains(&i) || was_recorded {
+                        self.stats
+                            .missing_copies_seen
+                            .fetch_add(1, Ordering::Relaxed);
+                        skipped = true;
+                    }
+                }
+                (_, _) => {
+                    unreachable.push(l.name.clone());
+                    skipped = true;
+                }
+            }
+        }
+        self.note_read(id, &recorded, &seen).await;
+        if let Some(data) = corrupt {
+            self.enqueue(*id);
+            return Ok((data, false));
+        }
+        if !unreachable.is_empty() {
+            return Err(unavailable(format!(
+                "chunk {id} not found on any reachable location; unreachable: {}",
+                unreachable.join(", ")
+            )));
+        }
+        Err(BlobError::NotFound {
+            key: crate::chunk_key(id),
+        })
+    }
+
     /// Reads the `data` data shards first (where the index records them, else where placement
     /// puts them), so an intact chunk is joined without decoding; only when one of them fails
     /// are the parity shards read, then every other location. Rebuilds the chunk from the
     /// first `data` intact shards.
-    async fn get_erasure(&self, id: &ChunkId, data: usize) -> Result<Bytes> {
+    async fn get_erasure(&self, id: &ChunkId, data: usize) -> Result<(Bytes, bool)> {
         let placed = self.placed(id, None);
         let recorded = self.recorded(id).await;
         let mut seen = Vec::new();
@@ -476,7 +570,7 @@ impl ReplicatedBlobStore {
                 }
                 self.note_read(id, &recorded, &seen).await;
                 return match rebuilt {
-                    Ok((_, chunk)) => Ok(chunk),
+                    Ok((ok, chunk)) => Ok((chunk, ok)),
                     Err(e) => Err(BlobError::Other {
                         source: format!("chunk {id} could not be rebuilt from its shards: {e}")
                             .into(),
@@ -676,18 +770,9 @@ impl ReplicatedBlobStore {
 
     /// Reads one copy and says what it is, returning the bytes when healthy.
     async fn read_copy(store: &dyn BlobStore, id: &ChunkId) -> (CopyState, Option<Bytes>) {
-        match store.get(id).await {
-            Ok(data) => {
-                let hash = *id;
-                let (ok, data) = tokio::task::spawn_blocking(move || (hash.matches(&data), data))
-                    .await
-                    .unwrap_or_else(|_| (false, Bytes::new()));
-                if ok {
-                    (CopyState::Healthy, Some(data))
-                } else {
-                    (CopyState::Corrupt, Some(data))
-                }
-            }
+        match store.get_checked(id).await {
+            Ok((data, true)) => (CopyState::Healthy, Some(data)),
+            Ok((data, false)) => (CopyState::Corrupt, Some(data)),
             Err(BlobError::NotFound { .. }) => (CopyState::Missing, None),
             Err(_) => (CopyState::Unreachable, None),
         }
@@ -1008,97 +1093,12 @@ impl BlobStore for ReplicatedBlobStore {
         Ok(())
     }
 
-    /// Tries the locations the index records a copy on, then the placed locations in
-    /// preference order, then the others; skips copies that are
-    /// missing, unreachable or fail `ChunkId::matches`, and records what it found wrong. A location that has not answered after
-    /// [`HEDGE_AFTER`] gets company: the next one is asked too, and the first healthy copy wins,
-    /// so one slow or hanging location costs a read at most that delay. When every copy found is
-    /// corrupt, one is returned so the caller reports damage rather than a missing chunk.
     async fn get(&self, id: &ChunkId) -> Result<Bytes> {
-        if let Some((data, _)) = self.erasure {
-            return self.get_erasure(id, data).await;
-        }
-        let placed = self.placed(id, None);
-        let recorded = self.recorded(id).await;
-        let order = self.read_order(&placed, &recorded);
-        let mut seen = Vec::new();
-        let mut corrupt = None;
-        let mut unreachable = Vec::new();
-        let mut skipped = false;
-        let mut next = 0;
-        let mut pending = FuturesUnordered::new();
-        let read = |i: usize| {
-            let store = self.locations[i].store.clone();
-            let id = *id;
-            async move { (i, Self::read_copy(store.as_ref(), &id).await) }
-        };
-        loop {
-            if pending.is_empty() {
-                if next == order.len() {
-                    break;
-                }
-                pending.push(read(order[next]));
-                next += 1;
-            }
-            let hedge = tokio::time::sleep(HEDGE_AFTER);
-            let answered = tokio::select! {
-                Some(answer) = pending.next() => Some(answer),
-                () = hedge, if next < order.len() => None,
-            };
-            let Some((i, (state, data))) = answered else {
-                self.stats.read_hedges.fetch_add(1, Ordering::Relaxed);
-                pending.push(read(order[next]));
-                next += 1;
-                continue;
-            };
-            let l = &self.locations[i];
-            seen.push((i, None, state));
-            match (state, data) {
-                (CopyState::Healthy, Some(data)) => {
-                    if skipped {
-                        self.stats.read_failovers.fetch_add(1, Ordering::Relaxed);
-                        self.enqueue(*id);
-                    }
-                    self.note_read(id, &recorded, &seen).await;
-                    return Ok(data);
-                }
-                (CopyState::Corrupt, data) => {
-                    tracing::warn!(chunk = %id, location = %l.name, "corrupt copy skipped; queued for repair");
-                    self.stats
-                        .corrupt_copies_seen
-                        .fetch_add(1, Ordering::Relaxed);
-                    corrupt = corrupt.or(data);
-                    skipped = true;
-                }
-                (CopyState::Missing, _) => {
-                    let was_recorded = recorded.iter().any(|c| c.location == l.name);
-                    if placed.contains(&i) || was_recorded {
-                        self.stats
-                            .missing_copies_seen
-                            .fetch_add(1, Ordering::Relaxed);
-                        skipped = true;
-                    }
-                }
-                (_, _) => {
-                    unreachable.push(l.name.clone());
-                    skipped = true;
-                }
-            }
-        }
-        self.note_read(id, &recorded, &seen).await;
-        if let Some(data) = corrupt {
-            self.enqueue(*id);
-            return Ok(data);
-        }
-        if !unreachable.is_empty() {
-            return Err(unavailable(format!(
-                "chunk {id} not found on any reachable location; unreachable: {}",
-                unreachable.join(", ")
-            )));
-        }
-        Err(BlobError::NotFound {
-            key: crate::chunk_key(id),
-        })
+        self.read_checked(id).await.map(|(data, _)| data)
+    }
+
+    async fn get_checked(&self, id: &ChunkId) -> Result<(Bytes, bool)> {
+        self.read_checked(id).await
     }
 
     async fn head(&self, id: &ChunkId) -> Result<Option<BlobMeta>> {

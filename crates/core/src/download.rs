@@ -174,8 +174,10 @@ async fn fetch_verified(
     file: FileId,
     entry: ChunkEntry,
 ) -> Result<Bytes> {
-    let data = match blobs.get(&entry.hash).await {
-        Ok(d) => d,
+    // The store hashes as it reads where it can (a local directory, piece by piece while each
+    // piece is in the cache), else hashes after reading.
+    let (data, ok) = match blobs.get_checked(&entry.hash).await {
+        Ok(read) => read,
         Err(BlobError::NotFound { .. }) => {
             Stats::add(&stats.chunks_missing, 1);
             tracing::error!(file = %file, chunk = %entry.hash, index = entry.index, "chunk missing from the blob store; download cut off");
@@ -186,14 +188,6 @@ async fn fetch_verified(
             });
         }
         Err(e) => return Err(e.into()),
-    };
-    let ok = if data.len() < crate::upload::PARALLEL_HASH_MIN {
-        // A thread hand-off would cost more than hashing a small chunk here.
-        entry.hash.matches(&data)
-    } else {
-        let verify = data.clone();
-        let hash = entry.hash;
-        tokio::task::spawn_blocking(move || hash.matches(&verify)).await?
     };
     if !ok || data.len() as u64 != entry.length {
         Stats::add(&stats.chunks_corrupt, 1);

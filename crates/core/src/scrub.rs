@@ -119,14 +119,11 @@ impl Vault {
                     }
                     problem
                 } else {
-                    match self.blobs.get(&c.hash).await {
-                        Ok(data) => {
+                    match self.blobs.get_checked(&c.hash).await {
+                        Ok((data, ok)) => {
                             report.bytes_checked += data.len() as u64;
                             metrics::counter!("chunkvault_scrub_bytes_checked_total")
                                 .increment(data.len() as u64);
-                            let hash = c.hash;
-                            let ok =
-                                tokio::task::spawn_blocking(move || hash.matches(&data)).await?;
                             if ok {
                                 Stats::add(&self.stats.chunks_verified, 1);
                                 None

@@ -38,6 +38,31 @@ impl ChunkId {
     }
 }
 
+/// Hashes a chunk given in pieces: [`ChunkHasher::finish`] is the [`ChunkId`] that
+/// [`ChunkId::of`] gives for the pieces joined, so a reader can hash what it reads as it reads.
+#[derive(Default, Clone)]
+pub struct ChunkHasher(blake3::Hasher);
+
+impl ChunkHasher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn update(&mut self, piece: &[u8]) {
+        self.0.update(piece);
+    }
+
+    pub fn finish(&self) -> ChunkId {
+        ChunkId(*self.0.finalize().as_bytes())
+    }
+}
+
+impl fmt::Debug for ChunkHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChunkHasher")
+    }
+}
+
 impl fmt::Display for ChunkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
@@ -149,6 +174,17 @@ mod tests {
         assert_eq!(id.to_hex().parse::<ChunkId>().unwrap(), id);
         assert!(id.matches(b"hello"));
         assert!(!id.matches(b"hellp"));
+    }
+
+    #[test]
+    fn hashing_in_pieces_gives_the_whole_chunk_id() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        for piece in [1, 1000, 1024, 65_536, 262_144, data.len()] {
+            let mut h = ChunkHasher::new();
+            data.chunks(piece).for_each(|p| h.update(p));
+            assert_eq!(h.finish(), ChunkId::of(&data), "pieces of {piece}");
+        }
+        assert_eq!(ChunkHasher::new().finish(), ChunkId::of(b""));
     }
 
     #[test]
