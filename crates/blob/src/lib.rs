@@ -87,7 +87,8 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
 
     /// Reads the whole blob, as `get` does, and checks it against `id`: `(data, true)` when
     /// `data` hashes to `id`, `(data, false)` when it does not (a damaged blob). Errors as
-    /// `get`.
+    /// `get`. A wrapper around another store forwards it, or the inner store's hashing while
+    /// reading is lost (the default reads, then hashes).
     async fn get_checked(&self, id: &ChunkId) -> Result<(Bytes, bool)> {
         let data = self.get(id).await?;
         let ok = matches_off_task(*id, data.clone()).await?;
