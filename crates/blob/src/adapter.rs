@@ -104,31 +104,6 @@ pub struct ObjectStoreBlobs {
 }
 
 impl ObjectStoreBlobs {
-    /// Reads a whole blob into a pooled buffer; with `hash`, hashes it as it reads and returns
-    /// the hash too.
-    async fn read(&self, id: &ChunkId, hash: bool) -> Result<(Bytes, Option<ChunkId>)> {
-        let key = chunk_key(id);
-        if let Some(root) = &self.local_root {
-            let path = root.join(&key);
-            match read_small_local(&path, hash) {
-                Ok(Some(data)) => return Ok(data),
-                Ok(None) => {} // large: read on a blocking thread below
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(self.not_found(key).await);
-                }
-                Err(e) => return Err(self.classify(local_io_error("reading", &path, e), &key)),
-            }
-        }
-        let result = match self.store.get(&Path::from(key.as_str())).await {
-            Ok(r) => r,
-            Err(object_store::Error::NotFound { .. }) => return Err(self.not_found(key).await),
-            Err(e) => return Err(self.classify(e, &key)),
-        };
-        read_pooled(result, hash)
-            .await
-            .map_err(|e| self.classify(e, &key))
-    }
-
     /// Wraps an already-built object store, without touching it.
     pub fn new(store: Arc<dyn ObjectStore>, describe: impl Into<String>) -> Self {
         Self {
@@ -566,6 +541,33 @@ fn holds(path: &std::path::Path, data: &[u8]) -> bool {
         }
     }
     true
+}
+
+impl ObjectStoreBlobs {
+    /// Reads a whole blob into a pooled buffer; with `hash`, hashes it as it reads and returns
+    /// the hash too.
+    async fn read(&self, id: &ChunkId, hash: bool) -> Result<(Bytes, Option<ChunkId>)> {
+        let key = chunk_key(id);
+        if let Some(root) = &self.local_root {
+            let path = root.join(&key);
+            match read_small_local(&path, hash) {
+                Ok(Some(data)) => return Ok(data),
+                Ok(None) => {} // large: read on a blocking thread below
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(self.not_found(key).await);
+                }
+                Err(e) => return Err(self.classify(local_io_error("reading", &path, e), &key)),
+            }
+        }
+        let result = match self.store.get(&Path::from(key.as_str())).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Err(self.not_found(key).await),
+            Err(e) => return Err(self.classify(e, &key)),
+        };
+        read_pooled(result, hash)
+            .await
+            .map_err(|e| self.classify(e, &key))
+    }
 }
 
 /// A local chunk file read whole (and hashed, with `hash`) on the calling task when it is
