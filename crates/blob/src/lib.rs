@@ -38,7 +38,7 @@ pub use replicated::{
 };
 
 /// Blobs up to this size are hashed on the calling task: a thread hand-off would cost more.
-pub const HASH_ON_TASK_MAX: usize = 64 << 10;
+const HASH_ON_TASK_MAX: usize = 64 << 10;
 
 /// Whether `data` hashes to `id`; hashed on a blocking thread unless small.
 pub(crate) async fn matches_off_task(id: ChunkId, data: Bytes) -> Result<bool> {

@@ -519,12 +519,7 @@ async fn small_files_are_kept_inline_and_verified(backend: Backend) {
     );
 
     // Deleting the file deletes its content.
-    let resp = s
-        .http
-        .delete(s.url(&format!("/files/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let resp = s.delete(&format!("/files/{id}")).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let resp = s.get(&format!("/download/{id}")).await;
     expect_error(resp, StatusCode::NOT_FOUND, "not_found").await;

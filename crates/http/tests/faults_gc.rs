@@ -302,12 +302,7 @@ async fn a_failed_upload_keeps_no_blobs(backend: Backend) {
     let mut with_part = kept_chunks.clone();
     with_part.extend(chunk_ids(&part, C));
     assert_eq!(s.blob_ids().await, with_part);
-    let gone = s
-        .http
-        .delete(s.url(&format!("/uploads/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let gone = s.delete(&format!("/uploads/{id}")).await;
     assert_eq!(gone.status(), StatusCode::NO_CONTENT);
     wait_for_blobs(&s, &kept_chunks).await;
 

@@ -186,12 +186,7 @@ async fn delete_hides_the_file_everywhere(backend: Backend) {
     let gone_data = random_bytes(2 * C + 1, fresh_seed());
     let gone = s.put_file("gone.bin", &gone_data).await;
 
-    let resp = s
-        .http
-        .delete(s.url(&format!("/files/{gone}")))
-        .send()
-        .await
-        .unwrap();
+    let resp = s.delete(&format!("/files/{gone}")).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert!(resp.bytes().await.unwrap().is_empty());
 
@@ -207,12 +202,7 @@ async fn delete_hides_the_file_everywhere(backend: Backend) {
         "not_found",
     )
     .await;
-    let resp = s
-        .http
-        .delete(s.url(&format!("/files/{gone}")))
-        .send()
-        .await
-        .unwrap();
+    let resp = s.delete(&format!("/files/{gone}")).await;
     expect_error(resp, StatusCode::NOT_FOUND, "not_found").await;
     assert_eq!(s.listed_ids().await, vec![keep.clone()]);
     expect_download(

@@ -258,12 +258,7 @@ async fn abort_ends_the_session(backend: Backend) {
         put_chunk(&s, &id, 0, &data[..cs]).await.status(),
         StatusCode::OK
     );
-    let resp = s
-        .http
-        .delete(s.url(&format!("/uploads/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let resp = s.delete(&format!("/uploads/{id}")).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert_eq!(status(&s, &id).await["state"], "aborted");
     expect_error(

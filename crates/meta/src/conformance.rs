@@ -57,6 +57,15 @@ fn commit(size: u64) -> CommitFile {
 }
 
 /// Stores a file and returns its id.
+/// The file as listing returns it (from the database), if listed.
+async fn listed(m: &dyn MetaStore, id: FileId) -> Option<crate::FileRecord> {
+    m.list_files(None, None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|x| x.id == id)
+}
+
 async fn store_file(m: &dyn MetaStore, size: u64, seed: u32) -> FileId {
     let u = new_upload("f");
     m.create_upload(&u).await.unwrap();
@@ -553,14 +562,7 @@ pub async fn a_whole_file_is_recorded_in_one_transaction(m: &dyn MetaStore) {
             .collect::<Vec<_>>()
     );
     // What create_file returned is the stored row (listing reads it back from the database).
-    assert_eq!(
-        m.list_files(None, None, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|x| x.id == u.id),
-        Some(f.clone())
-    );
+    assert_eq!(listed(m, u.id).await, Some(f.clone()));
     // Its chunks are live and referenced: stored for the next upload, never claimed by GC.
     let again = new_upload("whole again");
     let (_, states) = m
@@ -1281,14 +1283,7 @@ pub async fn an_inline_file_is_kept_in_the_store(m: &dyn MetaStore) {
     );
     // What it returned is the row as every read returns it.
     assert_eq!(m.file(u.id).await.unwrap().unwrap(), f);
-    assert_eq!(
-        m.list_files(None, None, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|x| x.id == u.id),
-        Some(f.clone())
-    );
+    assert_eq!(listed(m, u.id).await, Some(f.clone()));
     assert_eq!(
         m.file_with_manifest(u.id, 10).await.unwrap(),
         Some((f.clone(), Vec::new()))

@@ -286,6 +286,14 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("GET {path}: {e:?}"))
     }
 
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DELETE {path}: {e:?}"))
+    }
+
     pub async fn download_range(&self, id: &str, range: &str) -> reqwest::Response {
         self.http
             .get(self.url(&format!("/download/{id}")))
