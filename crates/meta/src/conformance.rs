@@ -517,6 +517,12 @@ pub async fn file_with_manifest_reads_both(m: &dyn MetaStore) {
         m.file_with_manifest(u.id, 10).await.unwrap().is_none(),
         "deleted"
     );
+    // A file without chunks: its row, no entries.
+    let empty = new_upload("empty");
+    let (f, _) = m.create_file(&empty, &[], &commit(0)).await.unwrap();
+    let (got, entries) = m.file_with_manifest(empty.id, 10).await.unwrap().unwrap();
+    assert_eq!(got, f);
+    assert!(entries.is_empty());
     // The store's connections stay usable after all of this (no read left open).
     let again = store_file(m, 4, 1750).await;
     assert_eq!(

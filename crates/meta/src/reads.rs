@@ -14,7 +14,7 @@ use chunkvault_types::{ChunkEntry, FileId};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::recent::RecentFiles;
-use crate::sql::FILE_COLUMNS;
+use crate::sql::{FILE_COLUMN_COUNT, FILE_COLUMNS};
 use crate::writer::file_record;
 use crate::{FileRecord, Result, chunk_id, to_i64};
 
@@ -189,18 +189,6 @@ pub(crate) const INSERT_INLINE_DATA: &str =
 /// A file's record, its first manifest entries and an inline file's content.
 type FileWithEntries = (FileRecord, Vec<ChunkEntry>, Option<bytes::Bytes>);
 
-/// How many columns `FILE_COLUMNS` names (its commas plus one): the manifest's columns follow
-/// them in [`FILE_WITH_ENTRIES`].
-const FILE_COLUMN_COUNT: usize = {
-    let (bytes, mut i, mut n) = (FILE_COLUMNS.as_bytes(), 0, 1);
-    while i < bytes.len() {
-        if bytes[i] == b',' {
-            n += 1;
-        }
-        i += 1;
-    }
-    n
-};
 
 /// A committed file's row joined with its first manifest entries (`?2` of them): one row per
 /// entry, in index order (the join walks `file_chunks`' primary key), or one row with NULL
@@ -262,7 +250,7 @@ mod tests {
     fn the_manifest_columns_follow_the_file_columns() {
         assert_eq!(
             crate::sql::FILE_COLUMNS.split(',').count(),
-            super::FILE_COLUMN_COUNT
+            crate::sql::FILE_COLUMN_COUNT
         );
     }
 }

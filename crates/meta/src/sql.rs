@@ -8,6 +8,34 @@
 
 pub(crate) const FILE_COLUMNS: &str = "id, name, content_type, size, chunk_size, chunk_count, sha256, created_at, committed_at, owner, is_inline";
 
+/// How many columns `FILE_COLUMNS` names (its commas plus one): the manifest's columns follow
+/// them where a file is read joined with its manifest.
+pub(crate) const FILE_COLUMN_COUNT: usize = {
+    let (bytes, mut i, mut n) = (FILE_COLUMNS.as_bytes(), 0, 1);
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+};
+
+/// A committed file's row joined with its first manifest entries (`$2` of them): one row per
+/// entry, in index order, or one row with NULL entry columns for a file without chunks. No
+/// row: no such committed file. One statement is one snapshot, without the `BEGIN` and
+/// `COMMIT` (two more round trips) that reading the two in their own statements needs.
+/// SQLite's point reads (`reads.rs`) use a variant that also carries an inline file's content.
+pub(crate) static FILE_WITH_ENTRIES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {FILE_COLUMNS}, fc.idx, fc.byte_offset, fc.byte_length, fc.hash
+         FROM files f LEFT JOIN file_chunks fc
+           ON fc.file_id = f.id AND fc.idx >= 0 AND fc.idx < $2
+         WHERE f.id = $1 AND f.state = 'committed'
+         ORDER BY fc.idx"
+    )
+});
+
 /// Rows per multi-row statement: far below both databases' bind-variable limits (5 binds a row).
 pub(crate) const BATCH: usize = 1000;
 
@@ -46,10 +74,6 @@ macro_rules! impl_meta_store {
         }
 
         /// A transaction that only reads (one snapshot), begun the same way.
-        async fn begin_read(pool: &sqlx::Pool<$db>) -> Result<Tx> {
-            begin_with(pool, "BEGIN").await
-        }
-
         async fn begin_with(pool: &sqlx::Pool<$db>, statement: &'static str) -> Result<Tx> {
             let pool = pool.clone();
             match tokio::spawn(async move { pool.begin_with(statement).await }).await {
@@ -60,11 +84,16 @@ macro_rules! impl_meta_store {
 
         /// A manifest row: `idx, byte_offset, byte_length, hash`, in that order.
         fn chunk_entry(r: &<$db as sqlx::Database>::Row) -> Result<ChunkEntry> {
+            chunk_entry_at(r, 0)
+        }
+
+        /// A manifest row's four columns, from column `at` on.
+        fn chunk_entry_at(r: &<$db as sqlx::Database>::Row, at: usize) -> Result<ChunkEntry> {
             Ok(ChunkEntry {
-                index: r.try_get::<i64, _>(0)? as u64,
-                offset: r.try_get::<i64, _>(1)? as u64,
-                length: r.try_get::<i64, _>(2)? as u64,
-                hash: chunk_id(r.try_get(3)?)?,
+                index: r.try_get::<i64, _>(at)? as u64,
+                offset: r.try_get::<i64, _>(at + 1)? as u64,
+                length: r.try_get::<i64, _>(at + 2)? as u64,
+                hash: chunk_id(r.try_get(at + 3)?)?,
             })
         }
 
@@ -551,24 +580,22 @@ macro_rules! impl_meta_store {
                 if let Some(reads) = dialect::point_reads(self) {
                     return reads.file_with_manifest(id, limit);
                 }
-                // Two statements, one snapshot: the file cannot be deleted between them.
-                let mut tx = begin_read(&self.read).await?;
-                let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE id = $1 AND state = 'committed'");
-                let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id.as_uuid()).fetch_optional(&mut *tx).await? else {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(crate::sql::FILE_WITH_ENTRIES.as_str()))
+                    .bind(id.as_uuid())
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.read)
+                    .await?;
+                let Some(first) = rows.first() else {
                     return Ok(None);
                 };
-                let file = file_record(&row)?;
-                let rows = sqlx::query(
-                    "SELECT idx, byte_offset, byte_length, hash FROM file_chunks
-                     WHERE file_id = $1 AND idx >= 0 AND idx < $2 ORDER BY idx",
-                )
-                .bind(id.as_uuid())
-                .bind(i64::from(limit))
-                .fetch_all(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                let entries = rows.iter().map(chunk_entry)
-                    .collect::<Result<Vec<_>>>()?;
+                let file = file_record(first)?;
+                let mut entries = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    // A file without chunks is one row with no manifest columns.
+                    if row.try_get::<Option<i64>, _>(crate::sql::FILE_COLUMN_COUNT)?.is_some() {
+                        entries.push(chunk_entry_at(row, crate::sql::FILE_COLUMN_COUNT)?);
+                    }
+                }
                 Ok(Some((file, entries)))
             }
 
