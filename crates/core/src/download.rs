@@ -18,15 +18,17 @@ impl Vault {
     /// damaged chunk's bytes, when a chunk is missing or does not match its hash: a front end
     /// must then cut the response off so the client sees a failed transfer.
     pub fn read(&self, file: &FileRecord, range: ByteRange) -> BoxStream<'static, Result<Bytes>> {
-        self.read_from(file, Vec::new(), range)
+        self.read_from(file, Vec::new(), None, range)
     }
 
-    /// [`Vault::read`] with the manifest's first entries already in hand (from
-    /// [`Vault::file_for_download`]): pages they cover are not read again.
+    /// [`Vault::read`] with what [`Vault::file_for_download`] read already in hand: manifest
+    /// pages `first` covers are not read again, and an inline file's content `inline` (still
+    /// verified here) is not read again either.
     pub fn read_from(
         &self,
         file: &FileRecord,
         first: Vec<ChunkEntry>,
+        inline: Option<Bytes>,
         range: ByteRange,
     ) -> BoxStream<'static, Result<Bytes>> {
         if range.is_empty() {
@@ -35,7 +37,10 @@ impl Vault {
         if file.inline {
             let (vault, file) = (self.clone(), file.clone());
             return stream::once(async move {
-                let data = vault.inline_content(&file).await?;
+                let data = match inline {
+                    Some(data) => vault.verified_inline(&file, data)?,
+                    None => vault.inline_content(&file).await?,
+                };
                 let end = usize::try_from(range.end)
                     .ok()
                     .filter(|e| *e <= data.len())
@@ -92,6 +97,12 @@ impl Vault {
             .inline_data(file.id)
             .await?
             .ok_or(CoreError::NotFound)?;
+        self.verified_inline(file, data)
+    }
+
+    /// `data`, an inline file's content as the metadata store gave it, once it matches the
+    /// file's size and SHA-256: [`CoreError::Damaged`] (logged, counted) when it does not.
+    fn verified_inline(&self, file: &FileRecord, data: Bytes) -> Result<Bytes> {
         let digest = Sha256::digest(&data);
         if data.len() as u64 != file.size || hex::encode(digest) != file.sha256 {
             Stats::add(&self.stats.chunks_corrupt, 1);

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chunkvault_blob::{BlobStore, ReplicatedBlobStore};
-use chunkvault_meta::{FileRecord, MetaStore};
+use chunkvault_meta::{FileRecord, FileStart, MetaStore};
 use chunkvault_types::{ChunkEntry, FileId};
 
 pub use auth::{
@@ -146,17 +146,14 @@ impl Vault {
             .ok_or(CoreError::NotFound)
     }
 
-    /// A file the caller may see, with the first entries of its manifest: what a download
-    /// needs before it answers, in one metadata read. Hand both to [`Vault::read_from`].
-    pub async fn file_for_download(
-        &self,
-        who: &Principal,
-        id: FileId,
-    ) -> Result<(FileRecord, Vec<ChunkEntry>)> {
+    /// A file the caller may see, with the first entries of its manifest and an inline
+    /// file's content: what a download needs before it answers, in one metadata read. Hand
+    /// them to [`Vault::read_from`].
+    pub async fn file_for_download(&self, who: &Principal, id: FileId) -> Result<FileStart> {
         self.meta
             .file_with_manifest(id, download::MANIFEST_PAGE as u32)
             .await?
-            .filter(|(f, _)| who.may_see(f.owner))
+            .filter(|start| who.may_see(start.file.owner))
             .ok_or(CoreError::NotFound)
     }
 

@@ -23,7 +23,8 @@ use bytes::Bytes;
 use chunkvault_blob::{BlobError, BlobMeta, BlobStore};
 use chunkvault_meta::{
     Account, AccountId, ApiKeyRecord, ChunkCopy, ChunkRecord, ChunkState, CommitFile, FileRecord,
-    LinkSecret, MetaError, MetaStore, NewUpload, PendingChunk, SchemaStatus, UploadRecord,
+    FileStart, LinkSecret, MetaError, MetaStore, NewUpload, PendingChunk, SchemaStatus,
+    UploadRecord,
 };
 use chunkvault_types::{ChunkEntry, ChunkId, FileId};
 use futures::StreamExt;
@@ -259,11 +260,7 @@ impl MetaStore for MeteredMeta {
         )
     }
 
-    async fn file_with_manifest(
-        &self,
-        id: FileId,
-        limit: u32,
-    ) -> MetaResult<Option<(FileRecord, Vec<ChunkEntry>)>> {
+    async fn file_with_manifest(&self, id: FileId, limit: u32) -> MetaResult<Option<FileStart>> {
         meta_call!(
             "file_with_manifest",
             self.inner.file_with_manifest(id, limit)

@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chunkvault_meta::FileRecord;
+use chunkvault_meta::{FileRecord, FileStart};
 use chunkvault_types::{ByteRange, ErrorBody, RangeRequest, parse_range};
 use futures::{StreamExt, stream};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -69,7 +69,11 @@ pub(crate) async fn download(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let mut headers = headers;
-    let (file, known) = match caller {
+    let FileStart {
+        file,
+        entries: known,
+        inline,
+    } = match caller {
         // A key wins over a link: the caller's own access applies.
         Some(Caller(who)) => s.vault.file_for_download(&who, id).await?,
         None if query.contains_key("sig") => {
@@ -104,7 +108,11 @@ pub(crate) async fn download(
                 headers.remove(header::IF_RANGE);
                 headers.insert(header::RANGE, value(&format!("bytes={r}")));
             }
-            (file, Vec::new())
+            FileStart {
+                file,
+                entries: Vec::new(),
+                inline: None,
+            }
         }
         None => return Err(crate::auth::unauthorized()),
     };
@@ -148,7 +156,7 @@ pub(crate) async fn download(
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
-        let mut bytes = s.vault.read_from(&file, known, range);
+        let mut bytes = s.vault.read_from(&file, known, inline, range);
         // Read and verify the first chunk before answering: damage found there becomes a clean
         // error status; damage found later can only cut the transfer off.
         let mut first = match bytes.next().await {

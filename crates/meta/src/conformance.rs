@@ -488,7 +488,7 @@ pub async fn busy_chunk_blocks_new_references(m: &dyn MetaStore) {
     );
 }
 
-/// `file_with_manifest`: what `file` and `manifest` from index 0 say, together.
+/// `file_with_manifest`: what `file`, `manifest` from index 0 and `inline_data` say, together.
 pub async fn file_with_manifest_reads_both(m: &dyn MetaStore) {
     let u = new_upload("both");
     m.create_upload(&u).await.unwrap();
@@ -498,14 +498,15 @@ pub async fn file_with_manifest_reads_both(m: &dyn MetaStore) {
         "not committed yet"
     );
     let f = m.commit_upload(u.id, &commit(10)).await.unwrap();
-    let (got, entries) = m.file_with_manifest(u.id, 10).await.unwrap().unwrap();
-    assert_eq!(got, f);
-    assert_eq!(entries, m.manifest(u.id, 0, 10).await.unwrap());
-    assert_eq!(entries.len(), 3);
-    let (_, first) = m.file_with_manifest(u.id, 2).await.unwrap().unwrap();
-    assert_eq!(first, entries[..2]);
-    let (_, none) = m.file_with_manifest(u.id, 0).await.unwrap().unwrap();
-    assert!(none.is_empty());
+    let start = m.file_with_manifest(u.id, 10).await.unwrap().unwrap();
+    assert_eq!(start.file, f);
+    assert_eq!(start.entries, m.manifest(u.id, 0, 10).await.unwrap());
+    assert_eq!(start.entries.len(), 3);
+    assert_eq!(start.inline, None);
+    let first = m.file_with_manifest(u.id, 2).await.unwrap().unwrap();
+    assert_eq!(first.entries, start.entries[..2]);
+    let none = m.file_with_manifest(u.id, 0).await.unwrap().unwrap();
+    assert!(none.entries.is_empty());
     assert!(
         m.file_with_manifest(FileId::new(), 10)
             .await
@@ -517,12 +518,6 @@ pub async fn file_with_manifest_reads_both(m: &dyn MetaStore) {
         m.file_with_manifest(u.id, 10).await.unwrap().is_none(),
         "deleted"
     );
-    // A file without chunks: its row, no entries.
-    let empty = new_upload("empty");
-    let (f, _) = m.create_file(&empty, &[], &commit(0)).await.unwrap();
-    let (got, entries) = m.file_with_manifest(empty.id, 10).await.unwrap().unwrap();
-    assert_eq!(got, f);
-    assert!(entries.is_empty());
     // The store's connections stay usable after all of this (no read left open).
     let again = store_file(m, 4, 1750).await;
     assert_eq!(
@@ -530,7 +525,7 @@ pub async fn file_with_manifest_reads_both(m: &dyn MetaStore) {
             .await
             .unwrap()
             .unwrap()
-            .1
+            .entries
             .len(),
         1
     );
@@ -591,8 +586,11 @@ pub async fn a_whole_file_is_recorded_in_one_transaction(m: &dyn MetaStore) {
     let (f, states) = m.create_file(&empty, &[], &commit(0)).await.unwrap();
     assert!(states.is_empty());
     assert_eq!((f.size, f.chunk_count), (0, 0));
-    let (file, entries) = m.file_with_manifest(empty.id, 10).await.unwrap().unwrap();
-    assert_eq!((file, entries), (f, Vec::new()));
+    let start = m.file_with_manifest(empty.id, 10).await.unwrap().unwrap();
+    assert_eq!(
+        (start.file, start.entries, start.inline),
+        (f, Vec::new(), None)
+    );
 
     // Refused, with nothing recorded: an id in use, a manifest with a hole or the wrong total.
     assert!(
@@ -671,10 +669,13 @@ pub async fn a_whole_file_is_recorded_in_one_transaction(m: &dyn MetaStore) {
     // Read back whole or in part, as often as asked (a store may keep recent files); once
     // deleted, gone for every read at once.
     for _ in 0..2 {
-        let (file, entries) = m.file_with_manifest(u.id, 10).await.unwrap().unwrap();
-        assert_eq!((file, entries), (whole.clone(), manifest.clone()));
-        let (_, first) = m.file_with_manifest(u.id, 2).await.unwrap().unwrap();
-        assert_eq!(first, manifest[..2]);
+        let start = m.file_with_manifest(u.id, 10).await.unwrap().unwrap();
+        assert_eq!(
+            (start.file, start.entries),
+            (whole.clone(), manifest.clone())
+        );
+        let first = m.file_with_manifest(u.id, 2).await.unwrap().unwrap();
+        assert_eq!(first.entries, manifest[..2]);
     }
     assert!(m.delete_file(u.id).await.unwrap());
     assert!(m.file_with_manifest(u.id, 10).await.unwrap().is_none());
@@ -1290,10 +1291,17 @@ pub async fn an_inline_file_is_kept_in_the_store(m: &dyn MetaStore) {
     // What it returned is the row as every read returns it.
     assert_eq!(m.file(u.id).await.unwrap().unwrap(), f);
     assert_eq!(listed(m, u.id).await, Some(f.clone()));
-    assert_eq!(
-        m.file_with_manifest(u.id, 10).await.unwrap(),
-        Some((f.clone(), Vec::new()))
-    );
+    // The content comes with the row, on every read (a store may answer from memory).
+    for _ in 0..2 {
+        assert_eq!(
+            m.file_with_manifest(u.id, 10).await.unwrap(),
+            Some(crate::FileStart {
+                file: f.clone(),
+                entries: Vec::new(),
+                inline: Some(data.clone()),
+            })
+        );
+    }
     assert!(m.manifest(u.id, 0, 10).await.unwrap().is_empty());
     assert_eq!(m.inline_data(u.id).await.unwrap(), Some(data.clone()));
     assert_eq!(

@@ -153,6 +153,17 @@ pub struct CommitFile {
     pub committed_at: OffsetDateTime,
 }
 
+/// What a download reads first ([`MetaStore::file_with_manifest`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStart {
+    pub file: FileRecord,
+    /// The first manifest entries, in index order; empty for a file without chunks.
+    pub entries: Vec<ChunkEntry>,
+    /// An inline file's content ([`FileRecord::inline`]), as stored: the caller verifies it
+    /// against the file's digest. `None` for every other file.
+    pub inline: Option<bytes::Bytes>,
+}
+
 /// A committed, visible file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRecord {
@@ -450,14 +461,11 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
     /// Empty for an unknown or uncommitted file.
     async fn manifest(&self, id: FileId, from_index: u64, limit: u32) -> Result<Vec<ChunkEntry>>;
 
-    /// A committed file with the first `limit` entries of its manifest, read from one snapshot
-    /// (what a download reads first): [`MetaStore::file`] then [`MetaStore::manifest`] from
-    /// index 0, in one read where the store can. `None` for an unknown or uncommitted file.
-    async fn file_with_manifest(
-        &self,
-        id: FileId,
-        limit: u32,
-    ) -> Result<Option<(FileRecord, Vec<ChunkEntry>)>>;
+    /// A committed file with the first `limit` entries of its manifest and, for an inline
+    /// file, its content, read from one snapshot (what a download reads first):
+    /// [`MetaStore::file`], [`MetaStore::manifest`] from index 0 and [`MetaStore::inline_data`],
+    /// in one read where the store can. `None` for an unknown or uncommitted file.
+    async fn file_with_manifest(&self, id: FileId, limit: u32) -> Result<Option<FileStart>>;
 
     /// Committed files, newest first, strictly older than `before` when given; only those of
     /// `owner` when given.

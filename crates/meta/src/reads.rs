@@ -16,7 +16,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use crate::recent::RecentFiles;
 use crate::sql::{FILE_COLUMN_COUNT, FILE_COLUMNS};
 use crate::writer::file_record;
-use crate::{FileRecord, Result, chunk_id, to_i64};
+use crate::{FileRecord, FileStart, Result, chunk_id, to_i64};
 
 /// Connections kept for reuse; more are opened when more reads run at once, and closed after.
 const KEEP: usize = 8;
@@ -101,53 +101,63 @@ impl PointReads {
         Ok(found)
     }
 
-    /// The file's row and the start of its manifest in one statement ([`FILE_WITH_ENTRIES`]):
-    /// one snapshot, one read lock taken and dropped (two `fcntl` calls on the shared memory
-    /// index), and none of the `BEGIN`/`COMMIT` a two-statement read needs for its snapshot.
-    pub(crate) fn file_with_manifest(
-        &self,
-        id: FileId,
-        limit: u32,
-    ) -> Result<Option<(FileRecord, Vec<ChunkEntry>)>> {
+    /// The file's row, the start of its manifest and an inline file's content in one
+    /// statement ([`FILE_WITH_ENTRIES`]): one snapshot, one read lock taken and dropped (two
+    /// `fcntl` calls on the shared memory index), and none of the `BEGIN`/`COMMIT` a
+    /// two-statement read needs for its snapshot. A file kept in memory (`recent.rs`) is not
+    /// read, except an inline file's content that was not kept.
+    pub(crate) fn file_with_manifest(&self, id: FileId, limit: u32) -> Result<Option<FileStart>> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         if let Some((file, mut entries)) = self.recent.get(id) {
-            entries.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-            return Ok(Some((file, entries)));
+            entries.truncate(limit);
+            let inline = if file.inline {
+                match self.inline_data(id)? {
+                    Some(data) => Some(data),
+                    // Deleted since it was kept.
+                    None => return Ok(None),
+                }
+            } else {
+                None
+            };
+            return Ok(Some(FileStart {
+                file,
+                entries,
+                inline,
+            }));
         }
         let generation = self.recent.generation();
         let found = self.read_file_with_manifest(id, limit)?;
-        Ok(found.map(|(file, entries, data)| {
-            self.recent.insert(generation, &file, &entries);
-            // An inline file's content came with its row: kept, the read of it that follows
-            // (`inline_data`) finds it here instead of taking a second read transaction.
-            if let Some(data) = data {
-                self.recent.attach(generation, id, &data);
+        if let Some(start) = &found {
+            self.recent.insert(generation, &start.file, &start.entries);
+            if let Some(data) = &start.inline {
+                self.recent.attach(generation, id, data);
             }
-            (file, entries)
-        }))
+        }
+        Ok(found)
     }
 
-    /// The file, its first manifest entries, and an inline file's content.
-    fn read_file_with_manifest(&self, id: FileId, limit: u32) -> Result<Option<FileWithEntries>> {
+    fn read_file_with_manifest(&self, id: FileId, limit: usize) -> Result<Option<FileStart>> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(&FILE_WITH_ENTRIES)?;
             let mut rows = stmt.query(params![
                 id.as_uuid().as_bytes().as_slice(),
-                i64::from(limit)
+                i64::try_from(limit).unwrap_or(i64::MAX)
             ])?;
-            let mut found: Option<FileWithEntries> = None;
+            let mut found: Option<FileStart> = None;
             while let Some(row) = rows.next()? {
-                let (_, entries, _) = match &mut found {
+                let start = match &mut found {
                     Some(f) => f,
-                    None => found.insert((
-                        file_record(row)?,
-                        Vec::new(),
-                        row.get::<_, Option<Vec<u8>>>(FILE_COLUMN_COUNT + 4)?
+                    None => found.insert(FileStart {
+                        file: file_record(row)?,
+                        entries: Vec::new(),
+                        inline: row
+                            .get::<_, Option<Vec<u8>>>(FILE_COLUMN_COUNT + 4)?
                             .map(bytes::Bytes::from),
-                    )),
+                    }),
                 };
                 // A file without chunks (empty or inline) is one row with no manifest columns.
                 if let Some(index) = row.get::<_, Option<i64>>(FILE_COLUMN_COUNT)? {
-                    entries.push(ChunkEntry {
+                    start.entries.push(ChunkEntry {
                         index: index as u64,
                         offset: row.get::<_, i64>(FILE_COLUMN_COUNT + 1)? as u64,
                         length: row.get::<_, i64>(FILE_COLUMN_COUNT + 2)? as u64,
@@ -186,23 +196,9 @@ pub(crate) const INLINE_DATA: &str = "SELECT data FROM inline_data WHERE file_id
 pub(crate) const INSERT_INLINE_DATA: &str =
     "INSERT INTO inline_data (file_id, data) VALUES ($1, $2)";
 
-/// A file's record, its first manifest entries and an inline file's content.
-type FileWithEntries = (FileRecord, Vec<ChunkEntry>, Option<bytes::Bytes>);
-
-
-/// A committed file's row joined with its first manifest entries (`?2` of them): one row per
-/// entry, in index order (the join walks `file_chunks`' primary key), or one row with NULL
-/// entry columns for a file without chunks; an inline file's content in the last column
-/// (NULL for every other file). No row: no such committed file.
-static FILE_WITH_ENTRIES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "SELECT {FILE_COLUMNS}, fc.idx, fc.byte_offset, fc.byte_length, fc.hash, d.data
-         FROM files f LEFT JOIN inline_data d ON d.file_id = f.id LEFT JOIN file_chunks fc
-           ON fc.file_id = f.id AND fc.idx >= 0 AND fc.idx < ?2
-         WHERE f.id = ?1 AND f.state = 'committed'
-         ORDER BY fc.idx"
-    )
-});
+/// [`crate::sql::file_with_entries_sql`] with rusqlite's placeholders.
+static FILE_WITH_ENTRIES: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::sql::file_with_entries_sql("?1", "?2"));
 
 /// Manifest entries of a committed file, by index range. A committed manifest's indices run
 /// 0..n without gaps, so the range is the page. Not `LIMIT ?`: SQLite plans with a bound

@@ -21,20 +21,25 @@ pub(crate) const FILE_COLUMN_COUNT: usize = {
     n
 };
 
-/// A committed file's row joined with its first manifest entries (`$2` of them): one row per
-/// entry, in index order, or one row with NULL entry columns for a file without chunks. No
-/// row: no such committed file. One statement is one snapshot, without the `BEGIN` and
-/// `COMMIT` (two more round trips) that reading the two in their own statements needs.
-/// SQLite's point reads (`reads.rs`) use a variant that also carries an inline file's content.
-pub(crate) static FILE_WITH_ENTRIES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// A committed file's row joined with its first manifest entries (`limit` of them) and an
+/// inline file's content: one row per entry, in index order (the join walks `file_chunks`'
+/// primary key), or one row with NULL entry columns for a file without chunks; the content in
+/// the last column (NULL for every other file). No row: no such committed file. One statement
+/// is one snapshot, without the `BEGIN` and `COMMIT` (two more round trips) that reading the
+/// three in statements of their own needs. `id` and `limit` are the placeholders' text.
+pub(crate) fn file_with_entries_sql(id: &str, limit: &str) -> String {
     format!(
-        "SELECT {FILE_COLUMNS}, fc.idx, fc.byte_offset, fc.byte_length, fc.hash
-         FROM files f LEFT JOIN file_chunks fc
-           ON fc.file_id = f.id AND fc.idx >= 0 AND fc.idx < $2
-         WHERE f.id = $1 AND f.state = 'committed'
+        "SELECT {FILE_COLUMNS}, fc.idx, fc.byte_offset, fc.byte_length, fc.hash, d.data
+         FROM files f LEFT JOIN inline_data d ON d.file_id = f.id LEFT JOIN file_chunks fc
+           ON fc.file_id = f.id AND fc.idx >= 0 AND fc.idx < {limit}
+         WHERE f.id = {id} AND f.state = 'committed'
          ORDER BY fc.idx"
     )
-});
+}
+
+/// [`file_with_entries_sql`] with sqlx's placeholders.
+pub(crate) static FILE_WITH_ENTRIES: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| file_with_entries_sql("$1", "$2"));
 
 /// Rows per multi-row statement: far below both databases' bind-variable limits (5 binds a row).
 pub(crate) const BATCH: usize = 1000;
@@ -54,7 +59,7 @@ macro_rules! impl_meta_store {
 
         use crate::sql::{BATCH, FILE_COLUMNS};
         use crate::{
-            chunk_id, chunk_row, from_micros, micros, to_i64, Account, AccountId, ApiKeyRecord, ChunkRecord, ChunkState, CommitFile, FileRecord, LinkSecret, MetaError, MetaStore, NewUpload, PendingChunk, Result, Role, SchemaStatus, UploadRecord, UploadState, ChunkCopy, CopyStatus,
+            chunk_id, chunk_row, from_micros, micros, to_i64, Account, AccountId, ApiKeyRecord, ChunkRecord, ChunkState, CommitFile, FileRecord, FileStart, LinkSecret, MetaError, MetaStore, NewUpload, PendingChunk, Result, Role, SchemaStatus, UploadRecord, UploadState, ChunkCopy, CopyStatus,
         };
 
         type Tx = sqlx::Transaction<'static, $db>;
@@ -576,7 +581,7 @@ macro_rules! impl_meta_store {
                     .collect()
             }
 
-            async fn file_with_manifest(&self, id: FileId, limit: u32) -> Result<Option<(FileRecord, Vec<ChunkEntry>)>> {
+            async fn file_with_manifest(&self, id: FileId, limit: u32) -> Result<Option<FileStart>> {
                 if let Some(reads) = dialect::point_reads(self) {
                     return reads.file_with_manifest(id, limit);
                 }
@@ -588,15 +593,17 @@ macro_rules! impl_meta_store {
                 let Some(first) = rows.first() else {
                     return Ok(None);
                 };
+                let at = crate::sql::FILE_COLUMN_COUNT;
                 let file = file_record(first)?;
+                let inline = first.try_get::<Option<Vec<u8>>, _>(at + 4)?.map(bytes::Bytes::from);
                 let mut entries = Vec::with_capacity(rows.len());
                 for row in &rows {
                     // A file without chunks is one row with no manifest columns.
-                    if row.try_get::<Option<i64>, _>(crate::sql::FILE_COLUMN_COUNT)?.is_some() {
-                        entries.push(chunk_entry_at(row, crate::sql::FILE_COLUMN_COUNT)?);
+                    if row.try_get::<Option<i64>, _>(at)?.is_some() {
+                        entries.push(chunk_entry_at(row, at)?);
                     }
                 }
-                Ok(Some((file, entries)))
+                Ok(Some(FileStart { file, entries, inline }))
             }
 
             async fn list_files(&self, owner: Option<AccountId>, before: Option<FileId>, limit: u32) -> Result<Vec<FileRecord>> {
