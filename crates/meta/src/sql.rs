@@ -292,17 +292,25 @@ macro_rules! impl_meta_store {
             .execute(&mut **tx)
             .await?;
             if charged.rows_affected() != 1 {
-                let row = sqlx::query("SELECT quota_bytes, bytes_used FROM accounts WHERE id = $1")
-                    .bind(owner)
-                    .fetch_one(&mut **tx)
-                    .await?;
-                return Err(MetaError::QuotaExceeded {
-                    quota: row.try_get::<Option<i64>, _>(0)?.unwrap_or(0) as u64,
-                    used: row.try_get::<i64, _>(1)? as u64,
-                    size: bytes,
-                });
+                return Err(quota_refusal(&mut **tx, owner, bytes).await?);
             }
             Ok(())
+        }
+
+        /// The error for a charge of `bytes` that the owner's quota refused, with the figures.
+        async fn quota_refusal<'e, E>(e: E, owner: uuid::Uuid, bytes: u64) -> Result<MetaError>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
+            let row = sqlx::query("SELECT quota_bytes, bytes_used FROM accounts WHERE id = $1")
+                .bind(owner)
+                .fetch_one(e)
+                .await?;
+            Ok(MetaError::QuotaExceeded {
+                quota: row.try_get::<Option<i64>, _>(0)?.unwrap_or(0) as u64,
+                used: row.try_get::<i64, _>(1)? as u64,
+                size: bytes,
+            })
         }
 
         async fn commit_tx(tx: &mut Tx, upload: FileId, c: &CommitFile) -> Result<FileRecord> {
@@ -449,15 +457,23 @@ macro_rules! impl_meta_store {
                     }
                     return Ok(file);
                 }
-                let mut tx = begin(&self.write).await?;
-                if let Some(owner) = u.owner {
-                    charge_tx(&mut tx, owner.0, c.size).await?;
-                }
+                // One statement: one round trip, and a transaction of its own, so the owner's
+                // quota charge, the row and the content are recorded all or nothing. (On SQLite
+                // the writer thread above records inline files; this SQL is PostgreSQL's.)
                 let sql = format!(
-                    "INSERT INTO files (id, state, name, content_type, chunk_size, size, chunk_count, sha256,
-                                        created_at, committed_at, expires_at, declared_size, owner, is_inline)
-                     VALUES ($1, 'committed', $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, TRUE)
-                     RETURNING {FILE_COLUMNS}"
+                    "WITH charged AS (
+                         UPDATE accounts SET bytes_used = bytes_used + $5
+                         WHERE id = $11 AND (quota_bytes IS NULL OR bytes_used + $5 <= quota_bytes)
+                         RETURNING id),
+                     f AS (
+                         INSERT INTO files (id, state, name, content_type, chunk_size, size, chunk_count,
+                                            sha256, created_at, committed_at, expires_at, declared_size,
+                                            owner, is_inline)
+                         SELECT $1, 'committed', $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, TRUE
+                         WHERE $11 IS NULL OR EXISTS (SELECT 1 FROM charged)
+                         RETURNING {FILE_COLUMNS}),
+                     content AS (INSERT INTO inline_data (file_id, data) SELECT id, $12 FROM f)
+                     SELECT {FILE_COLUMNS} FROM f"
                 );
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                     .bind(*u.id.as_uuid())
@@ -471,16 +487,17 @@ macro_rules! impl_meta_store {
                     .bind(micros(u.expires_at))
                     .bind(u.declared_size.map(|d| to_i64(d, "declared size")).transpose()?)
                     .bind(u.owner.map(|o| o.0))
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let record = file_record(&row)?;
-                sqlx::query(crate::reads::INSERT_INLINE_DATA)
-                    .bind(*u.id.as_uuid())
                     .bind(data.as_ref())
-                    .execute(&mut *tx)
+                    .fetch_optional(&self.write)
                     .await?;
-                tx.commit().await?;
-                Ok(record)
+                match (row, u.owner) {
+                    (Some(row), _) => file_record(&row),
+                    // No row: the owner's quota refused it, and nothing was recorded.
+                    (None, Some(owner)) => Err(quota_refusal(&self.write, owner.0, c.size).await?),
+                    (None, None) => Err(MetaError::Other {
+                        source: "recording an inline file returned no row".into(),
+                    }),
+                }
             }
 
             async fn inline_data(&self, id: FileId) -> Result<Option<bytes::Bytes>> {
