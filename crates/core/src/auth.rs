@@ -253,9 +253,13 @@ impl Vault {
         let Some((id, secret)) = parse_token(token) else {
             return Err(Ok(AuthFailure::Malformed));
         };
-        let record = self.meta.api_key(id).await.map_err(|e| Err(e.into()))?;
+        let found = self
+            .meta
+            .api_key_with_account(id)
+            .await
+            .map_err(|e| Err(e.into()))?;
         let presented = hash_secret(secret);
-        let Some(record) = record else {
+        let Some((record, account)) = found else {
             // Compare anyway, so an unknown id takes as long as a wrong secret.
             let _ = presented.ct_eq(&[0u8; 32][..]);
             return Err(Ok(AuthFailure::UnknownKey));
@@ -270,11 +274,6 @@ impl Vault {
         if record.expires_at.is_some_and(|e| e <= now) {
             return Err(Ok(AuthFailure::Expired));
         }
-        let account = self
-            .meta
-            .account(record.account)
-            .await
-            .map_err(|e| Err(e.into()))?;
         let Some(account) = account.filter(|a| !a.disabled) else {
             return Err(Ok(AuthFailure::AccountDisabled));
         };

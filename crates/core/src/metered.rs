@@ -403,6 +403,13 @@ impl MetaStore for MeteredMeta {
         meta_call!("api_key", self.inner.api_key(id))
     }
 
+    async fn api_key_with_account(
+        &self,
+        id: &str,
+    ) -> MetaResult<Option<(ApiKeyRecord, Option<Account>)>> {
+        meta_call!("api_key_with_account", self.inner.api_key_with_account(id))
+    }
+
     async fn list_api_keys(&self, account: Option<AccountId>) -> MetaResult<Vec<ApiKeyRecord>> {
         meta_call!("list_api_keys", self.inner.list_api_keys(account))
     }

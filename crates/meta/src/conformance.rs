@@ -977,6 +977,16 @@ pub async fn accounts_and_keys(m: &dyn MetaStore) {
     );
     assert!(k.last_used_at.is_some());
     assert!(!m.revoke_api_key("nokey", t).await.unwrap());
+
+    // The key with its account in one read: what each read alone says, in every state.
+    assert!(m.api_key_with_account("nokey").await.unwrap().is_none());
+    for disabled in [true, false] {
+        m.set_account_disabled(a.id, disabled).await.unwrap();
+        let (key, account) = m.api_key_with_account(&key_id).await.unwrap().unwrap();
+        assert_eq!(key, m.api_key(&key_id).await.unwrap().unwrap());
+        assert_eq!(account, m.account(a.id).await.unwrap());
+        assert_eq!(account.map(|a| a.disabled), Some(disabled));
+    }
 }
 
 async fn used(m: &dyn MetaStore, id: AccountId) -> u64 {

@@ -585,6 +585,13 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
     /// A key by its public id, in any state (revoked and expired included).
     async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>>;
 
+    /// A key by its public id with its account, in one read: what authenticating a request
+    /// needs. `None` for an unknown key; the account is `None` when the key's account is gone.
+    async fn api_key_with_account(
+        &self,
+        id: &str,
+    ) -> Result<Option<(ApiKeyRecord, Option<Account>)>>;
+
     /// The keys of one account, or of all; oldest first.
     async fn list_api_keys(&self, account: Option<AccountId>) -> Result<Vec<ApiKeyRecord>>;
 

@@ -16,7 +16,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use crate::recent::RecentFiles;
 use crate::sql::{FILE_COLUMN_COUNT, FILE_COLUMNS};
 use crate::writer::file_record;
-use crate::{FileRecord, FileStart, Result, chunk_id, to_i64};
+use crate::{
+    Account, AccountId, ApiKeyRecord, FileRecord, FileStart, Result, Role, chunk_id, from_micros,
+    to_i64,
+};
 
 /// Connections kept for reuse; more are opened when more reads run at once, and closed after.
 const KEEP: usize = 8;
@@ -169,6 +172,32 @@ impl PointReads {
         })
     }
 
+    /// A key with its account (see `MetaStore::api_key_with_account`), read inline like a
+    /// download's: authenticating a request through sqlx took two thread hand-offs.
+    pub(crate) fn api_key_with_account(
+        &self,
+        id: &str,
+    ) -> Result<Option<(ApiKeyRecord, Option<Account>)>> {
+        self.with(|conn| {
+            conn.prepare_cached(&KEY_WITH_ACCOUNT)?
+                .query_row(params![id], key_with_account)
+                .optional()?
+                .transpose()
+        })
+    }
+
+    /// An account by id, read inline: every upload of an owner checks its quota.
+    pub(crate) fn account(&self, id: AccountId) -> Result<Option<Account>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(ACCOUNT)?;
+            let mut rows = stmt.query(params![id.0.as_bytes().as_slice()])?;
+            match rows.next()? {
+                Some(row) => account_at(row, 0),
+                None => Ok(None),
+            }
+        })
+    }
+
     pub(crate) fn manifest(
         &self,
         id: FileId,
@@ -195,6 +224,65 @@ pub(crate) const INLINE_DATA: &str = "SELECT data FROM inline_data WHERE file_id
 /// Records an inline file's content, after its row.
 pub(crate) const INSERT_INLINE_DATA: &str =
     "INSERT INTO inline_data (file_id, data) VALUES ($1, $2)";
+
+/// An account's row, its columns as [`account_at`] reads them.
+const ACCOUNT: &str = "SELECT id, name, role, quota_bytes, bytes_used, created_at, disabled
+     FROM accounts WHERE id = ?1";
+
+/// [`crate::sql::key_with_account_sql`] with rusqlite's placeholders.
+static KEY_WITH_ACCOUNT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::sql::key_with_account_sql("?1"));
+
+/// A row of [`KEY_WITH_ACCOUNT`]: the key's columns 0-7, the account's 8-14.
+fn key_with_account(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<Result<(ApiKeyRecord, Option<Account>)>> {
+    let time = |i: usize| -> rusqlite::Result<Option<time::OffsetDateTime>> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(from_micros))
+    };
+    let key_account: Vec<u8> = r.get(1)?;
+    let key = ApiKeyRecord {
+        id: r.get(0)?,
+        account: AccountId(match uuid::Uuid::from_slice(&key_account) {
+            Ok(u) => u,
+            Err(e) => return Ok(Err(bad(e))),
+        }),
+        name: r.get(2)?,
+        secret_hash: r.get(3)?,
+        created_at: from_micros(r.get(4)?),
+        expires_at: time(5)?,
+        revoked_at: time(6)?,
+        last_used_at: time(7)?,
+    };
+    Ok(account_at(r, 8).map(|account| (key, account)))
+}
+
+/// The account whose columns (`id, name, role, quota_bytes, bytes_used, created_at, disabled`)
+/// start at column `at`; `None` when its id is NULL (a join found none).
+fn account_at(r: &rusqlite::Row<'_>, at: usize) -> Result<Option<Account>> {
+    let Some(id) = r.get::<_, Option<Vec<u8>>>(at)? else {
+        return Ok(None);
+    };
+    let role: String = r.get(at + 2)?;
+    let (Ok(id), Some(role)) = (uuid::Uuid::from_slice(&id), Role::parse(&role)) else {
+        return Err(bad(format!(
+            "an account row with a bad id or role {role:?}"
+        )));
+    };
+    Ok(Some(Account {
+        id: AccountId(id),
+        name: r.get(at + 1)?,
+        role,
+        quota_bytes: r.get::<_, Option<i64>>(at + 3)?.map(|q| q as u64),
+        bytes_used: r.get::<_, i64>(at + 4)? as u64,
+        created_at: from_micros(r.get(at + 5)?),
+        disabled: r.get(at + 6)?,
+    }))
+}
+
+fn bad(e: impl Into<crate::BoxError>) -> crate::MetaError {
+    crate::MetaError::Other { source: e.into() }
+}
 
 /// [`crate::sql::file_with_entries_sql`] with rusqlite's placeholders.
 static FILE_WITH_ENTRIES: std::sync::LazyLock<String> =

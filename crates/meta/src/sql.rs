@@ -41,6 +41,23 @@ pub(crate) fn file_with_entries_sql(id: &str, limit: &str) -> String {
 pub(crate) static FILE_WITH_ENTRIES: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| file_with_entries_sql("$1", "$2"));
 
+/// An API key's row with its account's, the account's columns prefixed `a_` (NULL when the
+/// account is gone). `id` is the placeholder's text.
+pub(crate) fn key_with_account_sql(id: &str) -> String {
+    format!(
+        "SELECT k.id, k.account_id, k.name, k.secret_hash, k.created_at, k.expires_at,
+                k.revoked_at, k.last_used_at, a.id AS a_id, a.name AS a_name, a.role AS a_role,
+                a.quota_bytes AS a_quota_bytes, a.bytes_used AS a_bytes_used,
+                a.created_at AS a_created_at, a.disabled AS a_disabled
+         FROM api_keys k LEFT JOIN accounts a ON a.id = k.account_id
+         WHERE k.id = {id}"
+    )
+}
+
+/// [`key_with_account_sql`] with sqlx's placeholders.
+pub(crate) static KEY_WITH_ACCOUNT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| key_with_account_sql("$1"));
+
 /// Rows per multi-row statement: far below both databases' bind-variable limits (5 binds a row).
 pub(crate) const BATCH: usize = 1000;
 
@@ -121,16 +138,25 @@ macro_rules! impl_meta_store {
         const ACCOUNT_COLUMNS: &str = "id, name, role, quota_bytes, bytes_used, created_at, disabled";
 
         fn account_record(row: &<$db as sqlx::Database>::Row) -> Result<Account> {
-            let role: String = row.try_get("role")?;
+            account_record_named(row, |c| c.to_string())
+        }
+
+        /// An account from a row whose account columns are named by `column` (a join prefixes
+        /// them).
+        fn account_record_named(
+            row: &<$db as sqlx::Database>::Row,
+            column: impl Fn(&str) -> String,
+        ) -> Result<Account> {
+            let role: String = row.try_get(column("role").as_str())?;
             Ok(Account {
-                id: AccountId(row.try_get("id")?),
-                name: row.try_get("name")?,
+                id: AccountId(row.try_get(column("id").as_str())?),
+                name: row.try_get(column("name").as_str())?,
                 role: Role::parse(&role)
                     .ok_or_else(|| MetaError::Other { source: format!("unknown role {role:?}").into() })?,
-                quota_bytes: row.try_get::<Option<i64>, _>("quota_bytes")?.map(|q| q as u64),
-                bytes_used: row.try_get::<i64, _>("bytes_used")? as u64,
-                created_at: from_micros(row.try_get("created_at")?),
-                disabled: row.try_get("disabled")?,
+                quota_bytes: row.try_get::<Option<i64>, _>(column("quota_bytes").as_str())?.map(|q| q as u64),
+                bytes_used: row.try_get::<i64, _>(column("bytes_used").as_str())? as u64,
+                created_at: from_micros(row.try_get(column("created_at").as_str())?),
+                disabled: row.try_get(column("disabled").as_str())?,
             })
         }
 
@@ -992,6 +1018,9 @@ macro_rules! impl_meta_store {
             }
 
             async fn account(&self, id: AccountId) -> Result<Option<Account>> {
+                if let Some(reads) = dialect::point_reads(self) {
+                    return reads.account(id);
+                }
                 let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1");
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id.0).fetch_optional(&self.read).await?;
                 row.as_ref().map(account_record).transpose()
@@ -1050,6 +1079,24 @@ macro_rules! impl_meta_store {
                 let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(&self.read).await?;
                 row.as_ref().map(key_record).transpose()
+            }
+
+            async fn api_key_with_account(&self, id: &str) -> Result<Option<(ApiKeyRecord, Option<Account>)>> {
+                if let Some(reads) = dialect::point_reads(self) {
+                    return reads.api_key_with_account(id);
+                }
+                let row = sqlx::query(sqlx::AssertSqlSafe(crate::sql::KEY_WITH_ACCOUNT.as_str()))
+                    .bind(id)
+                    .fetch_optional(&self.read)
+                    .await?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let account = match row.try_get::<Option<uuid::Uuid>, _>("a_id")? {
+                    Some(_) => Some(account_record_named(&row, |c| format!("a_{c}"))?),
+                    None => None,
+                };
+                Ok(Some((key_record(&row)?, account)))
             }
 
             async fn list_api_keys(&self, account: Option<AccountId>) -> Result<Vec<ApiKeyRecord>> {
