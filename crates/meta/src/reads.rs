@@ -179,10 +179,9 @@ impl PointReads {
         id: &str,
     ) -> Result<Option<(ApiKeyRecord, Option<Account>)>> {
         self.with(|conn| {
-            conn.prepare_cached(&KEY_WITH_ACCOUNT)?
-                .query_row(params![id], key_with_account)
-                .optional()?
-                .transpose()
+            let mut stmt = conn.prepare_cached(&KEY_WITH_ACCOUNT)?;
+            let mut rows = stmt.query(params![id])?;
+            rows.next()?.map(key_with_account).transpose()
         })
     }
 
@@ -234,19 +233,14 @@ static KEY_WITH_ACCOUNT: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| crate::sql::key_with_account_sql("?1"));
 
 /// A row of [`KEY_WITH_ACCOUNT`]: the key's columns 0-7, the account's 8-14.
-fn key_with_account(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<Result<(ApiKeyRecord, Option<Account>)>> {
-    let time = |i: usize| -> rusqlite::Result<Option<time::OffsetDateTime>> {
+fn key_with_account(r: &rusqlite::Row<'_>) -> Result<(ApiKeyRecord, Option<Account>)> {
+    let time = |i: usize| -> Result<Option<time::OffsetDateTime>> {
         Ok(r.get::<_, Option<i64>>(i)?.map(from_micros))
     };
-    let key_account: Vec<u8> = r.get(1)?;
+    let account: Vec<u8> = r.get(1)?;
     let key = ApiKeyRecord {
         id: r.get(0)?,
-        account: AccountId(match uuid::Uuid::from_slice(&key_account) {
-            Ok(u) => u,
-            Err(e) => return Ok(Err(bad(e))),
-        }),
+        account: AccountId(uuid::Uuid::from_slice(&account).map_err(bad)?),
         name: r.get(2)?,
         secret_hash: r.get(3)?,
         created_at: from_micros(r.get(4)?),
@@ -254,7 +248,7 @@ fn key_with_account(
         revoked_at: time(6)?,
         last_used_at: time(7)?,
     };
-    Ok(account_at(r, 8).map(|account| (key, account)))
+    Ok((key, account_at(r, 8)?))
 }
 
 /// The account whose columns (`id, name, role, quota_bytes, bytes_used, created_at, disabled`)
