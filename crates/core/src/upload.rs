@@ -257,13 +257,6 @@ impl Vault {
         if let Some(expected) = meta.expected_size.filter(|e| *e != size as u64) {
             return Err(size_mismatch(expected, size as u64, size as u64 > expected));
         }
-        if let Some(left) = self
-            .quota_remaining(who)
-            .await?
-            .filter(|l| size as u64 > *l)
-        {
-            return Err(quota_exceeded(left, size as u64, true));
-        }
         let upload = self.new_upload(who);
         let commit = CommitFile {
             name: meta.name,
@@ -273,8 +266,17 @@ impl Vault {
             committed_at: upload.created_at,
         };
         if !data.is_empty() && size <= self.config.inline_max.min(self.config.chunk_size) {
-            // Kept in the metadata store: no chunk, no blob, nothing for GC.
+            // Kept in the metadata store: no chunk, no blob, nothing for GC. Its transaction
+            // charges the quota or refuses the file, so there is nothing to check first.
             return Ok(self.meta.create_inline_file(&upload, &commit, data).await?);
+        }
+        // A blob is written before its transaction: refuse a file over the quota first.
+        if let Some(left) = self
+            .quota_remaining(who)
+            .await?
+            .filter(|l| size as u64 > *l)
+        {
+            return Err(quota_exceeded(left, size as u64, true));
         }
         let hash = ChunkId::of(&data);
         let chunks: Vec<PendingChunk> = if data.is_empty() {

@@ -619,6 +619,12 @@ async fn quota_is_exact_and_nothing_over_it_is_visible(backend: Backend) {
     // Exactly up to the quota fits; deletes credit back exactly.
     let second = upload_ok(&s, &alice.key, "second.bin", &random_bytes(cs, 3)).await;
     assert_eq!(bytes_used(&s, alice.id).await, quota);
+    // Full: even a few bytes (a small file is kept inline, and the metadata store's
+    // transaction is then the only check) are refused, and nothing of them is visible.
+    let tiny = upload(&s, &alice.key, "tiny.bin", b"12345").await;
+    expect_error(tiny, StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded").await;
+    assert_eq!(listed(alice.key.clone()).await, 2);
+    assert_eq!(bytes_used(&s, alice.id).await, quota);
     for id in [&first, &second] {
         let del = req(
             &s,
