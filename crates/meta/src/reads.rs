@@ -188,7 +188,7 @@ impl PointReads {
     /// An account by id, read inline: every upload of an owner checks its quota.
     pub(crate) fn account(&self, id: AccountId) -> Result<Option<Account>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare_cached(ACCOUNT)?;
+            let mut stmt = conn.prepare_cached(&ACCOUNT)?;
             let mut rows = stmt.query(params![id.0.as_bytes().as_slice()])?;
             match rows.next()? {
                 Some(row) => account_at(row, 0),
@@ -225,8 +225,12 @@ pub(crate) const INSERT_INLINE_DATA: &str =
     "INSERT INTO inline_data (file_id, data) VALUES ($1, $2)";
 
 /// An account's row, its columns as [`account_at`] reads them.
-const ACCOUNT: &str = "SELECT id, name, role, quota_bytes, bytes_used, created_at, disabled
-     FROM accounts WHERE id = ?1";
+static ACCOUNT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM accounts WHERE id = ?1",
+        crate::sql::ACCOUNT_COLUMNS
+    )
+});
 
 /// [`crate::sql::key_with_account_sql`] with rusqlite's placeholders.
 static KEY_WITH_ACCOUNT: std::sync::LazyLock<String> =

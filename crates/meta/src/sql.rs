@@ -6,6 +6,10 @@
 //! A macro rather than generics over `sqlx::Database`: the trait bounds sqlx needs for generic
 //! executors and codecs would outweigh the code they save.
 
+/// An account's columns, in the order SQLite's point reads (`reads.rs`) read them by index.
+pub(crate) const ACCOUNT_COLUMNS: &str =
+    "id, name, role, quota_bytes, bytes_used, created_at, disabled";
+
 pub(crate) const FILE_COLUMNS: &str = "id, name, content_type, size, chunk_size, chunk_count, sha256, created_at, committed_at, owner, is_inline";
 
 /// How many columns `FILE_COLUMNS` names (its commas plus one): the manifest's columns follow
@@ -74,7 +78,7 @@ macro_rules! impl_meta_store {
         use sqlx::{QueryBuilder, Row};
         use time::OffsetDateTime;
 
-        use crate::sql::{BATCH, FILE_COLUMNS};
+        use crate::sql::{ACCOUNT_COLUMNS, BATCH, FILE_COLUMNS};
         use crate::{
             chunk_id, chunk_row, from_micros, micros, to_i64, Account, AccountId, ApiKeyRecord, ChunkRecord, ChunkState, CommitFile, FileRecord, FileStart, LinkSecret, MetaError, MetaStore, NewUpload, PendingChunk, Result, Role, SchemaStatus, UploadRecord, UploadState, ChunkCopy, CopyStatus,
         };
@@ -135,7 +139,6 @@ macro_rules! impl_meta_store {
             })
         }
 
-        const ACCOUNT_COLUMNS: &str = "id, name, role, quota_bytes, bytes_used, created_at, disabled";
 
         fn account_record(row: &<$db as sqlx::Database>::Row) -> Result<Account> {
             account_record_named(row, |c| c.to_string())

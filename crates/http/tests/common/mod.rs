@@ -279,19 +279,20 @@ impl TestServer {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(self.url(path))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e:?}"))
+        self.send(reqwest::Method::GET, path).await
     }
 
     pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.send(reqwest::Method::DELETE, path).await
+    }
+
+    /// A request without a body; panics if it cannot be sent.
+    async fn send(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
         self.http
-            .delete(self.url(path))
+            .request(method.clone(), self.url(path))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("DELETE {path}: {e:?}"))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e:?}"))
     }
 
     pub async fn download_range(&self, id: &str, range: &str) -> reqwest::Response {
