@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use chunkvault_client::Client;
+use chunkvault_types::{FileDigest, FileHasher};
 use clap::{Args, ValueEnum};
 use futures::{StreamExt, TryStreamExt, stream};
 use object_store::{
@@ -25,7 +26,6 @@ use object_store::{
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::config::{Config, MetaConfig, ServeArgs, StoreArgs, parse_size};
 
@@ -408,10 +408,10 @@ async fn one_round(
             p.size
         );
     }
-    if info.sha256 != sha {
+    if info.digest().as_ref() != Some(&sha) {
         bail!(
-            "chunkvault reports SHA-256 {} but the file has {sha}",
-            info.sha256
+            "chunkvault reports {:?} but the file's digest is {sha}",
+            info.digest()
         );
     }
     let id = info.id.to_string();
@@ -561,8 +561,8 @@ fn check_count(what: &str, got: u64, want: u64) -> Result<()> {
 
 /// Writes `size` random bytes over `path` in place (rewriting the blocks of the previous
 /// round's file is much faster on this thin-provisioned disk than fresh ones), makes them
-/// durable, and returns their SHA-256.
-fn generate_file(path: &Path, size: u64, seed: u64) -> Result<String> {
+/// durable, and returns their digest (BLAKE3, as the server computes it).
+fn generate_file(path: &Path, size: u64, seed: u64) -> Result<FileDigest> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -571,19 +571,19 @@ fn generate_file(path: &Path, size: u64, seed: u64) -> Result<String> {
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut sha = Sha256::new();
+    let mut digest = FileHasher::new();
     let mut buf = vec![0u8; 8 << 20];
     let mut left = size;
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
         rng.fill_bytes(&mut buf[..n]);
-        sha.update(&buf[..n]);
+        digest.update(&buf[..n]);
         f.write_all(&buf[..n])?;
         left -= n as u64;
     }
     f.set_len(size)?;
     f.sync_all()?;
-    Ok(format!("{:x}", sha.finalize()))
+    Ok(digest.finish())
 }
 
 fn small_files(count: usize, size: u64) -> Vec<Bytes> {

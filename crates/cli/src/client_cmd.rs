@@ -1,6 +1,6 @@
 //! Client commands: upload, download, ls, stat, rm against a running server. Progress bars on
 //! a terminal, quiet and machine-readable (`--json`) otherwise. Every transfer is checked
-//! against the file's SHA-256 at the end.
+//! against the file's digest at the end (BLAKE3; SHA-256 for files stored by earlier versions).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use chunkvault_client::Client;
-use chunkvault_types::{ChunkId, ChunkOffer, FileInfo, SessionCreate};
+use chunkvault_types::{ChunkId, ChunkOffer, FileHasher, FileInfo, SessionCommit, SessionCreate};
 use clap::Args;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -264,10 +264,10 @@ async fn read_chunk(path: &Path, offset: u64, len: usize) -> Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
-/// Uploads one file through an upload session: hash every chunk (BLAKE3) and the whole file
-/// (SHA-256) first, resume the session remembered for this file or open one, offer the
-/// hashes so the server records what it already has, send only the missing chunks with
-/// `parallel` in flight, commit, and compare the server's SHA-256 with the local one.
+/// Uploads one file through an upload session: hash every chunk and the whole file (BLAKE3)
+/// first, resume the session remembered for this file or open one, offer the hashes so the
+/// server records what it already has, send only the missing chunks with `parallel` in
+/// flight, commit with the local digest declared, and compare the server's with it.
 async fn upload_one(
     client: &Client,
     opts: &UploadOpts<'_>,
@@ -315,7 +315,7 @@ async fn upload_one(
 
     // Hash pass: one chunk in memory at a time.
     let mut hashes = Vec::with_capacity(size.div_ceil(cs) as usize);
-    let mut sha = Sha256::new();
+    let mut whole = FileHasher::new();
     {
         use tokio::io::AsyncReadExt;
         let mut f = tokio::fs::File::open(path).await?;
@@ -325,17 +325,17 @@ async fn upload_one(
             let n = left.min(cs) as usize;
             f.read_exact(&mut buf[..n]).await?;
             let chunk = Bytes::copy_from_slice(&buf[..n]);
-            let (id, s2) = tokio::task::spawn_blocking(move || {
-                sha.update(&chunk);
-                (ChunkId::of(&chunk), sha)
+            let (id, h) = tokio::task::spawn_blocking(move || {
+                whole.update(&chunk);
+                (ChunkId::of(&chunk), whole)
             })
             .await?;
-            sha = s2;
+            whole = h;
             hashes.push(id);
             left -= n as u64;
         }
     }
-    let local_sha = hex::encode(sha.finalize());
+    let local = whole.finish();
     let length = |i: u64| cs.min(size - i * cs);
 
     // Dedup before transfer: offer what the server does not list as stored.
@@ -374,12 +374,16 @@ async fn upload_one(
     while let Some(r) = puts.next().await {
         r?;
     }
-    let info = client.commit_session(&id, Some(&local_sha)).await?;
+    let declared = SessionCommit {
+        blake3: local.blake3().map(str::to_string),
+        sha256: None,
+    };
+    let info = client.commit_session(&id, &declared).await?;
     let _ = tokio::fs::remove_file(&state).await;
-    if info.sha256 != local_sha {
+    if info.digest().as_ref() != Some(&local) {
         bail!(
-            "the server's SHA-256 {} differs from the file's {local_sha}",
-            info.sha256
+            "the server's digest ({}) differs from the file's ({local})",
+            digest_text(&info)
         );
     }
     Ok(Uploaded {
@@ -408,13 +412,22 @@ fn print_uploaded(args: &ClientArgs, u: &Uploaded) {
     }
 }
 
+/// A file's digest as `ALGORITHM HEX`, or a note that the server sent none.
+fn digest_text(info: &FileInfo) -> String {
+    info.digest()
+        .map_or_else(|| "no digest".to_string(), |d| d.to_string())
+}
+
 fn print_info(args: &ClientArgs, info: &FileInfo) {
     if args.json {
         println!("{}", serde_json::to_string(info).unwrap_or_default());
     } else {
         println!(
             "{}  {:>12}  {}  {}",
-            info.id, info.size, info.sha256, info.name
+            info.id,
+            info.size,
+            digest_text(info),
+            info.name
         );
     }
 }
@@ -466,13 +479,16 @@ pub async fn download(args: &ClientArgs, dl: &DownloadArgs) -> Result<ExitCode> 
     }
     let resp = chunkvault_client::check(req.send().await?).await?;
     let resumed = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
-    let mut sha = Sha256::new();
+    let Some(expected) = info.digest() else {
+        bail!("the server sent no digest for file {}", info.id);
+    };
+    let mut whole = FileHasher::like(&expected);
     let mut sink: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if to_stdout {
         Box::new(tokio::io::stdout())
     } else if resumed {
         // Hash what is already there first, so the end-to-end check covers the whole file.
         let existing = tokio::fs::read(&part).await?;
-        sha.update(&existing);
+        whole.update(&existing);
         pb.set_position(have);
         Box::new(
             tokio::fs::OpenOptions::new()
@@ -486,21 +502,23 @@ pub async fn download(args: &ClientArgs, dl: &DownloadArgs) -> Result<ExitCode> 
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.context("the download was cut off (the server found damaged data, or the connection failed); run the same command again to resume")?;
-        sha.update(&chunk);
+        whole.update(&chunk);
         sink.write_all(&chunk).await?;
         pb.inc(chunk.len() as u64);
     }
     sink.flush().await?;
     drop(sink);
     pb.finish_and_clear();
-    let digest = hex::encode(sha.finalize());
-    if digest != info.sha256 {
+    let digest = whole.finish();
+    if digest != expected {
         if !to_stdout {
             let _ = tokio::fs::remove_file(&part).await;
         }
         bail!(
-            "SHA-256 mismatch: got {digest}, the file's is {}; the partial download was removed",
-            info.sha256
+            "{} mismatch: got {}, the file's is {}; the partial download was removed",
+            digest.algorithm(),
+            digest.hex(),
+            expected.hex()
         );
     }
     if !to_stdout {
@@ -508,11 +526,11 @@ pub async fn download(args: &ClientArgs, dl: &DownloadArgs) -> Result<ExitCode> 
         if args.json {
             println!(
                 "{}",
-                serde_json::json!({"id": info.id, "path": out, "size": info.size, "sha256": digest, "resumed": resumed})
+                serde_json::json!({"id": info.id, "path": out, "size": info.size, digest.algorithm(): digest.hex(), "resumed": resumed})
             );
         } else if !args.quiet {
             eprintln!(
-                "{} -> {} ({} bytes, sha256 {}{})",
+                "{} -> {} ({} bytes, {}{})",
                 info.id,
                 out.display(),
                 info.size,
@@ -551,12 +569,12 @@ pub async fn stat(args: &ClientArgs, id: &str) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&d)?);
     } else {
         println!(
-            "id       {}\nname     {}\ntype     {}\nsize     {}\nsha256   {}\nchunks   {} x {} bytes\ncreated  {}",
+            "id       {}\nname     {}\ntype     {}\nsize     {}\ndigest   {}\nchunks   {} x {} bytes\ncreated  {}",
             d.file.id,
             d.file.name,
             d.file.content_type,
             d.file.size,
-            d.file.sha256,
+            digest_text(&d.file),
             d.file.chunks,
             d.file.chunk_size,
             d.file.created_at

@@ -47,7 +47,7 @@ enum Command {
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Upload files or directories to a server (progress bar; checks each file's SHA-256).
+    /// Upload files or directories to a server (progress bar; checks each file's digest).
     Upload {
         #[command(flatten)]
         client: client_cmd::ClientArgs,

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chunkvault_client::Client;
 use rand::{Rng, SeedableRng};
-use sha2::{Digest, Sha256};
 
 mod common;
 use common::free_port;
@@ -91,8 +90,11 @@ fn payload(rng: &mut rand::rngs::StdRng, shared: &Bytes) -> Bytes {
     Bytes::from(v)
 }
 
-fn sha(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
+/// The file digest the server computes (BLAKE3).
+fn digest(data: &[u8]) -> String {
+    chunkvault_types::FileDigest::blake3_of(data)
+        .hex()
+        .to_string()
 }
 
 fn blob_files(data: &Path) -> HashSet<String> {
@@ -127,9 +129,9 @@ async fn kill_nine_during_uploads_loses_nothing_and_leaves_nothing() {
     rng.fill(&mut shared[..]);
     let shared = Bytes::from(shared);
 
-    // sha256 -> content, for everything ever sent; and the ids we saw committed.
+    // digest -> content, for everything ever sent; and the ids we saw committed.
     let mut sent: HashMap<String, Bytes> = HashMap::new();
-    let mut committed: HashMap<String, String> = HashMap::new(); // id -> sha256
+    let mut committed: HashMap<String, String> = HashMap::new(); // id -> digest
     let (mut partial_seen, mut lost, mut orphans_after_gc, mut missing_after_gc) = (0, 0, 0, 0);
 
     for round in 1..=ROUNDS {
@@ -149,22 +151,23 @@ async fn kill_nine_during_uploads_loses_nothing_and_leaves_nothing() {
             }
         }
         let visible_ids: HashSet<String> = visible.iter().map(|f| f.id.to_string()).collect();
-        for (id, digest) in &committed {
+        for (id, want) in &committed {
             if !visible_ids.contains(id) {
                 lost += 1;
                 eprintln!("round {round}: committed file {id} is gone");
                 continue;
             }
             let got = client.download_bytes(id).await.unwrap();
-            if sha(&got) != *digest {
+            if digest(&got) != *want {
                 lost += 1;
                 eprintln!("round {round}: committed file {id} changed");
             }
         }
         for f in &visible {
             let got = client.download_bytes(&f.id.to_string()).await.unwrap();
-            let d = sha(&got);
-            if !sent.contains_key(&d) || d != f.sha256 || got.len() as u64 != f.size {
+            let d = digest(&got);
+            if !sent.contains_key(&d) || Some(&d) != f.blake3.as_ref() || got.len() as u64 != f.size
+            {
                 partial_seen += 1;
                 eprintln!("round {round}: visible file {} is not a whole upload", f.id);
             }
@@ -178,7 +181,7 @@ async fn kill_nine_during_uploads_loses_nothing_and_leaves_nothing() {
             let mut bodies = Vec::new();
             for _ in 0..6 {
                 let p = payload(&mut rng, &shared);
-                sent.insert(sha(&p), p.clone());
+                sent.insert(digest(&p), p.clone());
                 bodies.push(p);
             }
             tasks.push(tokio::spawn(async move {
@@ -188,7 +191,7 @@ async fn kill_nine_during_uploads_loses_nothing_and_leaves_nothing() {
                         .upload_bytes(&format!("f{i}.bin"), "application/octet-stream", b.clone())
                         .await
                     {
-                        Ok(info) => done.push((info.id.to_string(), sha(&b))),
+                        Ok(info) => done.push((info.id.to_string(), digest(&b))),
                         Err(_) => break,
                     }
                 }

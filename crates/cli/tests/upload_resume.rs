@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use chunkvault_client::Client;
 use rand::{RngCore, SeedableRng};
-use sha2::{Digest, Sha256};
 
 mod common;
 use common::free_port;
@@ -128,8 +127,8 @@ async fn killed_upload_resumes_sending_only_missing_chunks() {
     assert_eq!(v["id"], session.as_str(), "{v}");
     assert_eq!(v["chunks_skipped"], stored, "{v}");
     assert_eq!(v["chunks_sent"], total - stored, "{v}");
-    let sha = hex::encode(Sha256::digest(&data));
-    assert_eq!(v["sha256"], sha);
+    let digest = chunkvault_types::FileDigest::blake3_of(&data);
+    assert_eq!(v["blake3"], digest.hex());
     let body = client.download_bytes(&session).await.unwrap();
     assert!(body == data, "downloaded bytes differ");
     assert_eq!(
@@ -146,5 +145,5 @@ async fn killed_upload_resumes_sending_only_missing_chunks() {
     assert_eq!(v["chunks_sent"], 0, "{v}");
     assert_eq!(v["chunks_skipped"], total, "{v}");
     assert_eq!(v["name"], "copy.bin");
-    assert_eq!(v["sha256"], sha);
+    assert_eq!(v["blake3"], digest.hex());
 }

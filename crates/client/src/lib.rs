@@ -229,14 +229,13 @@ impl Client {
         .await
     }
 
-    /// Commits a session; the server computes the SHA-256 and compares it with `sha256`.
-    pub async fn commit_session(&self, id: &str, sha256: Option<&str>) -> Result<FileInfo> {
+    /// Commits a session; the server computes the file's digest and compares it with each one
+    /// `declared` names.
+    pub async fn commit_session(&self, id: &str, declared: &SessionCommit) -> Result<FileInfo> {
         json(
             self.http
                 .post(self.url(&format!("uploads/{id}/commit")))
-                .json(&SessionCommit {
-                    sha256: sha256.map(str::to_string),
-                })
+                .json(declared)
                 .send()
                 .await?,
         )

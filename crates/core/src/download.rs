@@ -6,7 +6,6 @@ use chunkvault_blob::{BlobError, BlobStore};
 use chunkvault_meta::{FileRecord, MetaStore};
 use chunkvault_types::{ByteRange, ChunkEntry, ChunkSlice, FileId, chunk_slices};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use sha2::{Digest, Sha256};
 
 use crate::{CoreError, Result, Stats, Vault};
 
@@ -88,7 +87,7 @@ impl Vault {
             .boxed()
     }
 
-    /// The content of an inline file, checked against the file's SHA-256 before any of it is
+    /// The content of an inline file, checked against the file's digest before any of it is
     /// used: [`CoreError::Damaged`] (logged, counted) when it does not match, `NotFound` when
     /// the file was deleted since its record was read.
     pub(crate) async fn inline_content(&self, file: &FileRecord) -> Result<Bytes> {
@@ -101,10 +100,9 @@ impl Vault {
     }
 
     /// `data`, an inline file's content as the metadata store gave it, once it matches the
-    /// file's size and SHA-256: [`CoreError::Damaged`] (logged, counted) when it does not.
+    /// file's size and digest: [`CoreError::Damaged`] (logged, counted) when it does not.
     fn verified_inline(&self, file: &FileRecord, data: Bytes) -> Result<Bytes> {
-        let digest = Sha256::digest(&data);
-        if data.len() as u64 != file.size || hex::encode(digest) != file.sha256 {
+        if data.len() as u64 != file.size || !file.digest.matches(&data) {
             Stats::add(&self.stats.chunks_corrupt, 1);
             tracing::error!(file = %file.id, "inline content does not match the file's digest; not served");
             return Err(CoreError::Damaged {

@@ -7,7 +7,6 @@ use bytes::Bytes;
 use chunkvault_blob::{BlobError, CopyState};
 use chunkvault_types::{ChunkId, FileId};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::{Result, Stats, Vault};
@@ -197,8 +196,7 @@ impl Vault {
                         report.bytes_checked += data.len() as u64;
                         metrics::counter!("chunkvault_scrub_bytes_checked_total")
                             .increment(data.len() as u64);
-                        let ok = data.len() as u64 == file.size
-                            && hex::encode(Sha256::digest(&data)) == file.sha256;
+                        let ok = data.len() as u64 == file.size && file.digest.matches(&data);
                         (if ok { None } else { Some("corrupt") }, data)
                     }
                 };

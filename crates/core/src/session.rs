@@ -7,7 +7,7 @@
 //! "recorded" is not "stored": [`Vault::session`] checks each recorded chunk's blob, and only
 //! what is both recorded and written counts. At commit the server reads the chunks back in
 //! order, verifies each against its BLAKE3 hash and length, and computes the whole-file
-//! SHA-256 itself; a client-declared digest is only compared. Memory per request is one chunk
+//! digest (BLAKE3) itself; a client-declared digest is only compared. Memory per request is one chunk
 //! (a PUT) or `read_ahead` chunks (a commit).
 
 use std::fmt::Display;
@@ -15,7 +15,9 @@ use std::fmt::Display;
 use bytes::{Bytes, BytesMut};
 use chunkvault_blob::{BlobError, BlobStore, ChunkBuf};
 use chunkvault_meta::{ChunkState, CommitFile, FileRecord, NewUpload, PendingChunk, UploadRecord};
-use chunkvault_types::{ChunkEntry, ChunkId, ChunkOffer, FileId};
+use chunkvault_types::{
+    ChunkEntry, ChunkId, ChunkOffer, FileDigest, FileHasher, FileId, SessionCommit,
+};
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -370,46 +372,81 @@ impl Vault {
     }
 
     /// Makes a session a visible file: reads every chunk back in order, verifies it, and
-    /// computes the SHA-256 here. `client_sha256`, when given, must match (400 otherwise).
+    /// computes the file's digest (BLAKE3) here. Digests the client declares in `declared`
+    /// must match (400 otherwise); a declared SHA-256 is computed for that comparison only.
     /// Chunk PUTs to the same upload on this node wait for it, so the digest and the manifest
     /// committed are of the same chunks.
     pub async fn commit_session(
         &self,
         who: &Principal,
         id: FileId,
-        client_sha256: Option<&str>,
+        declared: &SessionCommit,
     ) -> Result<FileRecord> {
         let _lock = self.upload_locks.lock(id).await;
-        self.commit_unlocked(who, id, client_sha256).await
+        self.commit_unlocked(who, id, declared).await
     }
 
     async fn commit_unlocked(
         &self,
         who: &Principal,
         id: FileId,
-        client_sha256: Option<&str>,
+        declared: &SessionCommit,
     ) -> Result<FileRecord> {
-        if let Some(s) = client_sha256
-            && (s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            return Err(invalid("invalid_sha256", "sha256 must be 64 hex digits"));
-        }
+        let declared: Vec<FileDigest> = [
+            declared
+                .blake3
+                .as_deref()
+                .map(|h| FileDigest::Blake3(h.into())),
+            declared
+                .sha256
+                .as_deref()
+                .map(|h| FileDigest::Sha256(h.into())),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let hex = d.hex();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let code = match d {
+                    FileDigest::Blake3(_) => "invalid_blake3",
+                    FileDigest::Sha256(_) => "invalid_sha256",
+                };
+                return Err(invalid(
+                    code,
+                    format!("{} must be 64 hex digits", d.algorithm()),
+                ));
+            }
+            Ok(match d {
+                FileDigest::Blake3(h) => FileDigest::Blake3(h.to_ascii_lowercase()),
+                FileDigest::Sha256(h) => FileDigest::Sha256(h.to_ascii_lowercase()),
+            })
+        })
+        .collect::<Result<_>>()?;
         let upload = self.open_upload(who, id).await?;
-        let (size, sha256) = self.digest_upload(&upload).await?;
+        let (size, digests) = self.digest_upload(&upload, &declared).await?;
         if let Some(declared) = upload.declared_size.filter(|d| *d != size) {
             return Err(invalid(
                 "incomplete_upload",
                 format!("the upload has {size} of {declared} bytes"),
             ));
         }
-        if let Some(s) = client_sha256
-            && !s.eq_ignore_ascii_case(&sha256)
-        {
-            return Err(invalid(
-                "sha256_mismatch",
-                format!("the stored chunks hash to {sha256}, not {s}"),
-            ));
+        for (want, got) in declared.iter().zip(&digests[1..]) {
+            if want != got {
+                let code = match want {
+                    FileDigest::Blake3(_) => "blake3_mismatch",
+                    FileDigest::Sha256(_) => "sha256_mismatch",
+                };
+                return Err(invalid(
+                    code,
+                    format!(
+                        "the stored chunks hash to {}, not {}",
+                        got.hex(),
+                        want.hex()
+                    ),
+                ));
+            }
         }
+        let digest = digests[0].clone();
         let committed = self
             .meta
             .commit_upload(
@@ -418,7 +455,7 @@ impl Vault {
                     name: upload.name,
                     content_type: upload.content_type,
                     size,
-                    sha256,
+                    digest,
                     committed_at: OffsetDateTime::now_utc(),
                 },
             )
@@ -449,11 +486,18 @@ impl Vault {
     }
 
     /// Reads an open upload's chunks back in order (`read_ahead` at once), checks the layout
-    /// and each chunk's hash and length, and returns the size and SHA-256 of the whole.
-    async fn digest_upload(&self, upload: &UploadRecord) -> Result<(u64, String)> {
+    /// and each chunk's hash and length, and returns the size and the digests of the whole:
+    /// its BLAKE3 first, then one per entry of `also`, with `also`'s algorithms.
+    async fn digest_upload(
+        &self,
+        upload: &UploadRecord,
+        also: &[FileDigest],
+    ) -> Result<(u64, Vec<FileDigest>)> {
         let cs = upload.chunk_size;
         let id = upload.id;
-        let mut sha = Sha256::new();
+        let mut hashers: Vec<FileHasher> = std::iter::once(FileHasher::new())
+            .chain(also.iter().map(FileHasher::like))
+            .collect();
         let mut expected_index = 0u64;
         let mut size = 0u64;
         let mut short_seen = false;
@@ -491,14 +535,16 @@ impl Vault {
             while let Some(next) = chunks.next().await {
                 let (e, data) = next?;
                 size += e.length;
-                sha = tokio::task::spawn_blocking(move || {
-                    sha.update(&data);
-                    sha
+                hashers = tokio::task::spawn_blocking(move || {
+                    for h in &mut hashers {
+                        h.update(&data);
+                    }
+                    hashers
                 })
                 .await?;
             }
         }
-        Ok((size, hex::encode(sha.finalize())))
+        Ok((size, hashers.into_iter().map(FileHasher::finish).collect()))
     }
 
     /// Stores a stream as consecutive chunks from `index` on, `prefix` first (a partial chunk
@@ -839,7 +885,10 @@ impl Vault {
         };
         let offset = current + consumed;
         let committed = if offset == total {
-            Some(self.commit_unlocked(who, id, None).await?)
+            Some(
+                self.commit_unlocked(who, id, &SessionCommit::default())
+                    .await?,
+            )
         } else {
             None
         };

@@ -11,16 +11,16 @@ use chunkvault_blob::{BlobStore, ChunkBuf};
 use chunkvault_meta::{
     ChunkState, CommitFile, FileRecord, MetaError, MetaStore, NewUpload, PendingChunk,
 };
-use chunkvault_types::{ChunkId, FileId};
+use chunkvault_types::{ChunkId, FileDigest, FileHasher, FileId};
 use futures::{Stream, StreamExt};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::{CoreError, Principal, Result, Stats, Vault};
 
-/// Chunks this large are hashed on two blocking threads at once (SHA-256 and BLAKE3); smaller
+/// Chunks this large are hashed on two blocking threads at once (the whole file's digest and
+/// the chunk's own hash, both BLAKE3); smaller
 /// ones inline, where a thread hand-off would cost more than the hashing (~30 µs for 64 KiB).
 pub(crate) const PARALLEL_HASH_MIN: usize = 64 << 10;
 
@@ -111,7 +111,7 @@ fn is_bidi_control(c: char) -> bool {
 pub struct Received {
     pub id: FileId,
     pub size: u64,
-    pub sha256: String,
+    pub digest: FileDigest,
     guard: AbortGuard,
 }
 
@@ -262,7 +262,7 @@ impl Vault {
             name: meta.name,
             content_type: meta.content_type,
             size: size as u64,
-            sha256: hex::encode(Sha256::digest(&data)),
+            digest: FileDigest::blake3_of(&data),
             committed_at: upload.created_at,
         };
         if !data.is_empty() && size <= self.config.inline_max.min(self.config.chunk_size) {
@@ -380,7 +380,7 @@ impl Vault {
             }
             Ok(total)
         };
-        let (total, sha256) =
+        let (total, digest) =
             tokio::try_join!(producer, self.store_chunks(&upload, &guard.opening, rx))?;
         if let Some(expected) = expected_size.filter(|e| *e != total) {
             return Err(size_mismatch(expected, total, false));
@@ -388,7 +388,7 @@ impl Vault {
         Ok(Received {
             id,
             size: total,
-            sha256,
+            digest,
             guard,
         })
     }
@@ -409,7 +409,7 @@ impl Vault {
                     name: meta.name,
                     content_type: meta.content_type,
                     size: received.size,
-                    sha256: received.sha256.clone(),
+                    digest: received.digest.clone(),
                     committed_at: OffsetDateTime::now_utc(),
                 },
             )
@@ -421,21 +421,21 @@ impl Vault {
 
     /// The consumer side: hash each chunk with BLAKE3 (its id), record its pending reference
     /// (the first one together with opening the upload), write its blob unless a committed
-    /// upload already stored it. The whole-file SHA-256 runs beside all that on a thread of its
+    /// upload already stored it. The whole-file digest runs beside all that on a thread of its
     /// own ([`StreamDigest`]), so it never waits for a record or a write. Returns it.
     async fn store_chunks(
         &self,
         upload: &NewUpload,
         opening: &Arc<tokio::sync::Mutex<()>>,
         mut rx: mpsc::Receiver<Bytes>,
-    ) -> Result<String> {
+    ) -> Result<FileDigest> {
         let id = upload.id;
-        let mut sha = StreamDigest::default();
+        let mut digest = StreamDigest::default();
         let mut index = 0u64;
         let mut offset = 0u64;
         let mut puts: JoinSet<Result<()>> = JoinSet::new();
         while let Some(chunk) = rx.recv().await {
-            sha.update(chunk.clone()).await?;
+            digest.update(chunk.clone()).await?;
             let hash = if chunk.len() < PARALLEL_HASH_MIN {
                 // Handing a small chunk to a thread costs more than hashing it here.
                 ChunkId::of(&chunk)
@@ -484,7 +484,7 @@ impl Vault {
         if index == 0 {
             self.begin_upload(upload, None, opening).await?;
         }
-        sha.finish().await
+        digest.finish().await
     }
 
     /// A new upload of `who`'s, named at commit, with this vault's chunk size and expiry.
@@ -602,24 +602,24 @@ impl Drop for Aborted<'_> {
     }
 }
 
-/// Chunks queued for the whole-file SHA-256 thread beyond the one it is hashing. They are
+/// Chunks queued for the whole-file digest thread beyond the one it is hashing. They are
 /// clones of chunks the pipeline holds anyway, so the queue adds no copies; when it is full
 /// the pipeline waits, which is backpressure like any other stage.
 const DIGEST_QUEUE: usize = 2;
 
-/// The SHA-256 of an upload's body, fed chunk by chunk in order. Small chunks are hashed
-/// inline; from the first one of [`PARALLEL_HASH_MIN`] bytes on, a blocking thread hashes
-/// them back to back, beside BLAKE3, the metadata record and the blob write. SHA-256 is the
-/// slowest step of an upload (about 2 GB/s with SHA-NI here) and the one that cannot run in
-/// parallel with itself, so it gets a thread that never waits for the others.
+/// The whole-file digest (BLAKE3) of an upload's body, fed chunk by chunk in order. Small
+/// chunks are hashed inline; from the first one of [`PARALLEL_HASH_MIN`] bytes on, a blocking
+/// thread hashes them back to back, beside the chunks' own hashing, the metadata record and
+/// the blob write. A stream's digest cannot run in parallel with itself, so it gets a thread
+/// that never waits for the others.
 #[derive(Default)]
 enum StreamDigest {
     #[default]
     Empty,
-    Inline(Sha256),
+    Inline(FileHasher),
     Thread {
         queue: mpsc::Sender<Bytes>,
-        done: tokio::task::JoinHandle<Sha256>,
+        done: tokio::task::JoinHandle<FileHasher>,
     },
 }
 
@@ -629,17 +629,21 @@ impl StreamDigest {
             Self::Empty if chunk.len() >= PARALLEL_HASH_MIN => {
                 let (queue, mut chunks) = mpsc::channel::<Bytes>(DIGEST_QUEUE);
                 let done = tokio::task::spawn_blocking(move || {
-                    let mut sha = Sha256::new();
+                    let mut hasher = FileHasher::new();
                     while let Some(c) = chunks.blocking_recv() {
-                        sha.update(&c);
+                        hasher.update(&c);
                     }
-                    sha
+                    hasher
                 });
                 queue.send(chunk).await.map_err(|_| digest_thread_gone())?;
                 *self = Self::Thread { queue, done };
             }
-            Self::Empty => *self = Self::Inline(Sha256::new_with_prefix(&chunk)),
-            Self::Inline(sha) => sha.update(&chunk),
+            Self::Empty => {
+                let mut hasher = FileHasher::new();
+                hasher.update(&chunk);
+                *self = Self::Inline(hasher);
+            }
+            Self::Inline(hasher) => hasher.update(&chunk),
             Self::Thread { queue, .. } => {
                 queue.send(chunk).await.map_err(|_| digest_thread_gone())?;
             }
@@ -647,22 +651,22 @@ impl StreamDigest {
         Ok(())
     }
 
-    async fn finish(self) -> Result<String> {
-        let sha = match self {
-            Self::Empty => Sha256::new(),
-            Self::Inline(sha) => sha,
+    async fn finish(self) -> Result<FileDigest> {
+        let hasher = match self {
+            Self::Empty => FileHasher::new(),
+            Self::Inline(hasher) => hasher,
             Self::Thread { queue, done } => {
                 drop(queue);
                 done.await?
             }
         };
-        Ok(hex::encode(sha.finalize()))
+        Ok(hasher.finish())
     }
 }
 
 /// The digest thread ended before its queue closed: it panicked, and its join says so.
 fn digest_thread_gone() -> CoreError {
-    CoreError::Internal("the SHA-256 thread of an upload stopped".into())
+    CoreError::Internal("the digest thread of an upload stopped".into())
 }
 
 pub(crate) fn join_put(
@@ -708,7 +712,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stream_digest_is_the_sha256_of_the_chunks_in_order() {
+    async fn stream_digest_is_the_blake3_of_the_chunks_in_order() {
         let big = PARALLEL_HASH_MIN;
         let bodies: [&[usize]; 5] = [
             &[],
@@ -723,10 +727,10 @@ mod tests {
                 .enumerate()
                 .map(|(i, n)| Bytes::from((0..*n).map(|j| (i * 31 + j) as u8).collect::<Vec<_>>()))
                 .collect();
-            let mut whole = Sha256::new();
+            let mut whole = Vec::new();
             let mut digest = StreamDigest::default();
             for c in &chunks {
-                whole.update(c);
+                whole.extend_from_slice(c);
                 digest.update(c.clone()).await.unwrap();
             }
             let threaded = matches!(digest, StreamDigest::Thread { .. });
@@ -737,7 +741,7 @@ mod tests {
             );
             assert_eq!(
                 digest.finish().await.unwrap(),
-                hex::encode(whole.finalize()),
+                FileDigest::blake3_of(&whole),
                 "{sizes:?}"
             );
         }

@@ -37,7 +37,7 @@ Content-Length), never wrong bytes. HEAD answers the same headers without a body
     responses(
         (status = 200, description = "The whole file", content_type = "application/octet-stream", body = crate::openapi::Binary,
             headers(
-                ("ETag" = String, description = "`\"<sha256 hex>\"`"),
+                ("ETag" = String, description = "`\"<digest hex>\"` (the file's BLAKE3, or its SHA-256 for files stored by earlier versions)"),
                 ("Content-Disposition" = String, description = "`attachment` with the name as an ASCII fallback and as `filename*`"),
                 ("Content-Length" = u64, description = "Bytes in this response"),
                 ("Accept-Ranges" = String, description = "`bytes`"),
@@ -46,10 +46,10 @@ Content-Length), never wrong bytes. HEAD answers the same headers without a body
         (status = 206, description = "The requested range", content_type = "application/octet-stream", body = crate::openapi::Binary,
             headers(
                 ("Content-Range" = String, description = "`bytes a-b/SIZE`"),
-                ("ETag" = String, description = "`\"<sha256 hex>\"`"),
+                ("ETag" = String, description = "`\"<digest hex>\"` (the file's BLAKE3, or its SHA-256 for files stored by earlier versions)"),
             )),
         (status = 304, description = "Not modified (If-None-Match matched)",
-            headers(("ETag" = String, description = "`\"<sha256 hex>\"`"))),
+            headers(("ETag" = String, description = "`\"<digest hex>\"` (the file's BLAKE3, or its SHA-256 for files stored by earlier versions)"))),
         (status = 400, description = "`invalid_id`", body = ErrorBody),
         (status = 403, description = "`link_invalid` (tampered, or signed before the secret was rotated), `link_expired`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
@@ -116,7 +116,7 @@ pub(crate) async fn download(
         }
         None => return Err(crate::auth::unauthorized()),
     };
-    let etag = format!("\"{}\"", file.sha256);
+    let etag = format!("\"{}\"", file.digest.hex());
     let inm = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());

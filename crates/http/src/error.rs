@@ -210,6 +210,16 @@ pub(crate) const ERROR_CODES: &[(&str, u16, &str)] = &[
         "commit before every chunk is stored",
     ),
     (
+        "invalid_blake3",
+        400,
+        "the declared blake3 is not 64 hex digits",
+    ),
+    (
+        "blake3_mismatch",
+        400,
+        "the stored file's BLAKE3 differs from the declared one",
+    ),
+    (
         "invalid_sha256",
         400,
         "the declared sha256 is not 64 hex digits",

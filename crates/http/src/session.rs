@@ -257,12 +257,12 @@ async fn put_chunk_inner(
     path = "/uploads/{id}/commit",
     tag = "sessions",
     operation_id = "commit_session",
-    summary = "Make the session's file visible; the server computes its SHA-256 from the stored chunks",
+    summary = "Make the session's file visible; the server computes its digest (BLAKE3) from the stored chunks and compares any the client declares",
     params(("id" = String, Path, format = Uuid, description = "The upload id")),
     request_body(content = Option<SessionCommit>, content_type = "application/json"),
     responses(
         (status = 201, description = "The committed file", body = FileInfo),
-        (status = 400, description = "`invalid_id`, `invalid_json`, `incomplete_upload`, `invalid_sha256`, `sha256_mismatch`, `size_mismatch`, `invalid_manifest`", body = ErrorBody),
+        (status = 400, description = "`invalid_id`, `invalid_json`, `incomplete_upload`, `invalid_blake3`, `blake3_mismatch`, `invalid_sha256`, `sha256_mismatch`, `size_mismatch`, `invalid_manifest`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`upload_closed`", body = ErrorBody),
         (status = 413, description = "`body_too_large`", body = ErrorBody),
@@ -279,10 +279,7 @@ pub(crate) async fn commit(
     body: Body,
 ) -> Result<Response, ApiError> {
     let req: SessionCommit = json_body(body, false)?;
-    let record = state
-        .vault
-        .commit_session(&who, id, req.sha256.as_deref())
-        .await?;
+    let record = state.vault.commit_session(&who, id, &req).await?;
     let info = file_info(record);
     let location = format!("/files/{}", info.id);
     Ok((

@@ -13,7 +13,7 @@ use base64::Engine;
 use chunkvault_core::{BodyChecksum, ChecksumAlgorithm, CoreError, UploadMeta};
 use chunkvault_meta::UploadRecord;
 
-use chunkvault_types::ErrorBody;
+use chunkvault_types::{ErrorBody, SessionCommit};
 
 use crate::auth::Caller;
 use crate::extract::FileIdPath;
@@ -310,7 +310,9 @@ async fn create_inner(
     let id = upload.id;
     let mut offset = None;
     if length == 0 {
-        vault.commit_session(who, id, None).await?;
+        vault
+            .commit_session(who, id, &SessionCommit::default())
+            .await?;
         offset = Some(0);
     } else if with_body {
         let body = req.into_body().into_data_stream();

@@ -125,7 +125,8 @@ pub(crate) fn file_info(f: FileRecord) -> FileInfo {
         size: f.size,
         chunks: f.chunk_count,
         chunk_size: f.chunk_size,
-        sha256: f.sha256,
+        blake3: f.digest.blake3().map(str::to_string),
+        sha256: f.digest.sha256().map(str::to_string),
         created_at: f.created_at,
         inline: f.inline,
     }

@@ -43,7 +43,7 @@ async fn expect_range(
         "{range}"
     );
     assert_eq!(header(&h, "content-length"), (end - start).to_string());
-    assert_eq!(header(&h, "etag"), format!("\"{}\"", sha256_hex(data)));
+    assert_eq!(header(&h, "etag"), format!("\"{}\"", blake3_hex(data)));
     assert_eq!(header(&h, "accept-ranges"), "bytes");
     let body = resp.bytes().await.expect("range body");
     assert_eq!(body.len(), end - start, "{range}");
@@ -179,7 +179,7 @@ async fn head_and_conditional_requests(backend: Backend) {
     let data = four_chunk_file();
     let n = data.len();
     let id = s.put_file("cond.bin", &data).await;
-    let etag = format!("\"{}\"", sha256_hex(&data));
+    let etag = format!("\"{}\"", blake3_hex(&data));
     let url = s.url(&format!("/download/{id}"));
 
     // HEAD: the GET headers, no body.

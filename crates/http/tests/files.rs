@@ -148,7 +148,7 @@ async fn file_detail_has_the_ordered_manifest(backend: Backend) {
         "size",
         "chunks",
         "chunk_size",
-        "sha256",
+        "blake3",
         "created_at",
     ] {
         assert_eq!(v[key], created[key], "{key}");
@@ -166,7 +166,8 @@ async fn file_detail_has_the_ordered_manifest(backend: Backend) {
 
     // The typed client reads the same thing.
     let detail = s.client.stat(id).await.unwrap();
-    assert_eq!(detail.file.sha256, sha256_hex(&data));
+    assert_eq!(detail.file.blake3, Some(blake3_hex(&data)));
+    assert_eq!(detail.file.sha256, None);
     assert_eq!(
         detail.manifest.iter().map(|e| e.hash).collect::<Vec<_>>(),
         expected
@@ -279,7 +280,7 @@ async fn concurrent_uploads_all_round_trip(backend: Backend) {
     while let Some(done) = tasks.join_next().await {
         let (i, info) = done.expect("upload task");
         assert_eq!(info.size, contents[i].len() as u64);
-        assert_eq!(info.sha256, sha256_hex(&contents[i]));
+        assert_eq!(info.blake3, Some(blake3_hex(&contents[i])));
         ids[i] = info.id.to_string();
     }
 

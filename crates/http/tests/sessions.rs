@@ -56,10 +56,11 @@ async fn status(s: &TestServer, id: &str) -> Value {
     resp.json().await.unwrap()
 }
 
-async fn commit(s: &TestServer, id: &str, sha256: Option<&str>) -> reqwest::Response {
+/// Commits a session, declaring the digests in `declared` (a JSON object) when given.
+async fn commit(s: &TestServer, id: &str, declared: Option<Value>) -> reqwest::Response {
     let req = s.http.post(s.url(&format!("/uploads/{id}/commit")));
-    let req = match sha256 {
-        Some(d) => req.json(&json!({ "sha256": d })),
+    let req = match declared {
+        Some(d) => req.json(&d),
         None => req,
     };
     req.send().await.unwrap()
@@ -108,7 +109,7 @@ async fn out_of_order_parallel_chunks_commit_with_server_digest(backend: Backend
         "not_found",
     )
     .await;
-    let resp = commit(&s, &id, Some(&sha256_hex(&data))).await;
+    let resp = commit(&s, &id, Some(json!({ "blake3": blake3_hex(&data) }))).await;
     let info = expect_created(resp, "parallel.bin", "application/x-test", &data, &s).await;
     assert_eq!(info["id"], id.as_str());
     expect_download(&s, &id, &data, "parallel.bin", "application/x-test").await;
@@ -424,12 +425,48 @@ async fn bad_input_is_a_clean_4xx(backend: Backend) {
         "invalid_sha256",
     )
     .await;
+    expect_error(
+        post(format!("/uploads/{id}/commit"), r#"{"blake3":"00"}"#)
+            .await
+            .unwrap(),
+        bad,
+        "invalid_blake3",
+    )
+    .await;
     // Digest and completeness at commit.
     for (i, c) in data.chunks(cs).enumerate() {
         assert_eq!(put_chunk(&s, &id, i, c).await.status(), StatusCode::OK);
     }
     expect_error(
-        commit(&s, &id, Some(&sha256_hex(b"something else"))).await,
+        commit(
+            &s,
+            &id,
+            Some(json!({ "sha256": sha256_hex(b"something else") })),
+        )
+        .await,
+        bad,
+        "sha256_mismatch",
+    )
+    .await;
+    expect_error(
+        commit(
+            &s,
+            &id,
+            Some(json!({ "blake3": blake3_hex(b"something else") })),
+        )
+        .await,
+        bad,
+        "blake3_mismatch",
+    )
+    .await;
+    // Each declared digest is checked: a right BLAKE3 does not excuse a wrong SHA-256.
+    expect_error(
+        commit(
+            &s,
+            &id,
+            Some(json!({ "blake3": blake3_hex(&data), "sha256": sha256_hex(b"x") })),
+        )
+        .await,
         bad,
         "sha256_mismatch",
     )
@@ -438,7 +475,12 @@ async fn bad_input_is_a_clean_4xx(backend: Backend) {
         s.listed_ids().await.is_empty(),
         "nothing visible after failures"
     );
-    let resp = commit(&s, &id, Some(&sha256_hex(&data).to_uppercase())).await;
+    // Both declared, in upper case: hex is compared without case.
+    let declared = json!({
+        "blake3": blake3_hex(&data).to_uppercase(),
+        "sha256": sha256_hex(&data).to_uppercase(),
+    });
+    let resp = commit(&s, &id, Some(declared)).await;
     expect_created(resp, "bad.bin", "application/x-test", &data, &s).await;
 }
 
@@ -453,7 +495,7 @@ async fn empty_and_unsized_sessions(backend: Backend) {
         "invalid_index",
     )
     .await;
-    let resp = commit(&s, &id, Some(&sha256_hex(b""))).await;
+    let resp = commit(&s, &id, Some(json!({ "sha256": sha256_hex(b"") }))).await;
     expect_created(resp, "empty.bin", "application/x-test", b"", &s).await;
     // Size unknown: any chunk up to chunk_size; the commit checks the layout.
     let data = random_bytes(2 * cs + 3, fresh_seed());

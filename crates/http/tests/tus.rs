@@ -210,7 +210,7 @@ async fn unaligned_patches_round_trip(backend: Backend) {
     let id = file_id(&loc);
     expect_download(&s, id, &data, "unaligned ü.bin", "application/x-tus").await;
     let info: Value = s.get(&format!("/files/{id}")).await.json().await.unwrap();
-    assert_eq!(info["sha256"], sha256_hex(&data));
+    assert_eq!(info["blake3"], blake3_hex(&data));
     assert_eq!(info["chunks"], 5);
     // Complete: HEAD says so, further PATCHes are refused.
     assert_eq!(offset_of(&s, &s.base, &loc).await, data.len() as u64);

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use chunkvault_types::{ChunkId, FileId};
+use chunkvault_types::{ChunkId, FileDigest, FileId};
 use time::OffsetDateTime;
 
 use crate::{
@@ -51,7 +51,7 @@ fn commit(size: u64) -> CommitFile {
         name: "final.bin".into(),
         content_type: "text/plain".into(),
         size,
-        sha256: "ab".repeat(32),
+        digest: FileDigest::Blake3("ab".repeat(32)),
         committed_at: now(),
     }
 }
@@ -104,6 +104,7 @@ pub async fn run_all(m: &dyn MetaStore) {
     cancelled_calls_leave_no_transaction_open(m).await;
     an_aborted_uploads_chunks_are_claimed_at_once(m).await;
     an_inline_file_is_kept_in_the_store(m).await;
+    both_digest_algorithms_are_kept_as_committed(m).await;
 }
 
 pub async fn schema_is_current(m: &dyn MetaStore) {
@@ -1368,5 +1369,47 @@ pub async fn an_inline_file_is_kept_in_the_store(m: &dyn MetaStore) {
         if let Some(a) = credited {
             assert_eq!(used(m, a).await, 0);
         }
+    }
+}
+
+/// A file keeps the digest it was committed with, algorithm and all, on every read: BLAKE3
+/// for files stored now, SHA-256 for files from earlier versions (their rows predate the
+/// `blake3` column).
+pub async fn both_digest_algorithms_are_kept_as_committed(m: &dyn MetaStore) {
+    for digest in [
+        FileDigest::Blake3("b3".repeat(32)),
+        FileDigest::Sha256("5a".repeat(32)),
+    ] {
+        let u = new_upload("digest");
+        m.create_upload(&u).await.unwrap();
+        m.add_chunks(u.id, &chunks_for(10, 9100)).await.unwrap();
+        let c = CommitFile {
+            digest: digest.clone(),
+            ..commit(10)
+        };
+        let f = m.commit_upload(u.id, &c).await.unwrap();
+        assert_eq!(f.digest, digest, "as the commit returns it");
+        assert_eq!(m.file(u.id).await.unwrap().unwrap().digest, digest);
+        assert_eq!(listed(m, u.id).await.unwrap().digest, digest);
+        let start = m.file_with_manifest(u.id, 10).await.unwrap().unwrap();
+        assert_eq!(start.file.digest, digest);
+
+        let data = bytes::Bytes::from_static(b"tiny");
+        let u = new_upload("inline digest");
+        let f = m
+            .create_inline_file(
+                &u,
+                &CommitFile {
+                    digest: digest.clone(),
+                    ..commit(4)
+                },
+                data,
+            )
+            .await
+            .unwrap();
+        assert_eq!(f.digest, digest);
+        assert_eq!(m.file(u.id).await.unwrap().unwrap().digest, digest);
+        let start = m.file_with_manifest(u.id, 10).await.unwrap().unwrap();
+        assert_eq!(start.file.digest, digest);
     }
 }

@@ -30,7 +30,7 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chunkvault_types::{ChunkEntry, ChunkId, FileId};
+use chunkvault_types::{ChunkEntry, ChunkId, FileDigest, FileId};
 use time::OffsetDateTime;
 
 pub use postgres::{PostgresMeta, PostgresOptions};
@@ -149,7 +149,7 @@ pub struct CommitFile {
     pub name: String,
     pub content_type: String,
     pub size: u64,
-    pub sha256: String,
+    pub digest: FileDigest,
     pub committed_at: OffsetDateTime,
 }
 
@@ -173,7 +173,8 @@ pub struct FileRecord {
     pub size: u64,
     pub chunk_size: u64,
     pub chunk_count: u64,
-    pub sha256: String,
+    /// The whole-file digest: BLAKE3, or SHA-256 for files committed by earlier versions.
+    pub digest: FileDigest,
     pub created_at: OffsetDateTime,
     pub committed_at: OffsetDateTime,
     /// The account it belongs to; `None` for files stored without authentication.

@@ -218,7 +218,7 @@ mod tests {
             size: chunks * 10,
             chunk_size: 10,
             chunk_count: chunks,
-            sha256: "0".repeat(64),
+            digest: chunkvault_types::FileDigest::Blake3("0".repeat(64)),
             created_at: OffsetDateTime::UNIX_EPOCH,
             committed_at: OffsetDateTime::UNIX_EPOCH,
             owner: None,

@@ -10,7 +10,7 @@
 pub(crate) const ACCOUNT_COLUMNS: &str =
     "id, name, role, quota_bytes, bytes_used, created_at, disabled";
 
-pub(crate) const FILE_COLUMNS: &str = "id, name, content_type, size, chunk_size, chunk_count, sha256, created_at, committed_at, owner, is_inline";
+pub(crate) const FILE_COLUMNS: &str = "id, name, content_type, size, chunk_size, chunk_count, sha256, created_at, committed_at, owner, is_inline, blake3";
 
 /// How many columns `FILE_COLUMNS` names (its commas plus one): the manifest's columns follow
 /// them where a file is read joined with its manifest.
@@ -74,7 +74,7 @@ macro_rules! impl_meta_store {
         use std::time::Duration;
 
         use async_trait::async_trait;
-        use chunkvault_types::{ChunkEntry, ChunkId, FileId};
+        use chunkvault_types::{ChunkEntry, ChunkId, FileDigest, FileId};
         use sqlx::{QueryBuilder, Row};
         use time::OffsetDateTime;
 
@@ -131,7 +131,10 @@ macro_rules! impl_meta_store {
                 size: row.try_get::<i64, _>("size")? as u64,
                 chunk_size: row.try_get::<i64, _>("chunk_size")? as u64,
                 chunk_count: row.try_get::<i64, _>("chunk_count")? as u64,
-                sha256: row.try_get("sha256")?,
+                digest: FileDigest::from_parts(row.try_get("blake3")?, row.try_get("sha256")?)
+                    .ok_or_else(|| MetaError::Other {
+                        source: "a committed file's row has no digest".into(),
+                    })?,
                 created_at: from_micros(row.try_get("created_at")?),
                 committed_at: from_micros(row.try_get("committed_at")?),
                 owner: row.try_get::<Option<uuid::Uuid>, _>("owner")?.map(AccountId),
@@ -383,7 +386,7 @@ macro_rules! impl_meta_store {
             .await?;
             let sql = format!(
                 "UPDATE files SET state = 'committed', name = $2, content_type = $3, size = $4,
-                   chunk_count = $5, sha256 = $6, committed_at = $7
+                   chunk_count = $5, sha256 = $6, committed_at = $7, blake3 = $8
                  WHERE id = $1 RETURNING {FILE_COLUMNS}"
             );
             let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
@@ -392,8 +395,9 @@ macro_rules! impl_meta_store {
                 .bind(&c.content_type)
                 .bind(size)
                 .bind(n)
-                .bind(&c.sha256)
+                .bind(c.digest.sha256())
                 .bind(micros(c.committed_at))
+                .bind(c.digest.blake3())
                 .fetch_one(&mut **tx)
                 .await?;
             file_record(&row)
@@ -497,8 +501,8 @@ macro_rules! impl_meta_store {
                      f AS (
                          INSERT INTO files (id, state, name, content_type, chunk_size, size, chunk_count,
                                             sha256, created_at, committed_at, expires_at, declared_size,
-                                            owner, is_inline)
-                         SELECT $1, 'committed', $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, TRUE
+                                            owner, is_inline, blake3)
+                         SELECT $1, 'committed', $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, TRUE, $13
                          WHERE $11 IS NULL OR EXISTS (SELECT 1 FROM charged)
                          RETURNING {FILE_COLUMNS}),
                      content AS (INSERT INTO inline_data (file_id, data) SELECT id, $12 FROM f)
@@ -510,13 +514,14 @@ macro_rules! impl_meta_store {
                     .bind(&c.content_type)
                     .bind(to_i64(u.chunk_size, "chunk size")?)
                     .bind(to_i64(c.size, "file size")?)
-                    .bind(&c.sha256)
+                    .bind(c.digest.sha256())
                     .bind(micros(u.created_at))
                     .bind(micros(c.committed_at))
                     .bind(micros(u.expires_at))
                     .bind(u.declared_size.map(|d| to_i64(d, "declared size")).transpose()?)
                     .bind(u.owner.map(|o| o.0))
                     .bind(data.as_ref())
+                    .bind(c.digest.blake3())
                     .fetch_optional(&self.write)
                     .await?;
                 match (row, u.owner) {

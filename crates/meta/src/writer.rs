@@ -18,7 +18,7 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use chunkvault_types::{ChunkEntry, ChunkId, FileId};
+use chunkvault_types::{ChunkEntry, ChunkId, FileDigest, FileId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -214,8 +214,9 @@ fn insert_committed(
 ) -> Result<FileRecord> {
     conn.prepare_cached(
         "INSERT INTO files (id, state, name, content_type, chunk_size, size, chunk_count, sha256,
-                            created_at, committed_at, expires_at, declared_size, owner, is_inline)
-         VALUES (?1, 'committed', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                            created_at, committed_at, expires_at, declared_size, owner, is_inline,
+                            blake3)
+         VALUES (?1, 'committed', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         u.id.as_uuid().as_bytes().as_slice(),
@@ -224,7 +225,7 @@ fn insert_committed(
         to_i64(u.chunk_size, "chunk size")?,
         to_i64(c.size, "file size")?,
         to_i64(chunk_count, "chunk count")?,
-        c.sha256,
+        c.digest.sha256(),
         micros(u.created_at),
         micros(c.committed_at),
         micros(u.expires_at),
@@ -233,6 +234,7 @@ fn insert_committed(
             .transpose()?,
         u.owner.map(|o| o.0.as_bytes().to_vec()),
         inline,
+        c.digest.blake3(),
     ])?;
     Ok(FileRecord {
         id: u.id,
@@ -241,7 +243,7 @@ fn insert_committed(
         size: c.size,
         chunk_size: u.chunk_size,
         chunk_count,
-        sha256: c.sha256.clone(),
+        digest: c.digest.clone(),
         created_at: from_micros(micros(u.created_at)),
         committed_at: from_micros(micros(c.committed_at)),
         owner: u.owner,
@@ -379,7 +381,7 @@ fn commit_tx(conn: &Connection, upload: FileId, c: &CommitFile) -> Result<FileRe
     .execute(params![id])?;
     let sql = format!(
         "UPDATE files SET state = 'committed', name = ?2, content_type = ?3, size = ?4,
-           chunk_count = ?5, sha256 = ?6, committed_at = ?7
+           chunk_count = ?5, sha256 = ?6, committed_at = ?7, blake3 = ?8
          WHERE id = ?1 RETURNING {FILE_COLUMNS}"
     );
     let record = conn.prepare_cached(&sql)?.query_row(
@@ -389,8 +391,9 @@ fn commit_tx(conn: &Connection, upload: FileId, c: &CommitFile) -> Result<FileRe
             c.content_type,
             size,
             n,
-            c.sha256,
-            micros(c.committed_at)
+            c.digest.sha256(),
+            micros(c.committed_at),
+            c.digest.blake3()
         ],
         file_record,
     )?;
@@ -519,7 +522,13 @@ pub(crate) fn file_record(r: &Row<'_>) -> rusqlite::Result<FileRecord> {
         size: r.get::<_, i64>(3)? as u64,
         chunk_size: r.get::<_, i64>(4)? as u64,
         chunk_count: r.get::<_, i64>(5)? as u64,
-        sha256: r.get(6)?,
+        digest: FileDigest::from_parts(r.get(11)?, r.get(6)?).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                6,
+                rusqlite::types::Type::Null,
+                "a committed file's row has no digest".into(),
+            )
+        })?,
         created_at: from_micros(r.get(7)?),
         committed_at: from_micros(r.get(8)?),
         owner: r

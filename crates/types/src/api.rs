@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{ChunkId, FileId};
+use crate::{ChunkId, FileDigest, FileId};
 
 /// A committed file as the API describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,8 +24,14 @@ pub struct FileInfo {
     /// Number of chunks.
     pub chunks: u64,
     pub chunk_size: u64,
-    /// SHA-256 of the whole file, lowercase hex: what `sha256sum` prints.
-    pub sha256: String,
+    /// BLAKE3 of the whole file, lowercase hex: what `b3sum` prints. Every file stored by
+    /// this version has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// SHA-256 of the whole file, lowercase hex (what `sha256sum` prints): only files stored
+    /// by versions before BLAKE3 became the file digest have it instead of `blake3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: OffsetDateTime,
@@ -36,9 +42,20 @@ pub struct FileInfo {
 }
 
 impl FileInfo {
-    /// The strong ETag of the file's content.
+    /// The file's digest, whichever algorithm it was stored with.
+    pub fn digest(&self) -> Option<FileDigest> {
+        FileDigest::from_parts(self.blake3.clone(), self.sha256.clone())
+    }
+
+    /// The strong ETag of the file's content: its digest in quotes.
     pub fn etag(&self) -> String {
-        format!("\"{}\"", self.sha256)
+        format!(
+            "\"{}\"",
+            self.blake3
+                .as_deref()
+                .or(self.sha256.as_deref())
+                .unwrap_or("")
+        )
     }
 }
 
@@ -163,11 +180,15 @@ pub struct ChunkStored {
     pub written: bool,
 }
 
-/// `POST /uploads/{id}/commit` body (optional): the digest the client expects.
+/// `POST /uploads/{id}/commit` body (optional): the digests the client expects, either or
+/// both. The file's digest is BLAKE3 either way; a declared SHA-256 is computed only to be
+/// compared.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionCommit {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// BLAKE3 was chosen over SHA-256 for chunk addresses because it hashes ~2.5x faster on this
 /// hardware (see README, "Hashing"), and chunk hashing sits on both the upload and the download
-/// path. The whole-file digest users check is SHA-256 (see [`FileInfo::sha256`]).
+/// path. The whole-file digest users check with `b3sum` is BLAKE3 too ([`FileDigest`](crate::FileDigest)).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkId([u8; 32]);
 

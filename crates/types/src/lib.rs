@@ -2,9 +2,11 @@
 //! the HTTP API. Nothing here does I/O, so every other crate can depend on it.
 
 mod api;
+mod digest;
 mod id;
 mod range;
 
 pub use api::*;
+pub use digest::*;
 pub use id::*;
 pub use range::*;

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use chunkvault_types::FileDigest;
 use serde_json::{Value, json};
 
 use super::{
@@ -229,7 +230,7 @@ async fn one_policy_round(
     name: &str,
     r: usize,
     src: &std::path::Path,
-    sha: &str,
+    sha: &FileDigest,
     small: &[bytes::Bytes],
     scratch: &std::path::Path,
     m: &Measured,
@@ -249,11 +250,11 @@ async fn one_policy_round(
         })
         .await
         .context("large upload")?;
-    if info.size != p.size || info.sha256 != sha {
+    if info.size != p.size || info.digest().as_ref() != Some(sha) {
         bail!(
-            "stored {} bytes with SHA-256 {}, sent {} bytes with {sha}",
+            "stored {} bytes with digest {:?}, sent {} bytes with {sha}",
             info.size,
-            info.sha256,
+            info.digest(),
             p.size
         );
     }

@@ -551,6 +551,13 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// The file digest the server reports: BLAKE3, what `b3sum` prints.
+pub fn blake3_hex(data: &[u8]) -> String {
+    chunkvault_types::FileDigest::blake3_of(data)
+        .hex()
+        .to_string()
+}
+
 /// A header value holding a name as UTF-8 bytes (HTTP headers carry bytes; the server reads
 /// them as UTF-8).
 pub fn header_bytes(s: &str) -> reqwest::header::HeaderValue {
@@ -666,7 +673,8 @@ pub async fn expect_created(
     let chunk = server.chunk_size() as u64;
     assert_eq!(v["chunks"], (data.len() as u64).div_ceil(chunk), "{text}");
     assert_eq!(v["chunk_size"], chunk, "{text}");
-    assert_eq!(v["sha256"], sha256_hex(data), "{text}");
+    assert_eq!(v["blake3"], blake3_hex(data), "{text}");
+    assert!(v.get("sha256").is_none(), "one digest, BLAKE3: {text}");
     v
 }
 
@@ -677,7 +685,7 @@ pub async fn expect_download(server: &TestServer, id: &str, data: &[u8], name: &
     let h = resp.headers().clone();
     assert_eq!(header(&h, "content-length"), data.len().to_string());
     assert_eq!(header(&h, "content-type"), ty);
-    assert_eq!(header(&h, "etag"), format!("\"{}\"", sha256_hex(data)));
+    assert_eq!(header(&h, "etag"), format!("\"{}\"", blake3_hex(data)));
     assert_eq!(header(&h, "accept-ranges"), "bytes");
     assert_eq!(header(&h, "x-content-type-options"), "nosniff");
     let cd = header(&h, "content-disposition");
