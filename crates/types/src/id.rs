@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 /// The address of a chunk: the BLAKE3 hash of its content.
 ///
 /// BLAKE3 was chosen over SHA-256 for chunk addresses because it hashes ~2.5x faster on this
-/// hardware (see README, "Hashing"), and chunk hashing sits on both the upload and the download
-/// path. The whole-file digest users check with `b3sum` is BLAKE3 too ([`FileDigest`](crate::FileDigest)).
+/// hardware (see ARCHITECTURE.md, "Hashing"), and chunk hashing sits on both the upload and the
+/// download path. The whole-file digest users check with `b3sum` is BLAKE3 too
+/// ([`FileDigest`](crate::FileDigest)).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkId([u8; 32]);
 
