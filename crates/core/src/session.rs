@@ -7,8 +7,8 @@
 //! "recorded" is not "stored": [`Vault::session`] checks each recorded chunk's blob, and only
 //! what is both recorded and written counts. At commit the server reads the chunks back in
 //! order, verifies each against its BLAKE3 hash and length, and computes the whole-file
-//! digest (BLAKE3) itself; a client-declared digest is only compared. Memory per request is one chunk
-//! (a PUT) or `read_ahead` chunks (a commit).
+//! digest (BLAKE3) itself; a client-declared digest is only compared. Memory per request is
+//! one chunk (a PUT) or `read_ahead` chunks (a commit).
 
 use std::fmt::Display;
 
@@ -74,6 +74,26 @@ fn invalid(code: &'static str, message: impl Into<String>) -> CoreError {
         code,
         message: message.into(),
     }
+}
+
+/// The digests a client declared at commit, each 64 hex digits (400 `invalid_blake3` or
+/// `invalid_sha256` otherwise), in lower case.
+fn declared_digests(declared: &SessionCommit) -> Result<Vec<FileDigest>> {
+    let hex64 = |hex: &str, code: &'static str, algorithm: &str| {
+        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(hex.to_ascii_lowercase())
+        } else {
+            Err(invalid(code, format!("{algorithm} must be 64 hex digits")))
+        }
+    };
+    let mut out = Vec::new();
+    if let Some(h) = &declared.blake3 {
+        out.push(FileDigest::Blake3(hex64(h, "invalid_blake3", "blake3")?));
+    }
+    if let Some(h) = &declared.sha256 {
+        out.push(FileDigest::Sha256(hex64(h, "invalid_sha256", "sha256")?));
+    }
+    Ok(out)
 }
 
 /// The length chunk `index` must have in an upload of `total` bytes (when known).
@@ -392,61 +412,30 @@ impl Vault {
         id: FileId,
         declared: &SessionCommit,
     ) -> Result<FileRecord> {
-        let declared: Vec<FileDigest> = [
-            declared
-                .blake3
-                .as_deref()
-                .map(|h| FileDigest::Blake3(h.into())),
-            declared
-                .sha256
-                .as_deref()
-                .map(|h| FileDigest::Sha256(h.into())),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|d| {
-            let hex = d.hex();
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                let code = match d {
-                    FileDigest::Blake3(_) => "invalid_blake3",
-                    FileDigest::Sha256(_) => "invalid_sha256",
-                };
-                return Err(invalid(
-                    code,
-                    format!("{} must be 64 hex digits", d.algorithm()),
-                ));
-            }
-            Ok(match d {
-                FileDigest::Blake3(h) => FileDigest::Blake3(h.to_ascii_lowercase()),
-                FileDigest::Sha256(h) => FileDigest::Sha256(h.to_ascii_lowercase()),
-            })
-        })
-        .collect::<Result<_>>()?;
+        let declared = declared_digests(declared)?;
         let upload = self.open_upload(who, id).await?;
-        let (size, digests) = self.digest_upload(&upload, &declared).await?;
+        let (size, computed) = self.digest_upload(&upload, &declared).await?;
         if let Some(declared) = upload.declared_size.filter(|d| *d != size) {
             return Err(invalid(
                 "incomplete_upload",
                 format!("the upload has {size} of {declared} bytes"),
             ));
         }
-        for (want, got) in declared.iter().zip(&digests[1..]) {
-            if want != got {
+        for want in &declared {
+            let got = computed.iter().find(|g| g.algorithm() == want.algorithm());
+            if got != Some(want) {
                 let code = match want {
                     FileDigest::Blake3(_) => "blake3_mismatch",
                     FileDigest::Sha256(_) => "sha256_mismatch",
                 };
+                let got = got.map_or("nothing", |g| g.hex());
                 return Err(invalid(
                     code,
-                    format!(
-                        "the stored chunks hash to {}, not {}",
-                        got.hex(),
-                        want.hex()
-                    ),
+                    format!("the stored chunks hash to {got}, not {}", want.hex()),
                 ));
             }
         }
-        let digest = digests[0].clone();
+        let digest = computed[0].clone();
         let committed = self
             .meta
             .commit_upload(
@@ -487,16 +476,21 @@ impl Vault {
 
     /// Reads an open upload's chunks back in order (`read_ahead` at once), checks the layout
     /// and each chunk's hash and length, and returns the size and the digests of the whole:
-    /// its BLAKE3 first, then one per entry of `also`, with `also`'s algorithms.
+    /// its BLAKE3 first, then a SHA-256 when `declared` holds one to compare with.
     async fn digest_upload(
         &self,
         upload: &UploadRecord,
-        also: &[FileDigest],
+        declared: &[FileDigest],
     ) -> Result<(u64, Vec<FileDigest>)> {
         let cs = upload.chunk_size;
         let id = upload.id;
         let mut hashers: Vec<FileHasher> = std::iter::once(FileHasher::new())
-            .chain(also.iter().map(FileHasher::like))
+            .chain(
+                declared
+                    .iter()
+                    .filter(|d| d.sha256().is_some())
+                    .map(FileHasher::like),
+            )
             .collect();
         let mut expected_index = 0u64;
         let mut size = 0u64;

@@ -49,13 +49,7 @@ impl FileInfo {
 
     /// The strong ETag of the file's content: its digest in quotes.
     pub fn etag(&self) -> String {
-        format!(
-            "\"{}\"",
-            self.blake3
-                .as_deref()
-                .or(self.sha256.as_deref())
-                .unwrap_or("")
-        )
+        format!("\"{}\"", self.digest().as_ref().map_or("", FileDigest::hex))
     }
 }
 
