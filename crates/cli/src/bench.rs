@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// Small files per round.
     #[arg(long, default_value_t = 4000)]
     pub small_count: usize,
+    /// Slices each small-file phase is cut into, run turn about with the baseline's (1: one
+    /// phase each, back to back).
+    #[arg(long, default_value_t = 8)]
+    pub small_slices: usize,
     /// Size of each small file.
     #[arg(long, default_value = "4KiB")]
     pub small_size: String,
@@ -104,6 +108,7 @@ struct Params {
     size: u64,
     small_size: u64,
     small_count: usize,
+    small_slices: usize,
     concurrency: usize,
     rounds: usize,
     warmup: usize,
@@ -120,14 +125,16 @@ pub async fn run(store: &StoreArgs, args: BenchArgs) -> Result<ExitCode> {
     if size == 0 || small_size == 0 {
         bail!("--size and --small-size must be positive");
     }
-    if args.rounds == 0 || args.concurrency == 0 || args.small_count == 0 {
-        bail!("--rounds, --concurrency and --small-count must be at least 1");
+    if args.rounds == 0 || args.concurrency == 0 || args.small_count == 0 || args.small_slices == 0
+    {
+        bail!("--rounds, --concurrency, --small-count and --small-slices must be at least 1");
     }
     let (clk_tck, clk_tck_source) = clock_ticks();
     let params = Params {
         size,
         small_size,
         small_count: args.small_count,
+        small_slices: args.small_slices,
         concurrency: args.concurrency,
         rounds: args.rounds,
         warmup: args.warmup,
@@ -212,6 +219,13 @@ async fn bench(
          freed memory to the host and the first write into it is several times slower. A phase \
          that allocates more than that runs partly on cold memory, for both systems alike. \
          Reads are served from the page cache for both systems (nothing drops caches)."
+            .to_string(),
+        "Small files: each phase (upload, then download) is cut into slices of consecutive \
+         files, run turn about with the baseline's (baseline first in even slices, chunkvault \
+         first in odd ones), each after its own `sync`, all after one warm-up of 256 MiB; a \
+         system's figure is its \
+         files over the sum of its slices' times. A phase of a few thousand requests is shorter \
+         than this VM's slow spells; sliced, a spell lands on both systems alike."
             .to_string(),
         "Both systems are driven by the same reqwest client (keep-alive pool, TCP_NODELAY); \
          large bodies stream from the file in 1 MiB reads, chunked; downloads are streamed, \
@@ -352,6 +366,37 @@ struct Phase {
     peak_rss: Option<u64>,
 }
 
+impl Phase {
+    /// Adds a slice of the same phase: times and CPU add up, the peak RSS is the highest.
+    fn add(&mut self, slice: Phase) {
+        self.secs += slice.secs;
+        self.cpu_s = match (self.cpu_s, slice.cpu_s) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.peak_rss = self.peak_rss.max(slice.peak_rss);
+    }
+}
+
+/// `count` items cut into at most `slices` consecutive ranges of near-equal size.
+fn slice_bounds(count: usize, slices: usize) -> Vec<std::ops::Range<usize>> {
+    let slices = slices.clamp(1, count.max(1));
+    (0..slices)
+        .map(|k| count * k / slices..count * (k + 1) / slices)
+        .filter(|r| !r.is_empty())
+        .collect()
+}
+
+/// Who goes first in slice `k`: the baseline (`true`) in even slices, chunkvault in odd ones,
+/// so neither always runs first (after the other's write-back) or last.
+fn turn_order(k: usize, with_base: bool) -> Vec<bool> {
+    match (with_base, k % 2 == 0) {
+        (false, _) => vec![false],
+        (true, true) => vec![true, false],
+        (true, false) => vec![false, true],
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn one_round(
     p: &Params,
@@ -435,45 +480,86 @@ async fn one_round(
     o.large_down = ph;
     progress_phase(label, "chunkvault", "large down", p.size, ph);
 
-    // Small files: fresh content, in memory; the same interleaving.
+    // Small files: fresh content, in memory. A phase of a few thousand small requests lasts
+    // well under a second, shorter than this VM's slow spells, so each phase is cut into
+    // slices run turn about (A B, B A, A B, ...) and each system's slices are summed: a slow
+    // spell then lands on both systems alike instead of on one whole phase. Memory is warmed
+    // once per phase (enough for both systems' files), and each slice starts after `sync`:
+    // warming before every slice kept the host busy taking freed memory back, and stalled
+    // vCPUs made nginx's workers spin on a directory lock (5x its CPU per file).
     let small = small_files(p.small_count, p.small_size);
     let small_bytes = p.small_size * p.small_count as u64;
+    let slices = slice_bounds(p.small_count, p.small_slices);
     let mut keys = Vec::new();
-    if let Some(base) = base {
-        settle(&scratch, small_warm).await;
-        let ph;
-        (keys, ph) = base
-            .measure(base.put_small(&small, r, p.concurrency))
-            .await
-            .context("baseline: small uploads")?;
-        b.small_up = ph;
-        progress_files(label, base.name(), "small up", p.small_count, ph);
-    }
+    let mut ids = Vec::new();
     settle(&scratch, small_warm).await;
-    let (ids, ph) = ours
-        .measure(ours.put_small(&small, r, p.concurrency))
-        .await
-        .context("chunkvault: small uploads")?;
-    o.small_up = ph;
-    progress_files(label, "chunkvault", "small up", p.small_count, ph);
-    if let Some(base) = base {
-        settle(&scratch, small_warm).await;
-        let (n, ph) = base
-            .measure(base.get_small(&keys, p.concurrency))
-            .await
-            .context("baseline: small downloads")?;
-        check_count("baseline small downloads", n, small_bytes)?;
-        b.small_down = ph;
-        progress_files(label, base.name(), "small down", p.small_count, ph);
+    for (k, range) in slices.iter().enumerate() {
+        for base_turn in turn_order(k, base.is_some()) {
+            let files = &small[range.clone()];
+            flush().await;
+            if base_turn {
+                let base = base.expect("a base turn only with a baseline");
+                let (got, ph) = base
+                    .measure(base.put_small(files, range.start, r, p.concurrency))
+                    .await
+                    .context("baseline: small uploads")?;
+                keys.extend(got);
+                b.small_up.add(ph);
+            } else {
+                let (got, ph) = ours
+                    .measure(ours.put_small(files, range.start, r, p.concurrency))
+                    .await
+                    .context("chunkvault: small uploads")?;
+                ids.extend(got);
+                o.small_up.add(ph);
+            }
+        }
     }
+    if let Some(base) = base {
+        progress_files(label, base.name(), "small up", p.small_count, b.small_up);
+    }
+    progress_files(label, "chunkvault", "small up", p.small_count, o.small_up);
+    let (mut got_base, mut got_ours) = (0, 0);
     settle(&scratch, small_warm).await;
-    let (n, ph) = ours
-        .measure(ours.get_small(&ids, p.concurrency))
-        .await
-        .context("chunkvault: small downloads")?;
-    check_count("chunkvault small downloads", n, small_bytes)?;
-    o.small_down = ph;
-    progress_files(label, "chunkvault", "small down", p.small_count, ph);
+    for (k, range) in slices.iter().enumerate() {
+        for base_turn in turn_order(k, base.is_some()) {
+            flush().await;
+            if base_turn {
+                let base = base.expect("a base turn only with a baseline");
+                let (n, ph) = base
+                    .measure(base.get_small(&keys[range.clone()], p.concurrency))
+                    .await
+                    .context("baseline: small downloads")?;
+                got_base += n;
+                b.small_down.add(ph);
+            } else {
+                let (n, ph) = ours
+                    .measure(ours.get_small(&ids[range.clone()], p.concurrency))
+                    .await
+                    .context("chunkvault: small downloads")?;
+                got_ours += n;
+                o.small_down.add(ph);
+            }
+        }
+    }
+    if let Some(base) = base {
+        check_count("baseline small downloads", got_base, small_bytes)?;
+        progress_files(
+            label,
+            base.name(),
+            "small down",
+            p.small_count,
+            b.small_down,
+        );
+    }
+    check_count("chunkvault small downloads", got_ours, small_bytes)?;
+    progress_files(
+        label,
+        "chunkvault",
+        "small down",
+        p.small_count,
+        o.small_down,
+    );
 
     // Clean up the large files, untimed, so disk use stays bounded. The small files stay until
     // the end of the run: deleting thousands of files makes ext4 skip their inodes for 30 s
@@ -599,15 +685,20 @@ fn small_files(count: usize, size: u64) -> Vec<Bytes> {
 /// Prepares a timed phase: flushes dirty pages, so the phase does not pay for the previous
 /// one's write-back, then warms `warm` bytes of free memory (see [`warm_memory`]).
 async fn settle(scratch: &Path, warm: u64) {
-    match tokio::process::Command::new("sync").status().await {
-        Ok(s) if s.success() => {}
-        other => progress(format!("warning: sync failed: {other:?}")),
-    }
+    flush().await;
     let scratch = scratch.to_path_buf();
     match tokio::task::spawn_blocking(move || warm_memory(&scratch, warm)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => progress(format!("warning: warming memory failed: {e:#}")),
         Err(e) => progress(format!("warning: warming memory failed: {e}")),
+    }
+}
+
+/// Writes dirty pages back (`sync`), so what follows does not pay for what came before.
+async fn flush() {
+    match tokio::process::Command::new("sync").status().await {
+        Ok(s) if s.success() => {}
+        other => progress(format!("warning: sync failed: {other:?}")),
     }
 }
 
@@ -1054,13 +1145,20 @@ impl OursServer {
         self.watched.measure(f).await
     }
 
-    async fn put_small(&self, files: &[Bytes], r: usize, conc: usize) -> Result<Vec<String>> {
+    /// Uploads `files`, numbered from `first` in round `r`.
+    async fn put_small(
+        &self,
+        files: &[Bytes],
+        first: usize,
+        r: usize,
+        conc: usize,
+    ) -> Result<Vec<String>> {
         stream::iter(files.iter().enumerate())
             .map(|(i, data)| async move {
                 let info = self
                     .client
                     .upload_bytes(
-                        &format!("small-r{r}-{i}"),
+                        &format!("small-r{r}-{}", first + i),
                         "application/octet-stream",
                         data.clone(),
                     )
@@ -1191,10 +1289,17 @@ impl Baseline {
         }
     }
 
-    async fn put_small(&self, files: &[Bytes], r: usize, conc: usize) -> Result<Vec<String>> {
+    /// Stores `files`, numbered from `first` in round `r`.
+    async fn put_small(
+        &self,
+        files: &[Bytes],
+        first: usize,
+        r: usize,
+        conc: usize,
+    ) -> Result<Vec<String>> {
         stream::iter(files.iter().enumerate())
             .map(|(i, data)| async move {
-                let key = format!("small-r{r}/{i}");
+                let key = format!("small-r{r}/{}", first + i);
                 match self {
                     Self::Nginx(n) => {
                         let resp = n
@@ -1724,7 +1829,12 @@ impl Report {
             ),
             (
                 "small files",
-                format!("{} x {}", p.small_count, human(p.small_size)),
+                format!(
+                    "{} x {}, each phase in {} slices run turn about",
+                    p.small_count,
+                    human(p.small_size),
+                    slice_bounds(p.small_count, p.small_slices).len()
+                ),
             ),
             (
                 "concurrency",
@@ -1829,6 +1939,7 @@ impl Report {
                 "size_bytes": p.size,
                 "small_size_bytes": p.small_size,
                 "small_count": p.small_count,
+                "small_slices": slice_bounds(p.small_count, p.small_slices).len(),
                 "concurrency": p.concurrency,
                 "rounds": p.rounds,
                 "warmup_rounds": p.warmup,
@@ -1842,5 +1953,59 @@ impl Report {
             "figures": figures,
             "notes": self.notes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_cover_every_file_once_in_order() {
+        for (count, slices) in [(4000, 8), (10, 3), (5, 8), (1, 1), (7, 1), (3, 3)] {
+            let bounds = slice_bounds(count, slices);
+            assert!(bounds.len() <= slices && !bounds.is_empty());
+            assert_eq!(bounds.first().map(|r| r.start), Some(0));
+            assert_eq!(bounds.last().map(|r| r.end), Some(count));
+            for pair in bounds.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start, "{count} in {slices}");
+            }
+            let (min, max) = bounds.iter().fold((usize::MAX, 0), |(lo, hi), r| {
+                (lo.min(r.len()), hi.max(r.len()))
+            });
+            assert!(max - min <= 1, "{count} in {slices}: sizes {min}..={max}");
+        }
+        assert_eq!(slice_bounds(5, 8).len(), 5);
+    }
+
+    #[test]
+    fn the_first_turn_alternates_and_ours_runs_alone_without_a_baseline() {
+        assert_eq!(turn_order(0, true), [true, false]);
+        assert_eq!(turn_order(1, true), [false, true]);
+        assert_eq!(turn_order(2, true), [true, false]);
+        assert_eq!(turn_order(3, false), [false]);
+    }
+
+    #[test]
+    fn slices_add_times_and_cpu_and_keep_the_highest_rss() {
+        let mut total = Phase::default();
+        total.add(Phase {
+            secs: 0.5,
+            cpu_s: Some(0.25),
+            peak_rss: Some(10),
+        });
+        total.add(Phase {
+            secs: 0.25,
+            cpu_s: Some(0.5),
+            peak_rss: Some(30),
+        });
+        total.add(Phase {
+            secs: 1.0,
+            cpu_s: None,
+            peak_rss: Some(20),
+        });
+        assert_eq!(total.secs, 1.75);
+        assert_eq!(total.cpu_s, Some(0.75));
+        assert_eq!(total.peak_rss, Some(30));
     }
 }

@@ -272,7 +272,7 @@ async fn one_policy_round(
 
     settle(scratch, small_warm).await;
     let (ids, ph) = ours
-        .measure(ours.put_small(small, r, p.concurrency))
+        .measure(ours.put_small(small, 0, r, p.concurrency))
         .await
         .context("small uploads")?;
     o.small_up = ph;
