@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use chunkvault_types::{ChunkEntry, FileId};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use crate::recent::RecentFiles;
+use crate::recent::{Admit, RecentFiles};
 use crate::sql::{FILE_COLUMN_COUNT, FILE_COLUMNS};
 use crate::writer::file_record;
 use crate::{
@@ -99,7 +99,7 @@ impl PointReads {
                 .map(bytes::Bytes::from))
         })?;
         if let Some(data) = &found {
-            self.recent.attach(generation, id, data);
+            self.recent.attach(generation, id, data, Admit::Read);
         }
         Ok(found)
     }
@@ -133,7 +133,7 @@ impl PointReads {
         if let Some(start) = &found {
             self.recent.insert(generation, &start.file, &start.entries);
             if let Some(data) = &start.inline {
-                self.recent.attach(generation, id, data);
+                self.recent.attach(generation, id, data, Admit::Read);
             }
         }
         Ok(found)

@@ -6,7 +6,8 @@
 //! and the whole manifest of a file with at most [`MAX_CHUNKS`] chunks are kept here when
 //! the file is created whole and when a read finds it, for [`TTL`], at most [`CAPACITY`]
 //! files, the oldest dropped first. The content of an inline file is kept beside its record,
-//! up to [`DATA_BUDGET`] bytes in all (the oldest content goes first; its record stays).
+//! up to [`DATA_BUDGET`] bytes in all: written content pushes the oldest content out (its
+//! record stays); content read from the database is kept only where it fits ([`Admit`]).
 //!
 //! Deleting a file through this store forgets it, and a read that began before the deletion
 //! cannot put it back (the generation check in [`RecentFiles::insert`]): after a deletion
@@ -38,6 +39,20 @@ pub(crate) const TTL: Duration = Duration::from_secs(60);
 pub(crate) const DATA_BUDGET: usize = 4 << 20;
 /// Larger content is not kept.
 pub(crate) const MAX_DATA: usize = 64 << 10;
+
+/// How content comes to be kept (see [`RecentFiles::attach`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Just written: kept, pushing the oldest content out past the budget. A file is most
+    /// likely read soon after it is written.
+    Written,
+    /// Read from the database: kept only if it fits beside what is kept. Under a plain
+    /// oldest-out rule a read of more small files than the budget holds (a listing fetched
+    /// in order, a backup, a sync) pushed out each file just before it was read again, and
+    /// kept nothing that was ever read from here; kept content now stays until it expires
+    /// or newer writes push it out.
+    Read,
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct RecentFiles {
@@ -128,9 +143,10 @@ impl RecentFiles {
     }
 
     /// Keeps an inline file's content beside its record, if that is kept, under the same
-    /// generation rule as [`RecentFiles::insert`]. `data` must own its memory: a slice of a
-    /// larger buffer (a request body's) would keep all of that buffer here.
-    pub(crate) fn attach(&self, generation: u64, id: FileId, data: &Bytes) {
+    /// generation rule as [`RecentFiles::insert`] and as `admit` says. `data` must own its
+    /// memory: a slice of a larger buffer (a request body's) would keep all of that buffer
+    /// here.
+    pub(crate) fn attach(&self, generation: u64, id: FileId, data: &Bytes, admit: Admit) {
         if data.len() > MAX_DATA {
             return;
         }
@@ -138,9 +154,14 @@ impl RecentFiles {
         if inner.generation != generation {
             return;
         }
+        let room = DATA_BUDGET.saturating_sub(inner.data_bytes);
         let Some(kept) = inner.files.get_mut(&id).filter(|k| k.file.inline) else {
             return;
         };
+        let held = kept.data.as_ref().map_or(0, Bytes::len);
+        if admit == Admit::Read && data.len() > room + held {
+            return;
+        }
         let before = kept.data.replace(data.clone()).map_or(0, |d| d.len());
         let at = kept.at;
         inner.data_bytes = inner.data_bytes - before + data.len();
@@ -312,7 +333,7 @@ mod tests {
         for f in &files {
             let g = recent.generation();
             recent.insert(g, f, &[]);
-            recent.attach(g, f.id, &Bytes::from(vec![7u8; 4096]));
+            recent.attach(g, f.id, &Bytes::from(vec![7u8; 4096]), Admit::Written);
         }
         assert!(counted(&recent) <= DATA_BUDGET);
         assert!(
@@ -325,8 +346,45 @@ mod tests {
         let big = inline_file();
         let g = recent.generation();
         recent.insert(g, &big, &[]);
-        recent.attach(g, big.id, &Bytes::from(vec![1u8; MAX_DATA + 1]));
+        recent.attach(
+            g,
+            big.id,
+            &Bytes::from(vec![1u8; MAX_DATA + 1]),
+            Admit::Written,
+        );
         assert!(recent.data(big.id).is_none());
+    }
+
+    #[test]
+    fn content_read_is_kept_only_where_it_fits_and_never_pushes_kept_content_out() {
+        let recent = RecentFiles::default();
+        let n = DATA_BUDGET / 4096;
+        let keep = |admit| {
+            let f = inline_file();
+            let g = recent.generation();
+            recent.insert(g, &f, &[]);
+            recent.attach(g, f.id, &Bytes::from(vec![7u8; 4096]), admit);
+            f
+        };
+        // Read into free room: kept, up to the budget.
+        let read: Vec<FileRecord> = (0..n).map(|_| keep(Admit::Read)).collect();
+        assert_eq!(counted(&recent), n * 4096);
+        assert!(read.iter().all(|f| recent.data(f.id).is_some()));
+        // Past the budget, a read keeps nothing and takes nothing away...
+        let late = keep(Admit::Read);
+        assert!(recent.data(late.id).is_none());
+        assert!(recent.data(read[0].id).is_some());
+        assert_eq!(counted(&recent), n * 4096);
+        // ...and the same content again takes no more room.
+        let g = recent.generation();
+        recent.attach(g, read[0].id, &Bytes::from(vec![8u8; 4096]), Admit::Read);
+        assert_eq!(recent.data(read[0].id).unwrap()[0], 8);
+        assert_eq!(counted(&recent), n * 4096);
+        // A write pushes the oldest out.
+        let written = keep(Admit::Written);
+        assert_eq!(recent.data(written.id).unwrap().len(), 4096);
+        assert!(recent.data(read[0].id).is_none());
+        assert!(counted(&recent) <= DATA_BUDGET);
     }
 
     #[test]
@@ -337,18 +395,18 @@ mod tests {
         recent.insert(g, &f, &[]);
         // A deletion since the read began: what it found is not kept.
         recent.forget(FileId::new());
-        recent.attach(g, f.id, &Bytes::from_static(b"x"));
+        recent.attach(g, f.id, &Bytes::from_static(b"x"), Admit::Written);
         assert!(recent.data(f.id).is_none());
         // A file stored in chunks, or one not kept, gets no content.
         let (c, e) = file(1);
         let g = recent.generation();
         recent.insert(g, &c, &e);
-        recent.attach(g, c.id, &Bytes::from_static(b"x"));
-        recent.attach(g, FileId::new(), &Bytes::from_static(b"x"));
+        recent.attach(g, c.id, &Bytes::from_static(b"x"), Admit::Written);
+        recent.attach(g, FileId::new(), &Bytes::from_static(b"x"), Admit::Written);
         assert!(recent.data(c.id).is_none());
         assert_eq!(counted(&recent), 0);
         // Kept, then gone with its file, and with everything on clear.
-        recent.attach(g, f.id, &Bytes::from_static(b"abc"));
+        recent.attach(g, f.id, &Bytes::from_static(b"abc"), Admit::Written);
         assert_eq!(recent.data(f.id).unwrap(), "abc");
         assert_eq!(counted(&recent), 3);
         recent.forget(f.id);
@@ -356,7 +414,7 @@ mod tests {
         assert_eq!(counted(&recent), 0);
         let g = recent.generation();
         recent.insert(g, &f, &[]);
-        recent.attach(g, f.id, &Bytes::from_static(b"abc"));
+        recent.attach(g, f.id, &Bytes::from_static(b"abc"), Admit::Written);
         recent.clear();
         assert!(recent.get(f.id).is_none() && recent.data(f.id).is_none());
         assert_eq!(counted(&recent), 0);

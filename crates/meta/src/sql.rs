@@ -486,7 +486,12 @@ macro_rules! impl_meta_store {
                     if let Some((recent, generation)) = recent {
                         recent.insert(generation, &file, &[]);
                         // A copy: `data` is a slice of the request body's buffer.
-                        recent.attach(generation, file.id, &bytes::Bytes::copy_from_slice(&data));
+                        recent.attach(
+                            generation,
+                            file.id,
+                            &bytes::Bytes::copy_from_slice(&data),
+                            crate::recent::Admit::Written,
+                        );
                     }
                     return Ok(file);
                 }
