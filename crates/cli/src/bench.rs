@@ -411,7 +411,7 @@ fn slice_bounds(count: usize, slices: usize) -> Vec<std::ops::Range<usize>> {
 /// Who goes first in slice `k`: the baseline (`true`) in even slices, chunkvault in odd ones,
 /// so neither always runs first (after the other's write-back) or last.
 fn turn_order(k: usize, with_base: bool) -> Vec<bool> {
-    match (with_base, k % 2 == 0) {
+    match (with_base, k.is_multiple_of(2)) {
         (false, _) => vec![false],
         (true, true) => vec![true, false],
         (true, false) => vec![false, true],
