@@ -228,9 +228,9 @@ async fn bench(
         "Small files: each phase (upload, then download) is cut into slices of consecutive \
          files, run turn about with the baseline's (baseline first in even slices, chunkvault \
          first in odd ones), each after its own `sync`, all after one warm-up of 256 MiB; a \
-         system's figure is its \
-         files over the sum of its slices' times. A phase of a few thousand requests is shorter \
-         than this VM's slow spells; sliced, a spell lands on both systems alike."
+         system's figure is its files over the sum of its slices' times. A phase of a few \
+         thousand requests is shorter than this VM's slow spells; sliced, a spell lands on \
+         both systems alike."
             .to_string(),
         "Both systems are driven by the same reqwest client (keep-alive pool, TCP_NODELAY); \
          large bodies stream from the file in 1 MiB reads, chunked; downloads are streamed, \
@@ -408,13 +408,14 @@ fn slice_bounds(count: usize, slices: usize) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
-/// Who goes first in slice `k`: the baseline (`true`) in even slices, chunkvault in odd ones,
-/// so neither always runs first (after the other's write-back) or last.
-fn turn_order(k: usize, with_base: bool) -> Vec<bool> {
-    match (with_base, k.is_multiple_of(2)) {
-        (false, _) => vec![false],
-        (true, true) => vec![true, false],
-        (true, false) => vec![false, true],
+/// The turns of slice `k`, `Some(base)` for the baseline's and `None` for chunkvault's: the
+/// baseline first in even slices, chunkvault in odd ones, so neither always runs first (after
+/// the other's write-back) or last.
+fn turns<T: Copy>(k: usize, base: Option<T>) -> Vec<Option<T>> {
+    match base {
+        None => vec![None],
+        Some(b) if k.is_multiple_of(2) => vec![Some(b), None],
+        Some(b) => vec![None, Some(b)],
     }
 }
 
@@ -487,10 +488,9 @@ async fn one_round(
     // system gets a first and a second turn. A phase is the mean of its two downloads.
     let (mut base_down, mut ours_down) = (Phase::default(), Phase::default());
     for k in 0..LARGE_DOWNLOADS {
-        for base_turn in turn_order(k, base.is_some()) {
+        for turn in turns(k, base) {
             settle(&scratch, large_warm).await;
-            if base_turn {
-                let base = base.expect("a base turn only with a baseline");
+            if let Some(base) = turn {
                 let (n, ph) = base
                     .measure(base.get_large(&large_key))
                     .await
@@ -528,11 +528,10 @@ async fn one_round(
     let mut ids = Vec::new();
     settle(&scratch, small_warm).await;
     for (k, range) in slices.iter().enumerate() {
-        for base_turn in turn_order(k, base.is_some()) {
+        for turn in turns(k, base) {
             let files = &small[range.clone()];
             flush().await;
-            if base_turn {
-                let base = base.expect("a base turn only with a baseline");
+            if let Some(base) = turn {
                 let (got, ph) = base
                     .measure(base.put_small(files, range.start, r, p.concurrency))
                     .await
@@ -556,10 +555,9 @@ async fn one_round(
     let (mut got_base, mut got_ours) = (0, 0);
     settle(&scratch, small_warm).await;
     for (k, range) in slices.iter().enumerate() {
-        for base_turn in turn_order(k, base.is_some()) {
+        for turn in turns(k, base) {
             flush().await;
-            if base_turn {
-                let base = base.expect("a base turn only with a baseline");
+            if let Some(base) = turn {
                 let (n, ph) = base
                     .measure(base.get_small(&keys[range.clone()], p.concurrency))
                     .await
@@ -2017,10 +2015,10 @@ mod tests {
 
     #[test]
     fn the_first_turn_alternates_and_ours_runs_alone_without_a_baseline() {
-        assert_eq!(turn_order(0, true), [true, false]);
-        assert_eq!(turn_order(1, true), [false, true]);
-        assert_eq!(turn_order(2, true), [true, false]);
-        assert_eq!(turn_order(3, false), [false]);
+        assert_eq!(turns(0, Some('b')), [Some('b'), None]);
+        assert_eq!(turns(1, Some('b')), [None, Some('b')]);
+        assert_eq!(turns(2, Some('b')), [Some('b'), None]);
+        assert_eq!(turns::<char>(3, None), [None]);
     }
 
     #[test]
