@@ -117,6 +117,16 @@ async fn access_lines_are_written_while_running_and_at_shutdown() {
         .find(|l| l.contains("during-stop"))
         .unwrap_or_else(|| panic!("last access line lost at shutdown:\n{text}"));
     assert!(line.contains("status=201"), "{line}");
+    // A JSON answer's length is logged, though hyper adds its Content-Length only later.
+    let not_found = text
+        .lines()
+        .find(|l| l.contains("before-stop"))
+        .expect("the 404's access line");
+    let bytes = not_found
+        .split_once("response_bytes=")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(bytes.is_some_and(|n| n > 20), "{not_found}");
     // Each line whole and once, in order.
     for id in ["while-running", "before-stop", "during-stop"] {
         assert_eq!(text.matches(id).count(), 1, "{id}:\n{text}");

@@ -70,18 +70,29 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
     let secs = start.elapsed().as_secs_f64();
-    let length = resp
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
+    let length = response_bytes(&resp);
     span.in_scope(|| tracing::info!(target: ACCESS_LOG_TARGET, status, duration_ms = (secs * 1000.0) as u64, response_bytes = %length, "request"));
     let (count, duration) = request_metrics(method, route, status);
     count.increment(1);
     duration.record(secs);
     resp.headers_mut().insert(REQUEST_ID, id);
     resp
+}
+
+/// The response's length for the access line: its Content-Length, or the exact size of a body
+/// whose length hyper adds later (a JSON answer's), or `-` for a body of unknown length (a
+/// stream without Content-Length).
+fn response_bytes(resp: &Response) -> String {
+    if let Some(v) = resp
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+    {
+        return v.to_string();
+    }
+    http_body::Body::size_hint(resp.body())
+        .exact()
+        .map_or_else(|| "-".to_string(), |n| n.to_string())
 }
 
 /// The request counter and duration histogram of one method, route and status: registered
