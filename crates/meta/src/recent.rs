@@ -80,6 +80,22 @@ impl Inner {
         }
     }
 
+    /// Drops the content of files kept [`TTL`] or longer at `now`, oldest first: it is no
+    /// longer served, and would hold room that a read could use ([`Admit::Read`]).
+    fn drop_expired_data(&mut self, now: Instant) {
+        while let Some(&(old, when)) = self.data_order.front() {
+            if now.saturating_duration_since(when) < TTL {
+                break;
+            }
+            self.data_order.pop_front();
+            if let Some(kept) = self.files.get_mut(&old).filter(|k| k.at == when)
+                && let Some(data) = kept.data.take()
+            {
+                self.data_bytes -= data.len();
+            }
+        }
+    }
+
     /// Drops the oldest files until the limits hold, and the content of the oldest files
     /// that have some until it fits its budget (their records stay).
     fn evict(&mut self) {
@@ -153,6 +169,9 @@ impl RecentFiles {
         let mut inner = self.lock();
         if inner.generation != generation {
             return;
+        }
+        if admit == Admit::Read {
+            inner.drop_expired_data(Instant::now());
         }
         let room = DATA_BUDGET.saturating_sub(inner.data_bytes);
         let Some(kept) = inner.files.get_mut(&id).filter(|k| k.file.inline) else {
@@ -385,6 +404,13 @@ mod tests {
         assert_eq!(recent.data(written.id).unwrap().len(), 4096);
         assert!(recent.data(read[0].id).is_none());
         assert!(counted(&recent) <= DATA_BUDGET);
+        // Content past its TTL holds no room: once it has expired, reads are kept again.
+        recent
+            .lock()
+            .drop_expired_data(Instant::now() + TTL + Duration::from_secs(1));
+        assert_eq!(counted(&recent), 0);
+        let after = keep(Admit::Read);
+        assert_eq!(recent.data(after.id).unwrap().len(), 4096);
     }
 
     #[test]
