@@ -61,11 +61,13 @@ impl FileDigest {
         }
     }
 
-    /// True when `data` hashes, with this digest's algorithm, to this digest.
+    /// True when `data` hashes, with this digest's algorithm, to this digest. Every read of a
+    /// small file kept inline checks it: one hash, no hasher or string on the heap for BLAKE3.
     pub fn matches(&self, data: &[u8]) -> bool {
-        let mut h = FileHasher::like(self);
-        h.update(data);
-        h.finish() == *self
+        match self {
+            Self::Blake3(h) => blake3::hash(data).to_hex().eq_ignore_ascii_case(h),
+            Self::Sha256(h) => hex::encode(sha2::Sha256::digest(data)).eq_ignore_ascii_case(h),
+        }
     }
 }
 
@@ -146,6 +148,11 @@ mod tests {
         h.update(b"ab");
         h.update(b"c\n");
         assert_eq!(h.finish(), FileDigest::blake3_of(b"abc\n"));
+        let d = FileDigest::blake3_of(b"abc");
+        assert!(d.matches(b"abc"));
+        assert!(!d.matches(b"abd"));
+        assert!(FileDigest::Blake3(d.hex().to_ascii_uppercase()).matches(b"abc"));
+        assert!(!FileDigest::Sha256(d.hex().into()).matches(b"abc"));
     }
 
     #[test]
