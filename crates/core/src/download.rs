@@ -4,8 +4,9 @@
 use bytes::Bytes;
 use chunkvault_blob::{BlobError, BlobStore};
 use chunkvault_meta::{FileRecord, MetaStore};
-use chunkvault_types::{ByteRange, ChunkEntry, ChunkSlice, FileId, chunk_slices};
+use chunkvault_types::{ByteRange, ChunkEntry, ChunkId, ChunkSlice, FileId, chunk_slices};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use time::OffsetDateTime;
 
 use crate::{CoreError, Result, Stats, Vault};
 
@@ -55,6 +56,7 @@ impl Vault {
             .boxed();
         }
         let meta = self.meta.clone();
+        let lost_meta = self.meta.clone();
         let blobs = self.blobs.clone();
         let stats = self.stats.clone();
         let out_stats = self.stats.clone();
@@ -71,9 +73,9 @@ impl Vault {
             .map_ok(|pairs| stream::iter(pairs.into_iter().map(Ok::<_, CoreError>)))
             .try_flatten()
             .map_ok(move |(slice, entry)| {
-                let (blobs, stats) = (blobs.clone(), stats.clone());
+                let (meta, blobs, stats) = (lost_meta.clone(), blobs.clone(), stats.clone());
                 async move {
-                    fetch_verified(&*blobs, &stats, id, entry)
+                    fetch_verified(&*meta, &*blobs, &stats, id, entry)
                         .await
                         .map(|data| (slice, data))
                 }
@@ -176,8 +178,10 @@ async fn pair_with_manifest(
         .collect()
 }
 
-/// Reads one chunk and checks it against its hash and length.
+/// Reads one chunk and checks it against its hash and length. A chunk found missing or
+/// damaged is recorded as lost (see [`chunk_lost`]).
 async fn fetch_verified(
+    meta: &dyn MetaStore,
     blobs: &dyn BlobStore,
     stats: &Stats,
     file: FileId,
@@ -190,6 +194,7 @@ async fn fetch_verified(
         Err(BlobError::NotFound { .. }) => {
             Stats::add(&stats.chunks_missing, 1);
             tracing::error!(file = %file, chunk = %entry.hash, index = entry.index, "chunk missing from the blob store; download cut off");
+            chunk_lost(meta, &entry.hash).await;
             return Err(CoreError::Damaged {
                 file: file.to_string(),
                 chunk: entry.hash.to_hex(),
@@ -201,6 +206,7 @@ async fn fetch_verified(
     if !ok || data.len() as u64 != entry.length {
         Stats::add(&stats.chunks_corrupt, 1);
         tracing::error!(file = %file, chunk = %entry.hash, index = entry.index, "chunk does not match its hash; download cut off before its bytes");
+        chunk_lost(meta, &entry.hash).await;
         return Err(CoreError::Damaged {
             file: file.to_string(),
             chunk: entry.hash.to_hex(),
@@ -209,4 +215,13 @@ async fn fetch_verified(
     }
     Stats::add(&stats.chunks_verified, 1);
     Ok(data)
+}
+
+/// Records that a read found `hash`'s blob missing or damaged ([`MetaStore::chunk_lost`]), so
+/// the next upload of that content writes the blob again instead of deduplicating against it.
+/// Best effort: the read has failed already, and a failure here is only logged.
+pub(crate) async fn chunk_lost(meta: &dyn MetaStore, hash: &ChunkId) {
+    if let Err(e) = meta.chunk_lost(hash, OffsetDateTime::now_utc()).await {
+        tracing::warn!(chunk = %hash, error = %e, "could not record a lost chunk");
+    }
 }

@@ -311,6 +311,10 @@ impl MetaStore for MeteredMeta {
         meta_call!("gc_unclaim", self.inner.gc_unclaim(ids, now))
     }
 
+    async fn chunk_lost(&self, id: &ChunkId, now: OffsetDateTime) -> MetaResult<()> {
+        meta_call!("chunk_lost", self.inner.chunk_lost(id, now))
+    }
+
     async fn gc_forget(&self, ids: &[ChunkId]) -> MetaResult<()> {
         meta_call!("gc_forget", self.inner.gc_forget(ids))
     }

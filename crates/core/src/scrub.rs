@@ -143,6 +143,10 @@ impl Vault {
                 // hours at a bounded rate.
                 metrics::counter!("chunkvault_scrub_chunks_checked_total").increment(1);
                 if let Some(problem) = problem {
+                    if matches!(problem, "corrupt" | "missing") {
+                        // No good copy anywhere: the next upload of this content rewrites it.
+                        crate::download::chunk_lost(&*self.meta, &c.hash).await;
+                    }
                     let files = self.meta.files_with_chunk(&c.hash, 100).await?;
                     tracing::error!(chunk = %c.hash, problem, files = ?files, "scrub found a damaged chunk");
                     metrics::counter!("chunkvault_scrub_findings_total", "problem" => problem)

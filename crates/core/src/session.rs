@@ -14,7 +14,9 @@ use std::fmt::Display;
 
 use bytes::{Bytes, BytesMut};
 use chunkvault_blob::{BlobError, BlobStore, ChunkBuf};
-use chunkvault_meta::{ChunkState, CommitFile, FileRecord, NewUpload, PendingChunk, UploadRecord};
+use chunkvault_meta::{
+    ChunkState, CommitFile, FileRecord, MetaStore, NewUpload, PendingChunk, UploadRecord,
+};
 use chunkvault_types::{
     ChunkEntry, ChunkId, ChunkOffer, FileDigest, FileHasher, FileId, SessionCommit,
 };
@@ -297,13 +299,10 @@ impl Vault {
                 },
             )
             .await?;
-        if state == ChunkState::Stored {
-            Stats::add(&self.stats.chunks_deduplicated, 1);
-            return Ok((length, false));
-        }
-        self.blobs.put(&hash, data).await?;
-        Stats::add(&self.stats.chunks_written, 1);
-        Ok((length, true))
+        let dedup = state == ChunkState::Stored;
+        let written =
+            crate::upload::store_blob(&*self.blobs, &self.stats, hash, data, dedup).await?;
+        Ok((length, written))
     }
 
     /// Dedup before transfer: records references for the offered chunks whose content the
@@ -364,10 +363,13 @@ impl Vault {
             .map(|(p, state)| {
                 let blobs = blobs.clone();
                 async move {
+                    // Written by an upload not committed yet, or not at all: look. A row a
+                    // committed upload stored is looked at too: a blob lost or cut short
+                    // behind the metadata's back must be sent again (see `store_blob`).
+                    let found = blobs.head(&p.hash).await?;
                     let have = match state {
-                        ChunkState::Stored => true,
-                        // Written by an upload not committed yet, or not at all: look.
-                        ChunkState::MustWrite => blobs.head(&p.hash).await?.is_some(),
+                        ChunkState::Stored => found.is_some_and(|m| m.size == p.length),
+                        ChunkState::MustWrite => found.is_some(),
                     };
                     Ok::<_, CoreError>((p.index, have))
                 }
@@ -519,11 +521,11 @@ impl Vault {
                 short_seen = e.length < cs;
                 expected_index += 1;
             }
-            let blobs = self.blobs.clone();
+            let (meta, blobs) = (self.meta.clone(), self.blobs.clone());
             let mut chunks = stream::iter(page)
                 .map(|e| {
-                    let blobs = blobs.clone();
-                    async move { read_verified(&*blobs, e).await.map(|d| (e, d)) }
+                    let (meta, blobs) = (meta.clone(), blobs.clone());
+                    async move { read_verified(&*meta, &*blobs, e).await.map(|d| (e, d)) }
                 })
                 .buffered(self.config.read_ahead.max(1));
             while let Some(next) = chunks.next().await {
@@ -624,16 +626,23 @@ impl Vault {
 
     /// A stored chunk of an upload, read back and verified.
     pub(crate) async fn read_chunk(&self, entry: ChunkEntry) -> Result<Bytes> {
-        read_verified(&*self.blobs, entry).await
+        read_verified(&*self.meta, &*self.blobs, entry).await
     }
 }
 
 /// Reads a chunk an open upload references and checks it. A missing blob means the client
-/// has not (successfully) sent it: a client error, not damage.
-async fn read_verified(blobs: &dyn BlobStore, e: ChunkEntry) -> Result<Bytes> {
+/// has not (successfully) sent it: a client error, not damage. Either way the chunk is
+/// recorded as lost when a committed file had it (see [`MetaStore::chunk_lost`]), so sending
+/// it again writes it.
+async fn read_verified(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+    e: ChunkEntry,
+) -> Result<Bytes> {
     let (data, ok) = match blobs.get_checked(&e.hash).await {
         Ok(read) => read,
         Err(BlobError::NotFound { .. }) => {
+            crate::download::chunk_lost(meta, &e.hash).await;
             return Err(invalid(
                 "incomplete_upload",
                 format!("chunk {} has not been stored; send it again", e.index),
@@ -655,6 +664,7 @@ async fn read_verified(blobs: &dyn BlobStore, e: ChunkEntry) -> Result<Bytes> {
     }
     if !ok {
         tracing::error!(chunk = %e.hash, index = e.index, "a chunk of an open upload does not match its hash or length");
+        crate::download::chunk_lost(meta, &e.hash).await;
         return Err(CoreError::Damaged {
             file: String::new(),
             chunk: e.hash.to_hex(),

@@ -456,15 +456,11 @@ impl Vault {
             };
             index += 1;
             offset += chunk.len() as u64;
-            if state == ChunkState::Stored {
-                Stats::add(&self.stats.chunks_deduplicated, 1);
-                continue;
-            }
+            let dedup = state == ChunkState::Stored;
             if chunk.len() < self.config.chunk_size {
                 // A short chunk is the body's last: nothing follows to overlap its write with,
                 // so it is written here rather than on a task of its own.
-                self.blobs.put(&hash, chunk).await?;
-                Stats::add(&self.stats.chunks_written, 1);
+                store_blob(&*self.blobs, &self.stats, hash, chunk, dedup).await?;
                 continue;
             }
             while puts.len() >= self.config.puts_in_flight.max(1) {
@@ -473,9 +469,9 @@ impl Vault {
             let blobs: Arc<dyn BlobStore> = self.blobs.clone();
             let stats = self.stats.clone();
             puts.spawn(async move {
-                blobs.put(&hash, chunk).await?;
-                Stats::add(&stats.chunks_written, 1);
-                Ok(())
+                store_blob(&*blobs, &stats, hash, chunk, dedup)
+                    .await
+                    .map(drop)
             });
         }
         while let Some(done) = puts.join_next().await {
@@ -667,6 +663,37 @@ impl StreamDigest {
 /// The digest thread ended before its queue closed: it panicked, and its join says so.
 fn digest_thread_gone() -> CoreError {
     CoreError::Internal("the digest thread of an upload stopped".into())
+}
+
+/// Writes a chunk's blob, or, when its row says a committed upload stored it already (`dedup`),
+/// checks with one look that the blob is there at the chunk's length and writes it only when
+/// it is not: a blob lost or cut short behind the metadata's back is restored by the next
+/// upload of its content instead of being deduplicated against. Damage that keeps the length
+/// is found by reads and scrub, which record the chunk lost ([`MetaStore::chunk_lost`]), so
+/// the upload after that gets no `dedup` and writes (a put replaces a damaged blob).
+pub(crate) async fn store_blob(
+    blobs: &dyn BlobStore,
+    stats: &Stats,
+    hash: ChunkId,
+    data: Bytes,
+    dedup: bool,
+) -> Result<bool> {
+    if dedup {
+        match blobs.head(&hash).await? {
+            Some(m) if m.size == data.len() as u64 => {
+                Stats::add(&stats.chunks_deduplicated, 1);
+                return Ok(false);
+            }
+            found => tracing::warn!(
+                chunk = %hash,
+                stored_length = found.map(|m| m.size),
+                "a stored chunk's blob is missing or of the wrong length; written again from this upload"
+            ),
+        }
+    }
+    blobs.put(&hash, data).await?;
+    Stats::add(&stats.chunks_written, 1);
+    Ok(true)
 }
 
 pub(crate) fn join_put(

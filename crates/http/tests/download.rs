@@ -17,6 +17,7 @@ backend_tests!(
     missing_chunk_behaves_like_a_corrupt_one,
     blob_store_read_failure_is_503,
     small_files_are_kept_inline_and_verified,
+    uploading_the_content_again_restores_lost_and_damaged_chunks,
 );
 
 const C: usize = SMALL_CHUNK;
@@ -523,4 +524,68 @@ async fn small_files_are_kept_inline_and_verified(backend: Backend) {
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let resp = s.get(&format!("/download/{id}")).await;
     expect_error(resp, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+/// Deduplication never makes a file out of a blob that is gone: an upload of content whose
+/// blob was lost or cut short behind the metadata's back writes it again (raw body and
+/// multipart form alike), and a blob damaged at its full length is written again by the first
+/// upload after a read found the damage. Every file with that content then reads whole.
+async fn uploading_the_content_again_restores_lost_and_damaged_chunks(backend: Backend) {
+    const TY: &str = "application/octet-stream";
+    let s = TestServer::start(backend, C).await;
+    let data = random_bytes(3 * C + 5, fresh_seed());
+    let chunks = chunk_ids(&data, C);
+    let first = s.put_file("first.bin", &data).await;
+
+    // Lost, and nothing has read it since: the next upload looks, finds it gone, writes it.
+    s.delete_chunk(&chunks[1]).await;
+    let written = Stats::get(&s.stats().chunks_written);
+    let again = s.put_file("again.bin", &data).await;
+    assert_eq!(
+        Stats::get(&s.stats().chunks_written) - written,
+        1,
+        "only the lost chunk"
+    );
+    expect_download(&s, &first, &data, "first.bin", TY).await;
+
+    // Cut short, then a multipart upload of the same content.
+    s.overwrite_chunk(
+        &chunks[2],
+        bytes::Bytes::copy_from_slice(&data[2 * C..2 * C + 7]),
+    )
+    .await;
+    let resp = s.upload_form("form.bin", TY, &data).await;
+    let form = expect_created(resp, "form.bin", TY, &data, &s).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    expect_download(&s, &first, &data, "first.bin", TY).await;
+
+    // Damaged at its full length: one look cannot tell, so the upload right after still
+    // deduplicates; the download that finds the damage records the chunk lost, and the
+    // upload after that writes it again.
+    s.corrupt_chunk(&chunks[0]).await;
+    let unseen = s.put_file("unseen.bin", &data).await;
+    let resp = s.get(&format!("/download/{first}")).await;
+    expect_error(resp, StatusCode::INTERNAL_SERVER_ERROR, "chunk_damaged").await;
+    let written = Stats::get(&s.stats().chunks_written);
+    let healed = s.put_file("healed.bin", &data).await;
+    assert_eq!(
+        Stats::get(&s.stats().chunks_written) - written,
+        1,
+        "only the damaged chunk"
+    );
+    for (id, name) in [
+        (&first, "first.bin"),
+        (&again, "again.bin"),
+        (&form, "form.bin"),
+        (&unseen, "unseen.bin"),
+        (&healed, "healed.bin"),
+    ] {
+        expect_download(&s, id, &data, name, TY).await;
+    }
+    // Healed for good: the chunk is live again, so the next upload writes nothing.
+    let written = Stats::get(&s.stats().chunks_written);
+    s.put_file("dedup.bin", &data).await;
+    assert_eq!(Stats::get(&s.stats().chunks_written), written);
 }

@@ -17,6 +17,7 @@ backend_tests!(
     abort_ends_the_session,
     bad_input_is_a_clean_4xx,
     empty_and_unsized_sessions,
+    a_lost_chunk_is_offered_missing_and_written_when_sent,
 );
 
 async fn create(s: &TestServer, name: &str, size: Option<usize>) -> Value {
@@ -510,4 +511,49 @@ async fn empty_and_unsized_sessions(backend: Backend) {
     );
     let resp = commit(&s, &id, None).await;
     expect_created(resp, "unsized.bin", "application/x-test", &data, &s).await;
+}
+
+/// A chunk whose blob was lost behind the metadata's back is not reported present to an
+/// offer, and sending it writes it; one damaged at its full length is found by the commit's
+/// read-back, and sending it again then writes it.
+async fn a_lost_chunk_is_offered_missing_and_written_when_sent(backend: Backend) {
+    let s = TestServer::start(backend, SMALL_CHUNK).await;
+    let cs = s.chunk_size();
+    let data = random_bytes(3 * cs + 9, fresh_seed());
+    let chunks = chunk_ids(&data, cs);
+    let first = s.put_file("first.bin", &data).await;
+    s.delete_chunk(&chunks[1]).await;
+
+    let v = create(&s, "again.bin", Some(data.len())).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let offers: Vec<Value> = data
+        .chunks(cs)
+        .enumerate()
+        .map(|(i, c)| json!({"index": i, "length": c.len(), "hash": chunkvault_types::ChunkId::of(c).to_hex()}))
+        .collect();
+    let resp = s
+        .http
+        .post(s.url(&format!("/uploads/{id}/chunks")))
+        .json(&json!({ "chunks": offers }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let r: Value = resp.json().await.unwrap();
+    assert_eq!(r["missing"], json!([1]));
+    let resp = put_chunk(&s, &id, 1, &data[cs..2 * cs]).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.json::<Value>().await.unwrap()["written"], true);
+
+    // Damaged at full length after the offer: the commit's read-back finds it.
+    s.corrupt_chunk(&chunks[2]).await;
+    let resp = commit(&s, &id, None).await;
+    assert!(resp.status().is_server_error(), "{}", resp.status());
+    let resp = put_chunk(&s, &id, 2, &data[2 * cs..3 * cs]).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.json::<Value>().await.unwrap()["written"], true);
+    let resp = commit(&s, &id, None).await;
+    expect_created(resp, "again.bin", "application/x-test", &data, &s).await;
+    expect_download(&s, &id, &data, "again.bin", "application/x-test").await;
+    expect_download(&s, &first, &data, "first.bin", "application/octet-stream").await;
 }

@@ -105,6 +105,7 @@ pub async fn run_all(m: &dyn MetaStore) {
     an_aborted_uploads_chunks_are_claimed_at_once(m).await;
     an_inline_file_is_kept_in_the_store(m).await;
     both_digest_algorithms_are_kept_as_committed(m).await;
+    a_lost_chunk_is_written_again_and_stays_listed(m).await;
 }
 
 pub async fn schema_is_current(m: &dyn MetaStore) {
@@ -1411,5 +1412,85 @@ pub async fn both_digest_algorithms_are_kept_as_committed(m: &dyn MetaStore) {
         assert_eq!(m.file(u.id).await.unwrap().unwrap().digest, digest);
         let start = m.file_with_manifest(u.id, 10).await.unwrap().unwrap();
         assert_eq!(start.file.digest, digest);
+    }
+}
+
+/// The chunk rows `hashes` as `chunks` lists them: (hash, live), in hash order.
+async fn chunk_rows(m: &dyn MetaStore, hashes: &[ChunkId]) -> Vec<(ChunkId, bool)> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = m.chunks(after, 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.hash);
+        out.extend(
+            page.iter()
+                .filter(|c| hashes.contains(&c.hash))
+                .map(|c| (c.hash, c.live)),
+        );
+    }
+    out
+}
+
+/// `chunk_lost`: a chunk a committed file has becomes one the next upload writes again (every
+/// way of recording a chunk says `MustWrite`), stays listed as one whose blob must exist,
+/// and is deduplicated again once that upload commits. A chunk only an open upload holds, and
+/// an unknown one, are left alone.
+pub async fn a_lost_chunk_is_written_again_and_stays_listed(m: &dyn MetaStore) {
+    let kept = store_file(m, 8, 9100).await;
+    let (lost, other) = (hash(9100), hash(9101));
+    m.chunk_lost(&lost, now()).await.unwrap();
+    let mut want = vec![(lost, true), (other, true)];
+    want.sort();
+    assert_eq!(
+        chunk_rows(m, &[lost, other]).await,
+        want,
+        "still listed live"
+    );
+
+    let opened = new_upload("opened with it");
+    assert_eq!(
+        m.create_upload_with_chunks(&opened, &chunks_for(4, 9100))
+            .await
+            .unwrap(),
+        vec![ChunkState::MustWrite]
+    );
+    // A whole file's transaction commits, and so makes the chunk live again (its caller
+    // wrote the blob first): record it lost again after.
+    let whole = new_upload("whole");
+    let (_, states) = m
+        .create_file(&whole, &chunks_for(4, 9100), &commit(4))
+        .await
+        .unwrap();
+    assert_eq!(states, vec![ChunkState::MustWrite]);
+    m.chunk_lost(&lost, now()).await.unwrap();
+    let u = new_upload("again");
+    m.create_upload(&u).await.unwrap();
+    assert_eq!(
+        m.add_chunks(u.id, &chunks_for(8, 9100)).await.unwrap(),
+        vec![ChunkState::MustWrite, ChunkState::Stored]
+    );
+    m.commit_upload(u.id, &commit(8)).await.unwrap();
+    let after = new_upload("after");
+    m.create_upload(&after).await.unwrap();
+    assert_eq!(
+        m.add_chunks(after.id, &chunks_for(8, 9100)).await.unwrap(),
+        vec![ChunkState::Stored; 2],
+        "written again and committed: deduplicated again"
+    );
+    assert_eq!(m.manifest(kept, 0, 10).await.unwrap().len(), 2);
+
+    // Only an open upload holds it: nothing to record; unknown: nothing either.
+    let open = new_upload("open");
+    m.create_upload(&open).await.unwrap();
+    m.add_chunks(open.id, &chunks_for(4, 9200)).await.unwrap();
+    m.chunk_lost(&hash(9200), now()).await.unwrap();
+    m.chunk_lost(&hash(9299), now()).await.unwrap();
+    assert_eq!(
+        chunk_rows(m, &[hash(9200)]).await,
+        vec![(hash(9200), false)]
+    );
+    for u in [opened.id, after.id, open.id] {
+        m.abort_upload(u).await.unwrap();
     }
 }

@@ -323,7 +323,9 @@ pub struct LinkSecret {
 pub struct ChunkRecord {
     pub hash: ChunkId,
     pub size: u64,
-    /// True once a committed upload wrote it; false while only open uploads reference it.
+    /// True when its blob must exist: a committed upload wrote it, or a committed file
+    /// references it (a chunk a read recorded lost, [`MetaStore::chunk_lost`], until an upload
+    /// writes it again). False while only open uploads reference it.
     pub live: bool,
 }
 
@@ -507,6 +509,14 @@ pub trait MetaStore: Send + Sync + Debug + 'static {
     /// restored), and GC collects them after its grace period if nothing does. Only for rows
     /// claimed by [`MetaStore::gc_claim_chunks`] under the GC lease.
     async fn gc_unclaim(&self, ids: &[ChunkId], now: OffsetDateTime) -> Result<()>;
+
+    /// Records that a read found `id`'s blob missing or not matching its hash: a `live` row
+    /// becomes `pending`, touched at `now`, so the next upload that references the chunk gets
+    /// [`ChunkState::MustWrite`] and writes the blob again (a put replaces a damaged blob), and
+    /// that upload's commit makes it live again. References are untouched, so GC still keeps
+    /// the row while any file or upload references it. Rows in other states, and unknown
+    /// hashes, are left as they are.
+    async fn chunk_lost(&self, id: &ChunkId, now: OffsetDateTime) -> Result<()>;
 
     /// For blobs found in the store: claims those that have no chunk row (orphans) by adding a
     /// deleting row, so no upload can start referencing them while their blob is deleted.

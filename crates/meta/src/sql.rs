@@ -820,6 +820,15 @@ macro_rules! impl_meta_store {
                 Ok(())
             }
 
+            async fn chunk_lost(&self, id: &ChunkId, now: OffsetDateTime) -> Result<()> {
+                sqlx::query("UPDATE chunks SET state = 'pending', touched_at = $1 WHERE hash = $2 AND state = 'live'")
+                .bind(micros(now))
+                .bind(id.as_bytes().as_slice())
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
             async fn gc_claim_orphans(&self, ids: &[ChunkId], now: OffsetDateTime) -> Result<Vec<ChunkId>> {
                 let sorted = crate::sorted_unique(ids);
                 let mut claimed = Vec::new();
@@ -857,8 +866,15 @@ macro_rules! impl_meta_store {
 
             async fn chunks(&self, after: Option<ChunkId>, limit: u32) -> Result<Vec<ChunkRecord>> {
                 let after = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+                // A pending row a committed file references was recorded lost by a read
+                // (chunk_lost): its blob must exist, as a live one's must.
                 let rows = sqlx::query(
-                    "SELECT hash, size, state FROM chunks WHERE state <> 'deleting' AND hash > $1 ORDER BY hash LIMIT $2",
+                    "SELECT c.hash, c.size,
+                            CASE WHEN c.state = 'live' OR EXISTS (
+                                SELECT 1 FROM file_chunks fc JOIN files f ON f.id = fc.file_id
+                                 WHERE fc.hash = c.hash AND f.state = 'committed')
+                            THEN 1 ELSE 0 END
+                       FROM chunks c WHERE c.state <> 'deleting' AND c.hash > $1 ORDER BY c.hash LIMIT $2",
                 )
                 .bind(after)
                 .bind(i64::from(limit))
@@ -869,7 +885,7 @@ macro_rules! impl_meta_store {
                         Ok(ChunkRecord {
                             hash: chunk_id(r.try_get(0)?)?,
                             size: r.try_get::<i64, _>(1)? as u64,
-                            live: r.try_get::<String, _>(2)? == "live",
+                            live: r.try_get::<i32, _>(2)? == 1,
                         })
                     })
                     .collect()
