@@ -167,7 +167,7 @@ pub async fn serve(
 
 /// [`serve`] with another header read timeout. HTTP/1.1 over hyper, as `axum::serve` does,
 /// but with a timer, which `axum::serve` does not set and without which hyper applies no
-/// header read timeout at all.
+/// header read timeout at all, and answering half-closed connections.
 pub async fn serve_with(
     listener: TcpListener,
     router: Router,
@@ -203,6 +203,11 @@ pub async fn serve_with(
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout)
+            // A client that shuts down its sending side after its request (`shutdown(SHUT_WR)`,
+            // `nc -N`, some proxies) still gets its answer, as from nginx. Without this hyper
+            // closes the connection at that EOF and drops the answer, even to an upload that
+            // was stored.
+            .half_close(true)
             .serve_connection(TokioIo::new(tcp), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

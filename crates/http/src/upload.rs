@@ -99,10 +99,15 @@ pub(crate) async fn upload(
         });
     let _slot = state.vault.upload_slot(&who)?;
     let record = if is_multipart {
+        // The form parser stops at the closing boundary; what follows is read here, to the
+        // body's end, before the file is committed (see `read_epilogue`).
+        let (parts, body) = req.into_parts();
+        let rest = Rest::new(body);
+        let req = Request::from_parts(parts, axum::body::Body::new(rest.clone()));
         let form = Multipart::from_request(req, &state)
             .await
             .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
-        upload_form(&state.vault, &who, form).await?
+        upload_form(&state.vault, &who, form, rest).await?
     } else {
         upload_raw(&state.vault, &who, &mut query, req).await?
     };
@@ -186,6 +191,7 @@ async fn upload_form(
     vault: &Vault,
     who: &chunkvault_core::Principal,
     mut form: Multipart,
+    rest: Rest,
 ) -> Result<FileRecord, ApiError> {
     let mut name = None;
     let mut content_type = None;
@@ -193,12 +199,15 @@ async fn upload_form(
     let mut received = None;
     let mut part_name = None;
     let mut part_type = None;
-    while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
+    let bad = |e| rest.multipart_error(e);
+    while let Some(mut field) = form.next_field().await.map_err(bad)? {
         let field_name = field.name().unwrap_or_default().to_string();
         let is_file = field.file_name().is_some() || field_name == "file";
         match field_name.as_str() {
             "fileName" | "fileType" | "fileSize" if !is_file => {
-                let text = small_field(&mut field).await?;
+                let text = small_field(&mut field)
+                    .await
+                    .map_err(|e| rest.or_interrupted(e))?;
                 match field_name.as_str() {
                     "fileName" => name = Some(text),
                     "fileType" => content_type = Some(text),
@@ -230,12 +239,16 @@ async fn upload_form(
             }
             _ => {
                 // Unknown fields are read and dropped, bounded like the others.
-                small_field(&mut field).await?;
+                small_field(&mut field)
+                    .await
+                    .map_err(|e| rest.or_interrupted(e))?;
             }
         }
     }
     let received = received
         .ok_or_else(|| ApiError::bad_request("missing_file", "the form has no file part"))?;
+    drop(form);
+    read_epilogue(rest).await?;
     let meta = UploadMeta {
         name: name.or(part_name).unwrap_or_default(),
         content_type: content_type.or(part_type).unwrap_or_default(),
@@ -261,4 +274,93 @@ async fn small_field(field: &mut axum::extract::multipart::Field<'_>) -> Result<
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     ApiError::bad_request("invalid_multipart", e.body_text())
+}
+
+/// The request body, shared between the form parser and `read_epilogue`: the parser reads it
+/// through this handle and stops at the closing boundary; the handle then still holds the
+/// rest. Polled by one task at a time; the lock is never held across an await.
+#[derive(Clone)]
+struct Rest(std::sync::Arc<RestState>);
+
+struct RestState {
+    body: std::sync::Mutex<Option<axum::body::Body>>,
+    /// The body itself failed (broke off, or its chunked framing was bad): whatever error the
+    /// parser makes of that, the client's request did not arrive whole.
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl Rest {
+    fn new(body: axum::body::Body) -> Self {
+        Self(std::sync::Arc::new(RestState {
+            body: std::sync::Mutex::new(Some(body)),
+            failed: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    fn failed(&self) -> bool {
+        self.0.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A parser error: `upload_interrupted` when the body failed underneath, else
+    /// `invalid_multipart`.
+    fn multipart_error(&self, e: axum::extract::multipart::MultipartError) -> ApiError {
+        self.or_interrupted(multipart_error(e))
+    }
+
+    fn or_interrupted(&self, e: ApiError) -> ApiError {
+        if self.failed() {
+            interrupted("the request body broke off")
+        } else {
+            e
+        }
+    }
+}
+
+fn interrupted(why: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(
+        "upload_interrupted",
+        format!("the request body could not be read to its end: {why}"),
+    )
+}
+
+impl http_body::Body for Rest {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let mut body = self.0.body.lock().unwrap_or_else(|p| p.into_inner());
+        let polled = match body.as_mut() {
+            Some(b) => std::pin::Pin::new(b).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        };
+        if let std::task::Poll::Ready(Some(Err(_))) = &polled {
+            self.0
+                .failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+/// Reads a form's body from its closing boundary to its end. A form is stored only once its
+/// whole body arrived: the closing boundary alone does not show that, since a client that
+/// declared a longer Content-Length and went away, or whose chunked body broke off after the
+/// boundary, sent a request that did not complete. Such a body is `upload_interrupted`: the
+/// upload is aborted and nothing becomes visible. What follows the boundary (an epilogue,
+/// which RFC 2046 says to ignore) is read and dropped, as the parser drops what it had
+/// buffered past the boundary.
+async fn read_epilogue(rest: Rest) -> Result<(), ApiError> {
+    use futures::StreamExt;
+    let body = rest.0.body.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let Some(body) = body else {
+        return Ok(());
+    };
+    let mut data = body.into_data_stream();
+    while let Some(bytes) = data.next().await {
+        bytes.map_err(interrupted)?;
+    }
+    Ok(())
 }

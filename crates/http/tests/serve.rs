@@ -131,3 +131,27 @@ async fn shutdown_finishes_the_request_in_flight() {
     // No new connections after shutdown.
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    // Slower than the client's shutdown, so the EOF arrives while the request is in flight.
+    let router = Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        "answered"
+    });
+    let (addr, stop, server) = start(router, Duration::from_secs(30)).await;
+
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    client.shutdown().await.unwrap();
+    let (sent, _) = read_to_close(&mut client, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&sent);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.ends_with("answered"), "{text}");
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 
+use chunkvault_core::Stats;
 use common::*;
 use reqwest::StatusCode;
 
@@ -20,6 +21,7 @@ backend_tests!(
     name_length_limit,
     bad_input_is_a_clean_4xx,
     size_mismatch_leaves_nothing_visible,
+    a_form_is_stored_only_once_its_whole_body_arrived,
 );
 
 fn boundary_sizes(chunk: usize) -> [usize; 6] {
@@ -613,4 +615,94 @@ async fn size_mismatch_leaves_nothing_visible(backend: Backend) {
     s.wait_aborted(failures).await;
     s.assert_store_converges().await;
     assert!(s.blob_ids().await.is_empty());
+}
+
+/// Sends `head` then `body` on a connection of its own, waits a moment (so the server has
+/// everything sent before the connection's end arrives), shuts the sending side down, and
+/// returns what the server answered before closing.
+async fn send_and_half_close(s: &TestServer, head: String, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = s.base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tcp.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tcp.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server answers and closes")
+    .ok();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The closing boundary alone does not complete a form: a body that breaks off after it
+/// (a Content-Length longer than what was sent, a chunked body without its last chunk) is
+/// `upload_interrupted` and nothing is stored, whether the file was small (stored whole) or
+/// streamed in chunks. An epilogue is ignored, as RFC 2046 says.
+async fn a_form_is_stored_only_once_its_whole_body_arrived(backend: Backend) {
+    let s = TestServer::start(backend, SMALL_CHUNK).await;
+    let before = s.listed_ids().await;
+    let aborted = Stats::get(&s.stats().uploads_aborted);
+    let mut failed = 0;
+    for size in [10, 2 * SMALL_CHUNK + 5] {
+        let data = random_bytes(size, fresh_seed());
+        let form = || {
+            Form::new()
+                .text("fileName", "cut.bin")
+                .text("fileSize", &size.to_string())
+                .file("file", Some("cut.bin"), None, &data)
+                .finish()
+        };
+        let (ct, body) = form();
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
+            body.len() + 100
+        );
+        let answer = send_and_half_close(&s, head, &body).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("upload_interrupted"), "{answer}");
+
+        let (ct, body) = form();
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: {ct}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            body.len()
+        );
+        let mut chunked = body.to_vec();
+        chunked.extend_from_slice(b"\r\n"); // no "0\r\n\r\n": the body never ends
+        let answer = send_and_half_close(&s, head, &chunked).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("upload_interrupted"), "{answer}");
+        failed += 2;
+    }
+    assert_eq!(s.listed_ids().await, before, "no cut-off form is visible");
+    s.wait_aborted(aborted + failed).await;
+
+    let data = random_bytes(SMALL_CHUNK + 1, fresh_seed());
+    let (ct, body) = Form::new()
+        .text("fileName", "epilogue.bin")
+        .file("file", Some("epilogue.bin"), None, &data)
+        .finish();
+    let mut with_epilogue = body.to_vec();
+    with_epilogue.extend_from_slice(b"this epilogue is ignored\r\n");
+    let resp = s
+        .http
+        .post(s.url("/upload"))
+        .header("content-type", ct)
+        .body(with_epilogue)
+        .send()
+        .await
+        .unwrap();
+    let v = expect_created(resp, "epilogue.bin", "application/octet-stream", &data, &s).await;
+    expect_download(
+        &s,
+        v["id"].as_str().unwrap(),
+        &data,
+        "epilogue.bin",
+        "application/octet-stream",
+    )
+    .await;
 }
