@@ -71,6 +71,33 @@ async fn access_lines_are_written_while_running_and_at_shutdown() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 
+    // An unknown path is answered with a request id and logged like any other request.
+    let resp = http
+        .get(format!("{base}/no/such/route"))
+        .header("x-request-id", "unknown-route")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["x-request-id"], "unknown-route");
+    // A request id that would write fields of its own into the access line is replaced.
+    let forged = "x status=204 route=/forged";
+    let resp = http
+        .get(&files)
+        .header("x-request-id", forged)
+        .send()
+        .await
+        .unwrap();
+    let given = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(given.len(), 36, "a UUID of the server's: {given}");
+    assert!(
+        appears(&log, "unknown-route", Duration::from_secs(5)).await
+            && appears(&log, &given, Duration::from_secs(5)).await,
+        "access lines missing:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(!log_has(&log, "route=/forged"));
+
     // An upload still streaming when SIGTERM comes is finished (graceful shutdown), and its
     // access line, the last line the server logs, is written by the time the process exits.
     let missing = format!("{base}/download/0190d6a0-0000-7000-8000-000000000000");

@@ -136,7 +136,12 @@ pub fn router_with(vault: Vault, auth: AuthOptions) -> Router {
     observe::init();
     let (api, _doc) = api().split_for_parts();
     api.merge(openapi::docs_ui())
-        .fallback(error::not_found)
+        // Route layers do not reach the fallback: it is tracked (logged, counted, given a
+        // request id) on its own.
+        .fallback(axum::handler::Handler::layer(
+            error::not_found,
+            axum::middleware::from_fn(observe::track),
+        ))
         .method_not_allowed_fallback(error::method_not_allowed)
         // Route layers run innermost-last: tracking sees every answer, authentication's too.
         .route_layer(axum::middleware::from_fn_with_state(

@@ -44,8 +44,8 @@ pub(crate) fn init() {
     let _ = handle();
 }
 
-/// Accepts the client's `X-Request-Id` (if short and printable) or makes one, returns it, and
-/// logs and counts the request.
+/// Accepts the client's `X-Request-Id` (if it is a plain token, see [`acceptable_id`]) or
+/// makes one, returns it, and logs and counts the request.
 pub(crate) async fn track(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
@@ -57,7 +57,7 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(REQUEST_ID)
-        .filter(|v| v.len() <= 128 && v.to_str().is_ok())
+        .filter(|v| acceptable_id(v.as_bytes()))
         .cloned()
         .unwrap_or_else(|| {
             // A random (v4) UUID from the thread's generator: no system call per request.
@@ -77,6 +77,17 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
     duration.record(secs);
     resp.headers_mut().insert(REQUEST_ID, id);
     resp
+}
+
+/// Whether a client's request id is used as it is: 1 to 128 bytes of letters, digits and
+/// `-_.:/+=@~`, which covers UUIDs, hex, base64 and the ids proxies make. Anything else (a
+/// space, braces, quotes) could make the access line say what the client wants, such as a
+/// forged `status=` field, so the server makes an id of its own instead.
+fn acceptable_id(id: &[u8]) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@~".contains(b))
 }
 
 /// The response's length for the access line: its Content-Length, or the exact size of a body
@@ -245,4 +256,36 @@ fn resident_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::acceptable_id;
+
+    #[test]
+    fn only_plain_request_ids_are_taken_from_the_client() {
+        for ok in [
+            "0192e4c5-8f3a-7b4e-9d1c-2a3b4c5d6e7f",
+            "abc123",
+            "Root=1-5759e988-bd862e3fe1be46a994272793",
+            "dGVzdA==",
+            "a/b+c@d~e_f.g:h",
+        ] {
+            assert!(acceptable_id(ok.as_bytes()), "{ok}");
+        }
+        let long = "a".repeat(129);
+        for bad in [
+            "",
+            long.as_str(),
+            "x method=DELETE route=/files/{id}}: request status=204",
+            "two words",
+            "quote\"",
+            "brace}",
+            "tab\there",
+            "ünïcode",
+        ] {
+            assert!(!acceptable_id(bad.as_bytes()), "{bad}");
+        }
+        assert!(acceptable_id("a".repeat(128).as_bytes()));
+    }
 }

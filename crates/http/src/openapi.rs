@@ -31,7 +31,7 @@ Every error is `{\"error\": {\"code\": \"...\", \"message\": \"...\"}}`; clients
 `code` (the full list is the `code` enum of `ErrorDetail`). Any path not listed here answers \
 404 `no_route`; a listed path with a method not listed answers 405 `method_not_allowed`. \
 Every 503 carries `Retry-After`. Every response carries `X-Request-Id` (the client's, when it \
-sent a short printable one)."
+sent 1 to 128 letters, digits or `-_.:/+=@~`)."
     ),
     tags(
         (name = "files", description = "Upload, download, list and delete files"),
