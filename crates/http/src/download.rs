@@ -38,7 +38,7 @@ Content-Length), never wrong bytes. HEAD answers the same headers without a body
         (status = 200, description = "The whole file", content_type = "application/octet-stream", body = crate::openapi::Binary,
             headers(
                 ("ETag" = String, description = "`\"<digest hex>\"` (the file's BLAKE3, or its SHA-256 for files stored by earlier versions)"),
-                ("Content-Disposition" = String, description = "`attachment` with the name as an ASCII fallback and as `filename*`"),
+                ("Content-Disposition" = String, description = "`attachment` with the name as an ASCII fallback and as `filename*`, without a path (`/` and `\\` as `_`; a name of only dots is `download`)"),
                 ("Content-Length" = u64, description = "Bytes in this response"),
                 ("Accept-Ranges" = String, description = "`bytes`"),
                 ("Last-Modified" = String, description = "When the upload was committed"),
@@ -274,7 +274,10 @@ fn etag_matches(header: &str, etag: &str) -> bool {
 }
 
 /// RFC 6266: an ASCII fallback in `filename` (quotes, backslashes, controls and non-ASCII
-/// replaced) and the exact name in `filename*`, percent-encoded UTF-8.
+/// replaced) and the name in `filename*`, percent-encoded UTF-8. Neither carries a path: `/`
+/// and `\` become `_` in both, and a name of only dots and spaces is `download`, since not
+/// every client strips paths or refuses `..` as RFC 6266 asks. The exact name is in the file's
+/// JSON (`GET /files/{id}`).
 pub(crate) fn content_disposition(name: &str) -> String {
     const ATTR: &AsciiSet = &NON_ALPHANUMERIC
         .remove(b'-')
@@ -295,16 +298,26 @@ pub(crate) fn content_disposition(name: &str) -> String {
             }
         })
         .collect();
-    // "." and ".." name a directory, not a file; the exact name is still in `filename*`.
-    let fallback = if fallback.trim_matches(|c| c == '.' || c == ' ').is_empty() {
-        "download".to_string()
+    let named = disposition_name(name);
+    // "." and ".." name a directory, not a file.
+    let fallback = if named == "download" {
+        named.clone()
     } else {
         fallback
     };
     format!(
         "attachment; filename=\"{fallback}\"; filename*=UTF-8''{}",
-        utf8_percent_encode(name, ATTR)
+        utf8_percent_encode(&named, ATTR)
     )
+}
+
+/// The name a download is offered under: the file's name with no path separator, or
+/// `download` for a name of only dots and spaces.
+pub(crate) fn disposition_name(name: &str) -> String {
+    if name.trim_matches(|c| c == '.' || c == ' ').is_empty() {
+        return "download".to_string();
+    }
+    name.replace(['/', '\\'], "_")
 }
 
 #[cfg(test)]
@@ -319,7 +332,7 @@ mod tests {
             "{cd}"
         );
         assert!(
-            cd.ends_with("filename*=UTF-8''a%20%22b%22%5Cc%0D%0A.txt"),
+            cd.ends_with("filename*=UTF-8''a%20%22b%22_c%0D%0A.txt"),
             "{cd}"
         );
         assert!(HeaderValue::from_str(&content_disposition("名前 ü ../../x;y=z")).is_ok());
@@ -329,15 +342,20 @@ mod tests {
             "{cd}"
         );
         assert!(cd.ends_with("filename*=UTF-8''%252e%252e%252fx"), "{cd}");
-        for dots in [".", "..", " . ."] {
+        for dots in [".", "..", "...", " . ."] {
             let cd = content_disposition(dots);
-            assert!(cd.starts_with("attachment; filename=\"download\";"), "{cd}");
+            assert_eq!(
+                cd,
+                "attachment; filename=\"download\"; filename*=UTF-8''download"
+            );
         }
         let cd = content_disposition("../../etc/passwd");
-        assert!(
-            cd.starts_with("attachment; filename=\".._.._etc_passwd\";"),
-            "{cd}"
+        assert_eq!(
+            cd,
+            "attachment; filename=\".._.._etc_passwd\"; filename*=UTF-8''.._.._etc_passwd"
         );
+        let cd = content_disposition("..\\..\\x");
+        assert!(cd.ends_with("filename*=UTF-8''.._.._x"), "{cd}");
         let cd = content_disposition("rapport été.pdf");
         assert!(
             cd.contains("filename*=UTF-8''rapport%20%C3%A9t%C3%A9.pdf"),

@@ -263,7 +263,8 @@ async fn hostile_names(backend: Backend) {
     let s = TestServer::start(backend, SMALL_CHUNK).await;
     let data = random_bytes(100, fresh_seed());
 
-    // Stored and served exactly, in JSON and in filename*, with a safe ASCII fallback.
+    // Stored exactly (the JSON has the name as sent); offered for download without a path
+    // (`/` and `\` as `_` in filename*) and with a safe ASCII fallback.
     let names = [
         "a \"quoted\" name.txt",
         "back\\slash\\name.txt",
@@ -283,7 +284,8 @@ async fn hostile_names(backend: Backend) {
         };
         let info = expect_created(resp, name, "text/plain", &data, &s).await;
         let id = info["id"].as_str().unwrap();
-        expect_download(&s, id, &data, name, "text/plain").await;
+        let offered = name.replace(['/', '\\'], "_");
+        expect_download(&s, id, &data, &offered, "text/plain").await;
         let resp = s.get(&format!("/download/{id}")).await;
         let fallback = disposition_fallback(&header(resp.headers(), "content-disposition"));
         assert!(
