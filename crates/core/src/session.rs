@@ -325,8 +325,15 @@ impl Vault {
         let upload = self.open_upload(who, id).await?;
         let cs = upload.chunk_size;
         let mut pending = Vec::with_capacity(offers.len());
+        let mut indices = std::collections::HashSet::with_capacity(offers.len());
         for o in offers {
             check_length(cs, upload.declared_size, o.index, o.length)?;
+            if !indices.insert(o.index) {
+                return Err(invalid(
+                    "invalid_index",
+                    format!("chunk {} is offered more than once", o.index),
+                ));
+            }
         }
         // With accounts, only content the same account already references (in a file or an
         // upload of its own) may be reported present; the rest must be sent, even when

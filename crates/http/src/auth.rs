@@ -154,10 +154,17 @@ pub(crate) async fn authenticate(
         req.extensions_mut().insert(Principal::Open);
         return next.run(req).await;
     }
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
+    let mut given = req.headers().get_all(header::AUTHORIZATION).iter();
+    let bearer = given
+        .next()
         .map(|v| v.to_str().unwrap_or("").trim().to_string());
+    // Two Authorization headers are no key at all (which one a proxy or a client library
+    // keeps differs): refused like a wrong key.
+    let bearer = if given.next().is_some() {
+        Some(String::new())
+    } else {
+        bearer
+    };
     let Some(bearer) = bearer else {
         if access == Access::AccountOrLink && has_signature(req.uri().query()) {
             // The download handler checks the link's signature.

@@ -173,9 +173,13 @@ pub(crate) const ERROR_CODES: &[(&str, u16, &str)] = &[
     (
         "invalid_field",
         400,
-        "a text field of the form is not UTF-8",
+        "a text field of the form is not UTF-8, or fileName, fileType or fileSize is given twice",
     ),
-    ("invalid_header", 400, "a metadata header is not UTF-8"),
+    (
+        "invalid_header",
+        400,
+        "a metadata header is not UTF-8 or is given twice, or a header and a query parameter disagree",
+    ),
     (
         "invalid_query",
         400,
@@ -193,7 +197,11 @@ pub(crate) const ERROR_CODES: &[(&str, u16, &str)] = &[
         "the request body could not be read to its end",
     ),
     ("invalid_json", 400, "a JSON request body cannot be parsed"),
-    ("invalid_index", 400, "a chunk index is not a whole number"),
+    (
+        "invalid_index",
+        400,
+        "a chunk index is not a whole number, or is offered twice",
+    ),
     (
         "chunk_size_mismatch",
         400,

@@ -155,9 +155,18 @@ fn parse_size(raw: Option<String>) -> Result<Option<u64>, ApiError> {
     }
 }
 
-/// A header's value as UTF-8 (names may be any Unicode; HTTP headers carry bytes).
+/// A header's value as UTF-8 (names may be any Unicode; HTTP headers carry bytes). Given
+/// twice, it is refused: which one counts would be a guess.
 fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
-    match headers.get(name) {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_header",
+            format!("header {name} is given more than once"),
+        ));
+    }
+    match first {
         None => Ok(None),
         Some(v) => std::str::from_utf8(v.as_bytes())
             .map(|s| Some(s.to_string()))
@@ -174,9 +183,22 @@ async fn upload_raw(
     req: Request,
 ) -> Result<FileRecord, ApiError> {
     let headers = req.headers();
-    let name = header_text(headers, "filename")?.or(query.remove("fileName"));
-    let content_type = header_text(headers, "filetype")?.or(query.remove("fileType"));
-    let size = parse_size(header_text(headers, "filesize")?.or(query.remove("fileSize")))?;
+    let mut given = |field: &str| -> Result<Option<String>, ApiError> {
+        let header = header_text(headers, &field.to_ascii_lowercase())?;
+        let query = query.remove(field);
+        match (header, query) {
+            (Some(h), Some(q)) if h != q => Err(ApiError::bad_request(
+                "invalid_header",
+                format!(
+                    "{field} is given as a header and as a query parameter, with different values"
+                ),
+            )),
+            (h, q) => Ok(h.or(q)),
+        }
+    };
+    let name = given("fileName")?;
+    let content_type = given("fileType")?;
+    let size = parse_size(given("fileSize")?)?;
     let meta = UploadMeta {
         name: name.unwrap_or_default(),
         content_type: content_type.unwrap_or_default(),
@@ -208,10 +230,16 @@ async fn upload_form(
                 let text = small_field(&mut field)
                     .await
                     .map_err(|e| rest.or_interrupted(e))?;
-                match field_name.as_str() {
-                    "fileName" => name = Some(text),
-                    "fileType" => content_type = Some(text),
-                    _ => size_text = Some(text),
+                let slot = match field_name.as_str() {
+                    "fileName" => &mut name,
+                    "fileType" => &mut content_type,
+                    _ => &mut size_text,
+                };
+                if slot.replace(text).is_some() {
+                    return Err(ApiError::bad_request(
+                        "invalid_field",
+                        format!("the form has {field_name} more than once"),
+                    ));
                 }
             }
             _ if is_file => {

@@ -853,6 +853,15 @@ async fn refused_keys_are_logged_without_their_secret(backend: Backend) {
         .await
         .unwrap();
     let wrong_body = expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    // Two Authorization headers, the good key first or last: no key at all.
+    for pair in [[&alice.key, &wrong], [&wrong, &alice.key]] {
+        let mut r = s.http.get(format!("{}/files", s.base));
+        for k in pair {
+            r = r.header("authorization", format!("Bearer {k}"));
+        }
+        let r = r.send().await.unwrap();
+        expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    }
     s.vault
         .meta()
         .revoke_api_key(id, OffsetDateTime::now_utc())

@@ -313,6 +313,18 @@ async fn bad_input_is_a_clean_4xx(backend: Backend) {
     )
     .await;
     expect_error(put_chunk(&s, &id, 0, &[]).await, bad, "chunk_size_mismatch").await;
+    // The same index offered twice, at different lengths.
+    let resp = s
+        .http
+        .post(s.url(&format!("/uploads/{id}/chunks")))
+        .json(&json!({"chunks": [
+            {"index": 0, "length": s.chunk_size(), "hash": chunkvault_types::ChunkId::of(b"abcd").to_hex()},
+            {"index": 0, "length": s.chunk_size(), "hash": chunkvault_types::ChunkId::of(b"abc").to_hex()},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, bad, "invalid_index").await;
     // Hashes.
     let wrong = s
         .http

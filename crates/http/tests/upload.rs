@@ -461,6 +461,65 @@ async fn bad_input_is_a_clean_4xx(backend: Backend) {
         .unwrap();
     expect_error(resp, StatusCode::BAD_REQUEST, "invalid_header").await;
 
+    // Metadata given twice is refused, not settled by a guess; given twice alike through a
+    // header and the query, it is one value.
+    let listed = s.listed_ids().await;
+    for (header, value) in [
+        ("fileName", "b.bin"),
+        ("fileSize", "99"),
+        ("fileType", "x/y"),
+    ] {
+        let resp = s
+            .http
+            .post(s.url("/upload"))
+            .header("fileName", "a.bin")
+            .header("fileSize", data.len().to_string())
+            .header("fileType", "text/plain")
+            .header(header, value)
+            .body(data.clone())
+            .send()
+            .await
+            .unwrap();
+        expect_error(resp, StatusCode::BAD_REQUEST, "invalid_header").await;
+        let resp = s
+            .http
+            .post(s.url("/upload"))
+            .query(&[(header, value)])
+            .header(header, "other")
+            .body(data.clone())
+            .send()
+            .await
+            .unwrap();
+        expect_error(resp, StatusCode::BAD_REQUEST, "invalid_header").await;
+        let form = Form::new()
+            .text("fileName", "a.bin")
+            .text(header, value)
+            .text("fileSize", &data.len().to_string())
+            .text("fileType", "text/plain")
+            .file("file", Some("a.bin"), None, &data);
+        expect_error(
+            s.post_form(form).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        )
+        .await;
+    }
+    assert_eq!(s.listed_ids().await, listed);
+    let resp = s
+        .http
+        .post(s.url("/upload"))
+        .query(&[("fileName", "same.bin")])
+        .header("fileName", "same.bin")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    let same = expect_created(resp, "same.bin", "application/octet-stream", &data, &s).await;
+    let resp = s
+        .delete(&format!("/files/{}", same["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+
     // Malformed and unknown ids, on every endpoint that takes one.
     let unknown = chunkvault_types::FileId::new().to_string();
     let malformed = [
