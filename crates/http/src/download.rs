@@ -48,11 +48,12 @@ Content-Length), never wrong bytes. HEAD answers the same headers without a body
                 ("Content-Range" = String, description = "`bytes a-b/SIZE`"),
                 ("ETag" = String, description = "`\"<digest hex>\"` (the file's BLAKE3, or its SHA-256 for files stored by earlier versions)"),
             )),
-        (status = 304, description = "Not modified (If-None-Match matched)",
+        (status = 304, description = "Not modified (If-None-Match matched, or without it, the file is not newer than If-Modified-Since)",
             headers(("ETag" = String, description = "`\"<digest hex>\"` (the file's BLAKE3, or its SHA-256 for files stored by earlier versions)"))),
         (status = 400, description = "`invalid_id`", body = ErrorBody),
         (status = 403, description = "`link_invalid` (tampered, or signed before the secret was rotated), `link_expired`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 412, description = "`precondition_failed`: If-Match names another version, or (without If-Match) the file is newer than If-Unmodified-Since", body = ErrorBody),
         (status = 416, description = "`range_not_satisfiable`", body = ErrorBody,
             headers(("Content-Range" = String, description = "`bytes */SIZE`"))),
         (status = 500, description = "`chunk_damaged` (the first chunk failed verification), `internal`", body = ErrorBody),
@@ -117,12 +118,36 @@ pub(crate) async fn download(
         None => return Err(crate::auth::unauthorized()),
     };
     let etag = format!("\"{}\"", file.digest.hex());
-    let inm = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok());
-    if inm.is_some_and(|inm| etag_matches(inm, &etag)) {
+    // RFC 9110 13.2.2: If-Match, or else If-Unmodified-Since; then If-None-Match, or else
+    // If-Modified-Since. Dates compare in whole seconds, as Last-Modified is sent.
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let date = |name| text(name).and_then(|d| httpdate::parse_http_date(d).ok());
+    let modified = file.committed_at.unix_timestamp();
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    };
+    let holds = match text(header::IF_MATCH) {
+        Some(im) => etag_matches_strongly(im, &etag),
+        None => date(header::IF_UNMODIFIED_SINCE).is_none_or(|t| modified <= secs(t)),
+    };
+    if !holds {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "the file is not the version the request's preconditions name",
+        ));
+    }
+    let not_modified = match text(header::IF_NONE_MATCH) {
+        Some(inm) => etag_matches(inm, &etag),
+        None => date(header::IF_MODIFIED_SINCE).is_some_and(|t| modified <= secs(t)),
+    };
+    if not_modified {
         let mut resp = StatusCode::NOT_MODIFIED.into_response();
-        resp.headers_mut().insert(header::ETAG, value(&etag));
+        let h = resp.headers_mut();
+        h.insert(header::ETAG, value(&etag));
+        // What a 200 would have said (RFC 9110 8.6), not the empty body's 0.
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(file.size));
         return Ok(resp);
     }
     let size = file.size;
@@ -273,6 +298,15 @@ fn etag_matches(header: &str, etag: &str) -> bool {
         .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
 }
 
+/// If-Match's strong comparison: `*`, or an entity tag equal to `etag`; a weak one never
+/// matches.
+fn etag_matches_strongly(header: &str, etag: &str) -> bool {
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t == etag)
+}
+
 /// RFC 6266: an ASCII fallback in `filename` (quotes, backslashes, controls and non-ASCII
 /// replaced) and the name in `filename*`, percent-encoded UTF-8. Neither carries a path: `/`
 /// and `\` become `_` in both, and a name of only dots and spaces is `download`, since not
@@ -370,5 +404,10 @@ mod tests {
         assert!(etag_matches("\"x\", \"abc\"", "\"abc\""));
         assert!(etag_matches("*", "\"abc\""));
         assert!(!etag_matches("\"abd\"", "\"abc\""));
+        assert!(etag_matches_strongly("\"abc\"", "\"abc\""));
+        assert!(etag_matches_strongly("\"x\", \"abc\"", "\"abc\""));
+        assert!(etag_matches_strongly("*", "\"abc\""));
+        assert!(!etag_matches_strongly("W/\"abc\"", "\"abc\""));
+        assert!(!etag_matches_strongly("\"abd\"", "\"abc\""));
     }
 }

@@ -301,6 +301,11 @@ pub(crate) const ERROR_CODES: &[(&str, u16, &str)] = &[
         "the upload was already committed, aborted or expired",
     ),
     (
+        "precondition_failed",
+        412,
+        "If-Match names another version, or the file changed after If-Unmodified-Since",
+    ),
+    (
         "range_not_satisfiable",
         416,
         "the range lies outside the file (Content-Range: bytes */SIZE)",

@@ -234,9 +234,79 @@ async fn head_and_conditional_requests(backend: Backend) {
                 .unwrap();
             assert_eq!(resp.status(), StatusCode::NOT_MODIFIED, "{method} {inm}");
             assert_eq!(header(resp.headers(), "etag"), etag);
+            // Content-Length, when sent, is what a 200 would have said (RFC 9110 8.6).
+            if let Some(cl) = resp.headers().get("content-length") {
+                assert_eq!(cl.to_str().unwrap(), n.to_string(), "{method} {inm}");
+            }
             assert!(resp.bytes().await.unwrap().is_empty());
         }
     }
+
+    // If-Match (strong comparison) and If-Unmodified-Since: 412 when they do not hold,
+    // the file when they do. If-Modified-Since: 304 unless the file is newer.
+    let last_modified = header(&h, "last-modified");
+    let long_ago = "Sat, 01 Jan 2000 00:00:00 GMT";
+    let later = "Fri, 01 Jan 2100 00:00:00 GMT";
+    let cases: [(&str, &str, StatusCode); 10] = [
+        ("if-match", &etag, StatusCode::OK),
+        ("if-match", "*", StatusCode::OK),
+        ("if-match", "\"other\"", StatusCode::PRECONDITION_FAILED),
+        (
+            "if-match",
+            &format!("W/{etag}"),
+            StatusCode::PRECONDITION_FAILED,
+        ),
+        ("if-unmodified-since", &last_modified, StatusCode::OK),
+        ("if-unmodified-since", later, StatusCode::OK),
+        (
+            "if-unmodified-since",
+            long_ago,
+            StatusCode::PRECONDITION_FAILED,
+        ),
+        (
+            "if-modified-since",
+            &last_modified,
+            StatusCode::NOT_MODIFIED,
+        ),
+        ("if-modified-since", long_ago, StatusCode::OK),
+        ("if-modified-since", "not a date", StatusCode::OK),
+    ];
+    for (name, value, status) in cases {
+        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+            let resp = s
+                .http
+                .request(method.clone(), &url)
+                .header(name, value)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), status, "{method} {name}: {value}");
+            if status == StatusCode::PRECONDITION_FAILED && method == reqwest::Method::GET {
+                expect_error(resp, status, "precondition_failed").await;
+            } else if status == StatusCode::OK && method == reqwest::Method::GET {
+                assert!(resp.bytes().await.unwrap() == data);
+            }
+        }
+    }
+    // If-None-Match wins over If-Modified-Since, If-Match over If-Unmodified-Since.
+    let resp = s
+        .http
+        .get(&url)
+        .header("if-none-match", "\"other\"")
+        .header("if-modified-since", later)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = s
+        .http
+        .get(&url)
+        .header("if-match", &etag)
+        .header("if-unmodified-since", long_ago)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
     // Another ETag: the file.
     let resp = s
         .http
