@@ -304,6 +304,28 @@ pub(crate) async fn limit_headers(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// Middleware: a request body in a transfer coding other than `chunked` (`gzip, chunked`, say)
+/// is answered 501 `unsupported_transfer_encoding`, as RFC 9112 6.1 asks, instead of being
+/// stored still encoded: hyper undoes the chunked framing only.
+pub(crate) async fn plain_transfer_coding(req: Request, next: Next) -> Response {
+    let other = req
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .find(|c| !c.eq_ignore_ascii_case("chunked"));
+    if let Some(coding) = other {
+        return ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported_transfer_encoding",
+            format!("transfer coding {coding:?} is not supported; send the body plain or chunked"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// Most bytes of request headers accepted (names, values and separators).
 pub const MAX_HEADER_BYTES: usize = 32 << 10;
 

@@ -301,6 +301,16 @@ pub(crate) const ERROR_CODES: &[(&str, u16, &str)] = &[
         "the upload was already committed, aborted or expired",
     ),
     (
+        "length_required",
+        411,
+        "an upload has neither Content-Length nor chunked Transfer-Encoding",
+    ),
+    (
+        "unsupported_transfer_encoding",
+        501,
+        "the body is in a transfer coding other than chunked",
+    ),
+    (
         "precondition_failed",
         412,
         "If-Match names another version, or the file changed after If-Unmodified-Since",

@@ -75,10 +75,12 @@ accepted because `curl -T` sends it.",
 `multiple_files`, `field_too_large`, `invalid_field`, `invalid_header`, `invalid_query`, \
 `invalid_manifest`, `upload_interrupted`", body = ErrorBody),
         (status = 409, description = "`upload_closed`: the upload expired or was aborted while it ran", body = ErrorBody),
+        (status = 411, description = "`length_required`: neither Content-Length nor chunked Transfer-Encoding", body = ErrorBody),
         (status = 429, description = "`too_many_uploads`: the account has `max_uploads_per_account` uploads in progress on this node", body = ErrorBody),
         (status = 500, description = "`internal`", body = ErrorBody),
         (status = 503, description = "`blob_store_unavailable`, `metadata_store_unavailable`, `busy`", body = ErrorBody,
             headers(("Retry-After" = String, description = "Seconds"))),
+        (status = 501, description = "`unsupported_transfer_encoding`: a transfer coding other than chunked", body = ErrorBody),
         (status = 507, description = "`quota_exceeded`: the file does not fit the account's quota; `storage_full`: the server's disk is full. Nothing of the file is visible or charged", body = ErrorBody),
     )
 )]
@@ -97,6 +99,17 @@ pub(crate) async fn upload(
                 .to_ascii_lowercase()
                 .starts_with("multipart/form-data")
         });
+    // Without either, HTTP/1.1 says the body is empty, and an HTTP/1.0 client's body (sent
+    // until it closes) would be dropped: a file of 0 bytes stored for a request that had data.
+    if !req.headers().contains_key(header::CONTENT_LENGTH)
+        && !req.headers().contains_key(header::TRANSFER_ENCODING)
+    {
+        return Err(ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "send Content-Length, or the body chunked (Transfer-Encoding: chunked)",
+        ));
+    }
     let _slot = state.vault.upload_slot(&who)?;
     let record = if is_multipart {
         // The form parser stops at the closing boundary; what follows is read here, to the
