@@ -283,9 +283,10 @@ impl FailureLimiter {
     }
 }
 
-/// Refuses requests whose headers total more than `MAX_HEADER_BYTES` with 431, before any
-/// handler (or authentication) sees them.
-pub(crate) async fn limit_headers(req: Request, next: Next) -> Response {
+/// Refuses, before any handler (or authentication) sees them, requests whose headers total
+/// more than `MAX_HEADER_BYTES` (431), whose body is in a transfer coding other than chunked
+/// (501), or that carry no Host header in HTTP/1.1 or two of them (400).
+pub(crate) async fn check_headers(req: Request, next: Next) -> Response {
     let total: usize = req
         .headers()
         .iter()
@@ -301,25 +302,29 @@ pub(crate) async fn limit_headers(req: Request, next: Next) -> Response {
         )
         .into_response();
     }
-    next.run(req).await
-}
-
-/// Middleware: a request body in a transfer coding other than `chunked` (`gzip, chunked`, say)
-/// is answered 501 `unsupported_transfer_encoding`, as RFC 9112 6.1 asks, instead of being
-/// stored still encoded: hyper undoes the chunked framing only.
-pub(crate) async fn plain_transfer_coding(req: Request, next: Next) -> Response {
-    let other = req
+    // RFC 9112 6.1: a body in a transfer coding other than chunked (`gzip, chunked`, say) is
+    // answered 501 instead of being stored still encoded (hyper undoes chunked only).
+    let coding = req
         .headers()
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .flat_map(|v| v.to_str().unwrap_or("?").split(','))
         .map(str::trim)
         .find(|c| !c.eq_ignore_ascii_case("chunked"));
-    if let Some(coding) = other {
+    if let Some(coding) = coding {
         return ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             "unsupported_transfer_encoding",
             format!("transfer coding {coding:?} is not supported; send the body plain or chunked"),
+        )
+        .into_response();
+    }
+    // RFC 9112 3.2: an HTTP/1.1 request without Host, or with two, is a 400.
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version() == axum::http::Version::HTTP_11) {
+        return ApiError::bad_request(
+            "invalid_header",
+            "an HTTP/1.1 request carries exactly one Host header",
         )
         .into_response();
     }

@@ -178,7 +178,7 @@ pub(crate) const ERROR_CODES: &[(&str, u16, &str)] = &[
     (
         "invalid_header",
         400,
-        "a metadata header is not UTF-8 or is given twice, or a header and a query parameter disagree",
+        "a metadata header is not UTF-8 or is given twice, a header and a query parameter disagree, or an HTTP/1.1 request has no Host header or two",
     ),
     (
         "invalid_query",
@@ -303,7 +303,7 @@ pub(crate) const ERROR_CODES: &[(&str, u16, &str)] = &[
     (
         "length_required",
         411,
-        "an upload has neither Content-Length nor chunked Transfer-Encoding",
+        "an HTTP/1.0 upload without Content-Length",
     ),
     (
         "unsupported_transfer_encoding",

@@ -149,8 +149,7 @@ pub fn router_with(vault: Vault, auth: AuthOptions) -> Router {
             auth::authenticate,
         ))
         .route_layer(axum::middleware::from_fn(observe::track))
-        .layer(axum::middleware::from_fn(auth::plain_transfer_coding))
-        .layer(axum::middleware::from_fn(auth::limit_headers))
+        .layer(axum::middleware::from_fn(auth::check_headers))
         .layer(axum::middleware::from_fn(unread::close_if_unread))
         .with_state(state)
 }

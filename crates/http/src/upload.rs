@@ -75,7 +75,7 @@ accepted because `curl -T` sends it.",
 `multiple_files`, `field_too_large`, `invalid_field`, `invalid_header`, `invalid_query`, \
 `invalid_manifest`, `upload_interrupted`", body = ErrorBody),
         (status = 409, description = "`upload_closed`: the upload expired or was aborted while it ran", body = ErrorBody),
-        (status = 411, description = "`length_required`: neither Content-Length nor chunked Transfer-Encoding", body = ErrorBody),
+        (status = 411, description = "`length_required`: an HTTP/1.0 request without Content-Length", body = ErrorBody),
         (status = 429, description = "`too_many_uploads`: the account has `max_uploads_per_account` uploads in progress on this node", body = ErrorBody),
         (status = 500, description = "`internal`", body = ErrorBody),
         (status = 503, description = "`blob_store_unavailable`, `metadata_store_unavailable`, `busy`", body = ErrorBody,
@@ -99,9 +99,11 @@ pub(crate) async fn upload(
                 .to_ascii_lowercase()
                 .starts_with("multipart/form-data")
         });
-    // Without either, HTTP/1.1 says the body is empty, and an HTTP/1.0 client's body (sent
-    // until it closes) would be dropped: a file of 0 bytes stored for a request that had data.
-    if !req.headers().contains_key(header::CONTENT_LENGTH)
+    // An HTTP/1.0 body without Content-Length runs until the client closes, which hyper does
+    // not read: it would store a file of 0 bytes for a request that had data. (In HTTP/1.1
+    // neither header means an empty body, which clients send for empty files.)
+    if req.version() <= axum::http::Version::HTTP_10
+        && !req.headers().contains_key(header::CONTENT_LENGTH)
         && !req.headers().contains_key(header::TRANSFER_ENCODING)
     {
         return Err(ApiError::new(

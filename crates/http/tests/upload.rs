@@ -770,8 +770,9 @@ async fn a_form_is_stored_only_once_its_whole_body_arrived(backend: Backend) {
 }
 
 /// A body whose length the server cannot know (HTTP/1.0 without Content-Length: hyper would
-/// read it as empty) is 411, and one in a transfer coding other than chunked is 501; neither
-/// stores anything. The same bodies framed plainly are stored.
+/// read it as empty) is 411, one in a transfer coding other than chunked is 501, and an
+/// HTTP/1.1 request without a Host header or with two is 400; none stores anything. The same
+/// bodies framed plainly are stored.
 async fn bodies_the_server_cannot_read_as_sent_are_refused(backend: Backend) {
     let s = TestServer::start(backend, SMALL_CHUNK).await;
     let before = s.listed_ids().await;
@@ -802,6 +803,17 @@ async fn bodies_the_server_cannot_read_as_sent_are_refused(backend: Backend) {
                 "{coding}: {answer}"
             );
         }
+    }
+    // HTTP/1.1 needs exactly one Host header.
+    for hosts in ["", "Host: x\r\nHost: y\r\n"] {
+        let answer = send_and_half_close(
+            &s,
+            format!("POST /upload HTTP/1.1\r\n{hosts}fileName: h.bin\r\nContent-Length: 5\r\n\r\n"),
+            b"hello",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{hosts:?}: {answer}");
+        assert!(answer.contains("invalid_header"), "{answer}");
     }
     assert_eq!(s.listed_ids().await, before, "nothing stored");
 
