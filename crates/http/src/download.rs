@@ -104,10 +104,25 @@ pub(crate) async fn download(
                     ));
                 }
             };
-            // A link limited to a range serves that range, whatever the client asks.
+            // A link limited to a range serves that range, or a range the client asks for
+            // within it (a resumed download); never anything else. If-Range is dropped: its
+            // "whole file" fallback would reach outside the range.
             if let Some(r) = &link.range {
+                let granted = format!("bytes={r}");
+                let asked = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+                let within = match (
+                    parse_range(Some(&granted), file.size),
+                    parse_range(asked, file.size),
+                ) {
+                    (RangeRequest::Partial(g), RangeRequest::Partial(a)) => {
+                        g.start <= a.start && a.end <= g.end
+                    }
+                    _ => false,
+                };
                 headers.remove(header::IF_RANGE);
-                headers.insert(header::RANGE, value(&format!("bytes={r}")));
+                if !within {
+                    headers.insert(header::RANGE, value(&granted));
+                }
             }
             FileStart {
                 file,

@@ -20,7 +20,7 @@ use std::time::Duration;
 use chunkvault_core::{Principal, VaultConfig};
 use chunkvault_meta::{AccountId, Role};
 use chunkvault_types::{ChunkId, ChunkOffer};
-use common::{Backend, TestServer, expect_error, random_bytes};
+use common::{Backend, TestServer, expect_error, header, random_bytes};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -387,7 +387,7 @@ async fn presigned_links(backend: Backend) {
     assert_eq!(got.status(), StatusCode::OK);
     assert_eq!(got.bytes().await.unwrap().as_ref(), data.as_slice());
 
-    // A ranged link serves its range, whatever the client asks.
+    // A ranged link serves its range when the client asks for more.
     let ranged: Value = link(
         &alice.key,
         serde_json::json!({"expires_in": "10m", "range": "bytes=10-19"}),
@@ -406,6 +406,32 @@ async fn presigned_links(backend: Backend) {
         .unwrap();
     assert_eq!(got.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(got.bytes().await.unwrap().as_ref(), &data[10..20]);
+    // A range within it is served as asked (a resumed download); one reaching outside it,
+    // or a stale If-Range (whose fallback is the whole file), gets the link's range.
+    for (asked, if_range, want) in [
+        ("bytes=12-14", None, 12..15),
+        ("bytes=10-19", None, 10..20),
+        ("bytes=15-", None, 10..20),
+        ("bytes=-3", None, 10..20),
+        ("bytes=5-12", None, 10..20),
+        ("bytes=12-14", Some("\"stale\""), 12..15),
+    ] {
+        let mut req = s
+            .http
+            .get(format!("{}{ranged}", s.base))
+            .header("range", asked);
+        if let Some(ir) = if_range {
+            req = req.header("if-range", ir);
+        }
+        let got = req.send().await.unwrap();
+        assert_eq!(got.status(), StatusCode::PARTIAL_CONTENT, "{asked}");
+        assert_eq!(
+            header(got.headers(), "content-range"),
+            format!("bytes {}-{}/{}", want.start, want.end - 1, data.len()),
+            "{asked}"
+        );
+        assert_eq!(got.bytes().await.unwrap().as_ref(), &data[want], "{asked}");
+    }
 
     let refused = |resp: reqwest::Response, code: &'static str| {
         let name = name.clone();
