@@ -199,7 +199,7 @@ async fn upload_raw(
 ) -> Result<FileRecord, ApiError> {
     let headers = req.headers();
     let mut given = |field: &str| -> Result<Option<String>, ApiError> {
-        let header = header_text(headers, &field.to_ascii_lowercase())?;
+        let header = header_text(headers, field)?;
         let query = query.remove(field);
         match (header, query) {
             (Some(h), Some(q)) if h != q => Err(ApiError::bad_request(
