@@ -109,7 +109,7 @@ pub(crate) async fn upload(
         return Err(ApiError::new(
             StatusCode::LENGTH_REQUIRED,
             "length_required",
-            "send Content-Length, or the body chunked (Transfer-Encoding: chunked)",
+            "an HTTP/1.0 upload needs Content-Length (or use HTTP/1.1)",
         ));
     }
     let _slot = state.vault.upload_slot(&who)?;
