@@ -121,7 +121,9 @@ struct UploadOpts<'a> {
 #[derive(Args, Debug)]
 pub struct DownloadArgs {
     pub id: String,
-    /// Where to write; default: the file's name in the current directory. `-` for stdout.
+    /// Where to write; default: the file's name in the current directory, which must not
+    /// exist yet. `-` for stdout. An existing file given here is replaced once the download
+    /// is complete and verified; a symlink is followed; a device or FIFO is written into.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
 }
@@ -170,6 +172,13 @@ fn collect_files(paths: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
         if meta.is_dir() {
             let base = p.parent().unwrap_or(Path::new(""));
             walk(p, base, &mut out)?;
+        } else if !meta.is_file() {
+            // A FIFO, a device or a socket has no length to declare or resume by: uploading
+            // one would store whatever its length says (0), not its content.
+            bail!(
+                "{} is not a regular file (a FIFO, device or socket); copy it to a file first",
+                p.display()
+            );
         } else {
             let name = p
                 .file_name()
@@ -446,22 +455,55 @@ fn local_name(name: &str, id: &str) -> PathBuf {
     }
 }
 
+/// Where a download goes, and whether it is written straight into it (`true`: a device or a
+/// FIFO, which a finished `.part` file must not replace, and stdout) rather than through a
+/// `.part` file renamed at the end. Without `-o`, the file's own name, which must not exist:
+/// a download never replaces a file nobody named. With `-o`, a symlink is followed to what it
+/// names, so the link stays; a directory is refused.
+async fn output_path(given: Option<&Path>, name: &str, id: &str) -> Result<(PathBuf, bool)> {
+    let Some(given) = given else {
+        let out = local_name(name, id);
+        if tokio::fs::symlink_metadata(&out).await.is_ok() {
+            bail!(
+                "{} exists; pass -o {} to replace it, or -o another path",
+                out.display(),
+                out.display()
+            );
+        }
+        return Ok((out, false));
+    };
+    if given == Path::new("-") {
+        return Ok((given.to_path_buf(), true));
+    }
+    let mut out = given.to_path_buf();
+    if tokio::fs::symlink_metadata(&out)
+        .await
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
+        out = tokio::fs::canonicalize(&out)
+            .await
+            .with_context(|| format!("{} is a symlink to nothing that exists", given.display()))?;
+    }
+    match tokio::fs::metadata(&out).await {
+        Ok(m) if m.is_dir() => bail!("{} is a directory; give a file path", out.display()),
+        Ok(m) if !m.is_file() => Ok((out, true)),
+        _ => Ok((out, false)),
+    }
+}
+
 pub async fn download(args: &ClientArgs, dl: &DownloadArgs) -> Result<ExitCode> {
     let client = args.client()?;
     let detail = client.stat(&dl.id).await?;
     let info = detail.file;
+    let (out, direct) = output_path(dl.output.as_deref(), &info.name, &dl.id).await?;
     let to_stdout = dl.output.as_deref() == Some(Path::new("-"));
-    let out = dl
-        .output
-        .clone()
-        .unwrap_or_else(|| local_name(&info.name, &dl.id));
     let part = PathBuf::from(format!("{}.part", out.display()));
     let pb = bar(args, info.size);
     pb.set_message(info.name.clone());
 
     // Resume: a `.part` file from an interrupted download continues with Range, provided the
     // file has not changed (If-Range with the ETag).
-    let have = if to_stdout {
+    let have = if to_stdout || direct {
         0
     } else {
         tokio::fs::metadata(&part)
@@ -485,6 +527,14 @@ pub async fn download(args: &ClientArgs, dl: &DownloadArgs) -> Result<ExitCode> 
     let mut whole = FileHasher::like(&expected);
     let mut sink: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if to_stdout {
         Box::new(tokio::io::stdout())
+    } else if direct {
+        Box::new(
+            tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(&out)
+                .await
+                .with_context(|| format!("cannot write to {}", out.display()))?,
+        )
     } else if resumed {
         // Hash what is already there first, so the end-to-end check covers the whole file.
         let existing = tokio::fs::read(&part).await?;
@@ -497,13 +547,19 @@ pub async fn download(args: &ClientArgs, dl: &DownloadArgs) -> Result<ExitCode> 
                 .await?,
         )
     } else {
-        Box::new(tokio::fs::File::create(&part).await?)
+        Box::new(
+            tokio::fs::File::create(&part)
+                .await
+                .with_context(|| format!("cannot create {}", part.display()))?,
+        )
     };
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.context("the download was cut off (the server found damaged data, or the connection failed); run the same command again to resume")?;
         whole.update(&chunk);
-        sink.write_all(&chunk).await?;
+        sink.write_all(&chunk)
+            .await
+            .with_context(|| format!("writing {}", out.display()))?;
         pb.inc(chunk.len() as u64);
     }
     sink.flush().await?;
@@ -511,18 +567,23 @@ pub async fn download(args: &ClientArgs, dl: &DownloadArgs) -> Result<ExitCode> 
     pb.finish_and_clear();
     let digest = whole.finish();
     if digest != expected {
-        if !to_stdout {
+        if !to_stdout && !direct {
             let _ = tokio::fs::remove_file(&part).await;
         }
         bail!(
-            "{} mismatch: got {}, the file's is {}; the partial download was removed",
+            "{} mismatch: got {}, the file's is {}; the partial download was removed (or, \
+             written into a device or FIFO, must not be trusted)",
             digest.algorithm(),
             digest.hex(),
             expected.hex()
         );
     }
     if !to_stdout {
-        tokio::fs::rename(&part, &out).await?;
+        if !direct {
+            tokio::fs::rename(&part, &out)
+                .await
+                .with_context(|| format!("cannot move {} to {}", part.display(), out.display()))?;
+        }
         if args.json {
             println!(
                 "{}",

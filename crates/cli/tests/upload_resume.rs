@@ -147,3 +147,96 @@ async fn killed_upload_resumes_sending_only_missing_chunks() {
     assert_eq!(v["name"], "copy.bin");
     assert_eq!(v["blake3"], digest.hex());
 }
+
+/// `chunkvault download` replaces nothing it was not told to, writes into a device or FIFO
+/// it is given instead of replacing it, follows a symlink, and refuses a directory; `upload`
+/// refuses what is not a regular file instead of storing it empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_writes_only_where_told_and_upload_takes_regular_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, url) = start(&tmp.path().join("server")).await;
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let file = work.join("named.bin");
+    let mut data = vec![0u8; 300_000];
+    rand::rngs::SmallRng::seed_from_u64(11).fill_bytes(&mut data);
+    std::fs::write(&file, &data).unwrap();
+    let id = run_json(upload_cmd(&url, &tmp.path().join("state"), &file))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let download = |out: Option<&Path>| {
+        let mut c = Command::new(bin());
+        c.current_dir(&work)
+            .args(["download", "--server", &url, "--quiet", &id]);
+        if let Some(o) = out {
+            c.arg("-o").arg(o);
+        }
+        c.output().expect("run chunkvault download")
+    };
+
+    // Its own name exists already: refused, the file untouched.
+    std::fs::write(&file, b"precious").unwrap();
+    let out = download(None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+    assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+
+    // A symlink given with -o: followed, and still a symlink afterwards.
+    let target = work.join("target.bin");
+    let link = work.join("link.bin");
+    std::fs::write(&target, b"old").unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert!(download(Some(&link)).status.success());
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(std::fs::read(&target).unwrap() == data);
+
+    // A FIFO given with -o: written into, and still a FIFO afterwards.
+    let fifo = work.join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    assert!(download(Some(&fifo)).status.success());
+    assert!(reader.join().unwrap() == data);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+
+    // A directory: refused, naming it, and nothing left beside it.
+    let dir = work.join("somedir");
+    std::fs::create_dir(&dir).unwrap();
+    let out = download(Some(&dir));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("somedir"));
+    assert!(!work.join("somedir.part").exists());
+
+    // Upload of a FIFO: refused, nothing stored.
+    let out = upload_cmd(&url, &tmp.path().join("state"), &fifo)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
+    let listed = Client::new(&url)
+        .unwrap()
+        .list(Some(100), None)
+        .await
+        .unwrap();
+    assert_eq!(listed.files.len(), 1, "only the first upload is stored");
+}
