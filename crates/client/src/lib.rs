@@ -22,6 +22,16 @@ pub enum ClientError {
     Http(#[from] reqwest::Error),
     #[error("invalid server URL: {0}")]
     Url(String),
+    /// Not a file or upload id: refused before it could become part of a URL path (where
+    /// `../uploads/...` would reach another endpoint).
+    #[error("{0:?} is not a file or upload id")]
+    InvalidId(String),
+}
+
+/// `id` as a file or upload id (both are UUIDs), or [`ClientError::InvalidId`].
+fn checked(id: &str) -> Result<chunkvault_types::FileId> {
+    id.parse()
+        .map_err(|_| ClientError::InvalidId(id.to_string()))
 }
 
 impl ClientError {
@@ -50,9 +60,14 @@ impl Client {
 
     /// A client that sends `token` (an API key) as `Authorization: Bearer` on every request.
     pub fn with_token(base: &str, token: Option<&str>) -> Result<Self> {
+        // A server that stops answering (stopped, or a dead peer behind a proxy) fails the
+        // request instead of hanging it: no connection within 15 s, or nothing received
+        // for 120 s at any point of a request.
         let mut builder = reqwest::Client::builder()
             .tcp_nodelay(true)
-            .pool_max_idle_per_host(64);
+            .pool_max_idle_per_host(64)
+            .connect_timeout(std::time::Duration::from_secs(15))
+            .read_timeout(std::time::Duration::from_secs(120));
         if let Some(token) = token {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
                 .map_err(|_| ClientError::Url("the API key is not a valid header value".into()))?;
@@ -138,7 +153,9 @@ impl Client {
 
     /// Starts a download; the response streams the body. `range` is a `Range` header value.
     pub async fn download(&self, id: &str, range: Option<&str>) -> Result<reqwest::Response> {
-        let mut req = self.http.get(self.url(&format!("download/{id}")));
+        let mut req = self
+            .http
+            .get(self.url(&format!("download/{}", checked(id)?)));
         if let Some(r) = range {
             req = req.header("Range", r);
         }
@@ -175,7 +192,7 @@ impl Client {
     pub async fn stat(&self, id: &str) -> Result<FileDetail> {
         json(
             self.http
-                .get(self.url(&format!("files/{id}")))
+                .get(self.url(&format!("files/{}", checked(id)?)))
                 .send()
                 .await?,
         )
@@ -191,7 +208,7 @@ impl Client {
     pub async fn session(&self, id: &str) -> Result<SessionInfo> {
         json(
             self.http
-                .get(self.url(&format!("uploads/{id}")))
+                .get(self.url(&format!("uploads/{}", checked(id)?)))
                 .send()
                 .await?,
         )
@@ -202,7 +219,7 @@ impl Client {
     pub async fn offer_chunks(&self, id: &str, chunks: Vec<ChunkOffer>) -> Result<OfferResult> {
         json(
             self.http
-                .post(self.url(&format!("uploads/{id}/chunks")))
+                .post(self.url(&format!("uploads/{}/chunks", checked(id)?)))
                 .json(&ChunkOffers { chunks })
                 .send()
                 .await?,
@@ -220,7 +237,7 @@ impl Client {
     ) -> Result<ChunkStored> {
         json(
             self.http
-                .put(self.url(&format!("uploads/{id}/chunks/{index}")))
+                .put(self.url(&format!("uploads/{}/chunks/{}", checked(id)?, index)))
                 .header("chunk-hash", hash.to_hex())
                 .body(data)
                 .send()
@@ -234,7 +251,7 @@ impl Client {
     pub async fn commit_session(&self, id: &str, declared: &SessionCommit) -> Result<FileInfo> {
         json(
             self.http
-                .post(self.url(&format!("uploads/{id}/commit")))
+                .post(self.url(&format!("uploads/{}/commit", checked(id)?)))
                 .json(declared)
                 .send()
                 .await?,
@@ -246,7 +263,7 @@ impl Client {
     pub async fn abort_session(&self, id: &str) -> Result<()> {
         check(
             self.http
-                .delete(self.url(&format!("uploads/{id}")))
+                .delete(self.url(&format!("uploads/{}", checked(id)?)))
                 .send()
                 .await?,
         )
@@ -258,7 +275,7 @@ impl Client {
     pub async fn create_link(&self, id: &str, req: &LinkCreate) -> Result<LinkInfo> {
         json(
             self.http
-                .post(self.url(&format!("files/{id}/links")))
+                .post(self.url(&format!("files/{}/links", checked(id)?)))
                 .json(req)
                 .send()
                 .await?,
@@ -269,7 +286,7 @@ impl Client {
     pub async fn delete(&self, id: &str) -> Result<()> {
         check(
             self.http
-                .delete(self.url(&format!("files/{id}")))
+                .delete(self.url(&format!("files/{}", checked(id)?)))
                 .send()
                 .await?,
         )
@@ -347,4 +364,27 @@ fn receiver_stream<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    #[test]
+    fn only_ids_reach_a_url_path() {
+        let id = chunkvault_types::FileId::new().to_string();
+        assert_eq!(checked(&id).unwrap().to_string(), id);
+        for bad in [
+            "../uploads/0192e4c5-8f3a-7b4e-9d1c-2a3b4c5d6e7f".to_string(),
+            "..".to_string(),
+            format!("{id}/links"),
+            format!("{id}?x=1"),
+            String::new(),
+        ] {
+            assert!(
+                matches!(checked(&bad), Err(ClientError::InvalidId(ref s)) if *s == bad),
+                "{bad}"
+            );
+        }
+    }
 }
