@@ -333,27 +333,20 @@ pub(crate) fn content_disposition(name: &str) -> String {
         .remove(b'.')
         .remove(b'_')
         .remove(b'~');
-    let fallback: String = name
+    let named = disposition_name(name);
+    let fallback: String = named
         .chars()
         .map(|c| {
-            // No quote or backslash (they would end or escape the quoted string) and no slash:
-            // RFC 6266 asks clients to strip paths, but not every script that saves by this
-            // name does. No percent sign either: some clients percent-decode this parameter,
-            // which would turn "%2e%2e%2f" back into "../".
-            if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '/' | '%') || c == ' ' {
+            // No quote (it would end the quoted string; `disposition_name` took out the
+            // path separators, backslash included). No percent sign either: some clients
+            // percent-decode this parameter, which would turn "%2e%2e%2f" back into "../".
+            if c.is_ascii_graphic() && !matches!(c, '"' | '%') || c == ' ' {
                 c
             } else {
                 '_'
             }
         })
         .collect();
-    let named = disposition_name(name);
-    // "." and ".." name a directory, not a file.
-    let fallback = if named == "download" {
-        named.clone()
-    } else {
-        fallback
-    };
     format!(
         "attachment; filename=\"{fallback}\"; filename*=UTF-8''{}",
         utf8_percent_encode(&named, ATTR)

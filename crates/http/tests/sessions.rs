@@ -51,6 +51,26 @@ async fn put_chunk(s: &TestServer, id: &str, index: usize, data: &[u8]) -> reqwe
         .unwrap()
 }
 
+/// Offers every chunk of `data` (index, length, hash) to session `id`; returns the answer.
+async fn offer_all(s: &TestServer, id: &str, data: &[u8]) -> Value {
+    let offers: Vec<Value> = data
+        .chunks(s.chunk_size())
+        .enumerate()
+        .map(|(i, c)| {
+            json!({"index": i, "length": c.len(), "hash": chunkvault_types::ChunkId::of(c).to_hex()})
+        })
+        .collect();
+    let resp = s
+        .http
+        .post(s.url(&format!("/uploads/{id}/chunks")))
+        .json(&json!({ "chunks": offers }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.json().await.unwrap()
+}
+
 async fn status(s: &TestServer, id: &str) -> Value {
     let resp = s.get(&format!("/uploads/{id}")).await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -140,23 +160,8 @@ async fn dedup_batch_skips_chunks_the_server_has(backend: Backend) {
     data[2 * cs + 5] ^= 0xff;
     let v = create(&s, "edited.bin", Some(data.len())).await;
     let id = v["id"].as_str().unwrap().to_string();
-    let offers: Vec<Value> = data
-        .chunks(cs)
-        .enumerate()
-        .map(|(i, c)| {
-            json!({"index": i, "length": c.len(), "hash": chunkvault_types::ChunkId::of(c).to_hex()})
-        })
-        .collect();
     let written_before = Stats::get(&s.stats().chunks_written);
-    let resp = s
-        .http
-        .post(s.url(&format!("/uploads/{id}/chunks")))
-        .json(&json!({ "chunks": offers }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let r: Value = resp.json().await.unwrap();
+    let r = offer_all(&s, &id, &data).await;
     assert_eq!(r["missing"], json!([2]));
     assert_eq!(r["present"], json!([0, 1, 3, 4, 5]));
     assert_eq!(status(&s, &id).await["stored"], json!([0, 1, 3, 4, 5]));
@@ -538,20 +543,7 @@ async fn a_lost_chunk_is_offered_missing_and_written_when_sent(backend: Backend)
 
     let v = create(&s, "again.bin", Some(data.len())).await;
     let id = v["id"].as_str().unwrap().to_string();
-    let offers: Vec<Value> = data
-        .chunks(cs)
-        .enumerate()
-        .map(|(i, c)| json!({"index": i, "length": c.len(), "hash": chunkvault_types::ChunkId::of(c).to_hex()}))
-        .collect();
-    let resp = s
-        .http
-        .post(s.url(&format!("/uploads/{id}/chunks")))
-        .json(&json!({ "chunks": offers }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let r: Value = resp.json().await.unwrap();
+    let r = offer_all(&s, &id, &data).await;
     assert_eq!(r["missing"], json!([1]));
     let resp = put_chunk(&s, &id, 1, &data[cs..2 * cs]).await;
     assert_eq!(resp.status(), StatusCode::OK);
